@@ -1,0 +1,241 @@
+package hrl
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+)
+
+// ErrGap is returned when consecutive segments do not continue each other's
+// seq range or go back in generation: continuity cannot be proven.
+var ErrGap = errors.New("journal gap")
+
+// ListSegments returns the first seqs of the segment files in dir, ascending.
+func ListSegments(fsys FS, dir string) ([]uint64, error) {
+	names, err := fsys.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("list journal %s: %w", dir, err)
+	}
+	var seqs []uint64
+	for _, n := range names {
+		if s, ok := ParseSegmentName(n); ok {
+			seqs = append(seqs, s)
+		}
+	}
+	return seqs, nil // names are sorted and fixed-width hex, so seqs are too
+}
+
+// ScanFile scans one segment file.
+func ScanFile(fsys FS, path string) (SegmentInfo, error) {
+	f, err := fsys.OpenFile(path, os.O_RDONLY, 0)
+	if err != nil {
+		return SegmentInfo{Path: path}, err
+	}
+	defer f.Close()
+	size, err := f.Size()
+	if err != nil {
+		return SegmentInfo{Path: path}, fmt.Errorf("size of %s: %w", path, err)
+	}
+	return Scan(f, size, path)
+}
+
+// CheckContinuity verifies that b continues a.
+func CheckContinuity(a, b SegmentInfo) error {
+	if b.FirstSeq != a.LastSeq+1 {
+		return fmt.Errorf("%w: %s ends at seq %d, %s starts at seq %d", ErrGap,
+			filepath.Base(a.Path), a.LastSeq, filepath.Base(b.Path), b.FirstSeq)
+	}
+	if b.Generation < a.Generation {
+		return fmt.Errorf("%w: %s has generation %d after generation %d", ErrGap,
+			filepath.Base(b.Path), b.Generation, a.Generation)
+	}
+	return nil
+}
+
+// Recovery is what Recover found and did.
+type Recovery struct {
+	Segments  []SegmentInfo // every segment, oldest first, all sealed afterwards
+	Truncated *TornError    // the torn tail that was cut off, if any
+	Removed   string        // a newest segment whose header never became durable, removed
+}
+
+// Recover prepares the journal in dir for appending after a clean shutdown
+// or a crash: every segment is verified; a torn tail of the newest segment
+// is truncated and that segment sealed; a newest segment whose header was
+// torn and that holds no valid record is removed. Corruption anywhere else
+// (including an unsealed segment that is not the newest) and gaps between
+// segments are returned as errors wrapping ErrCorrupt or ErrGap; nothing is
+// changed then.
+func Recover(fsys FS, dir string) (Recovery, error) {
+	var rec Recovery
+	seqs, err := ListSegments(fsys, dir)
+	if err != nil {
+		return rec, err
+	}
+	for i, s := range seqs {
+		path := filepath.Join(dir, SegmentName(s))
+		last := i == len(seqs)-1
+		info, err := ScanFile(fsys, path)
+		var torn *TornError
+		switch {
+		case err == nil && info.FirstSeq != s:
+			return rec, &CorruptError{File: path, Reason: fmt.Sprintf("header says first seq %d, name says %d", info.FirstSeq, s)}
+		case err == nil && !info.Sealed && !last:
+			return rec, &CorruptError{File: path, Offset: info.Size, Seq: info.LastSeq, Reason: "segment is not sealed but newer segments exist"}
+		case err == nil:
+		case errors.As(err, &torn) && last:
+			if info.Count == 0 && info.Size < HeaderSize {
+				if err := removeDurably(fsys, path); err != nil {
+					return rec, err
+				}
+				rec.Removed = path
+				continue
+			}
+			rec.Truncated = torn
+		case errors.As(err, &torn):
+			return rec, &CorruptError{File: path, Offset: torn.Offset, Seq: torn.Seq, Reason: "torn record in a segment that is not the newest: " + torn.Reason}
+		case errors.Is(err, ErrCorrupt) && last && info.Size == 0 && headerOnly(fsys, path, s):
+			// The header itself was torn by a crash before its first sync
+			// and nothing valid follows: the segment never held a record.
+			if err := removeDurably(fsys, path); err != nil {
+				return rec, err
+			}
+			rec.Removed = path
+			continue
+		default:
+			return rec, err
+		}
+		if len(rec.Segments) > 0 {
+			if err := CheckContinuity(rec.Segments[len(rec.Segments)-1], info); err != nil {
+				return rec, err
+			}
+		}
+		rec.Segments = append(rec.Segments, info)
+	}
+	if n := len(rec.Segments); n > 0 && !rec.Segments[n-1].Sealed {
+		info, err := sealExisting(fsys, rec.Segments[n-1].Path)
+		if err != nil {
+			return rec, err
+		}
+		rec.Segments[n-1] = info
+	}
+	return rec, nil
+}
+
+// headerOnly reports whether a segment with a damaged header holds no
+// plausible record after it.
+func headerOnly(fsys FS, path string, firstSeq uint64) bool {
+	f, err := fsys.OpenFile(path, os.O_RDONLY, 0)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	size, err := f.Size()
+	if err != nil {
+		return false
+	}
+	rd := &Reader{r: f, size: size, name: path, off: HeaderSize, next: firstSeq}
+	found, err := rd.scanForHeader(HeaderSize)
+	return err == nil && found < 0
+}
+
+func removeDurably(fsys FS, path string) error {
+	if err := fsys.Remove(path); err != nil {
+		return fmt.Errorf("remove empty torn segment: %w", err)
+	}
+	return fsys.SyncDir(filepath.Dir(path))
+}
+
+// sealExisting truncates an unsealed segment after its last good record and
+// appends the footer.
+func sealExisting(fsys FS, path string) (SegmentInfo, error) {
+	f, err := fsys.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return SegmentInfo{}, fmt.Errorf("reopen %s to seal it: %w", path, err)
+	}
+	defer f.Close()
+	size, err := f.Size()
+	if err != nil {
+		return SegmentInfo{}, err
+	}
+	rd, err := NewReader(f, size, path)
+	if err != nil {
+		return SegmentInfo{}, err
+	}
+	for err == nil {
+		_, err = rd.Next()
+	}
+	if !errors.Is(err, io.EOF) && !errors.Is(err, ErrTornTail) {
+		return SegmentInfo{}, err
+	}
+	if rd.Offset() != size {
+		if err := f.Truncate(rd.Offset()); err != nil {
+			return SegmentInfo{}, fmt.Errorf("truncate torn tail of %s at %d: %w", path, rd.Offset(), err)
+		}
+	}
+	w := &Writer{fs: fsys, f: f, path: path, hdr: rd.Header, off: rd.Offset(), next: rd.next,
+		count: rd.count, chain: rd.chain, created: rd.Header.Created}
+	info, err := w.Seal()
+	w.f = nil // closed by the defer
+	return info, err
+}
+
+// Replayer receives the effect of records in order. WriteAt gets the content
+// of WRITE, RESYNC and resolved REF records; Zero gets ZERO records.
+type Replayer interface {
+	WriteAt(p []byte, off int64) (int, error)
+	Zero(off, n int64, trim bool) error
+}
+
+// Replay applies the records of one segment to dst in seq order, resolving
+// REF records against the segment itself and checking their checksums, and
+// calls onTag (if not nil) at every TAG with everything before it applied.
+// A torn tail stops the replay after the last good record and is returned as
+// a *TornError.
+func Replay(r io.ReaderAt, size int64, name string, dst Replayer, onTag func(seq uint64, t Tag) error) (SegmentInfo, error) {
+	rd, err := NewReader(r, size, name)
+	if err != nil {
+		return SegmentInfo{Path: name}, err
+	}
+	var buf []byte
+	for {
+		rec, err := rd.Next()
+		if err != nil {
+			info := SegmentInfo{Path: name, Generation: rd.Header.Generation, FirstSeq: rd.Header.FirstSeq,
+				LastSeq: rd.LastSeq(), Count: rd.Count(), Size: rd.Offset(), Sealed: rd.Sealed(), Created: rd.Header.Created}
+			if errors.Is(err, io.EOF) {
+				return info, nil
+			}
+			return info, err
+		}
+		switch rec.Type {
+		case TypeWrite, TypeResync:
+			_, err = dst.WriteAt(rec.Payload, int64(rec.Offset))
+		case TypeZero:
+			err = dst.Zero(int64(rec.Offset), int64(rec.Length), rec.Flags&FlagTrim != 0)
+		case TypeRef:
+			ref, _ := DecodeRef(rec.Payload) // checked by the reader
+			if cap(buf) < int(rec.Length) {
+				buf = make([]byte, rec.Length)
+			}
+			b := buf[:rec.Length]
+			if _, err = r.ReadAt(b, int64(ref.SegmentOffset)); err == nil {
+				if got := hashSum(b); got != ref.Sum {
+					return SegmentInfo{Path: name}, &CorruptError{File: name, Offset: rec.HeaderOffset, Seq: rec.Seq,
+						Reason: fmt.Sprintf("REF source bytes hash %016x, want %016x", got, ref.Sum)}
+				}
+				_, err = dst.WriteAt(b, int64(rec.Offset))
+			}
+		case TypeTag:
+			if onTag != nil {
+				t, _ := DecodeTag(rec.Payload)
+				err = onTag(rec.Seq, t)
+			}
+		}
+		if err != nil {
+			return SegmentInfo{Path: name}, fmt.Errorf("replay %s seq %d (%s at %d): %w", name, rec.Seq, rec.Type, rec.Offset, err)
+		}
+	}
+}

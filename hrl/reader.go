@@ -1,0 +1,298 @@
+package hrl
+
+import (
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/cespare/xxhash/v2"
+)
+
+// Record is one decoded record. Payload aliases the reader's buffer and is
+// valid until the next call to Next.
+type Record struct {
+	RecordHeader
+	HeaderOffset  int64 // file offset of the record header
+	PayloadOffset int64 // file offset of the payload
+	Payload       []byte
+}
+
+// TornError reports where the journal ends because its last record is torn.
+type TornError struct {
+	File   string
+	Offset int64  // the good part of the file ends here
+	Seq    uint64 // last good seq
+	Reason string
+}
+
+func (e *TornError) Error() string {
+	return fmt.Sprintf("%s: torn tail at byte offset %d after seq %d: %s", e.File, e.Offset, e.Seq, e.Reason)
+}
+
+// Unwrap makes errors.Is(err, ErrTornTail) true.
+func (e *TornError) Unwrap() error { return ErrTornTail }
+
+// Reader decodes a segment record by record, verifying every checksum.
+//
+// Next returns io.EOF after the footer of a sealed segment or at the clean
+// end of an unsealed one, a *TornError when the last record is incomplete or
+// damaged with nothing valid after it (the end of the journal), and a
+// *CorruptError for damage before the tail, which must never be skipped.
+type Reader struct {
+	r       io.ReaderAt
+	size    int64
+	name    string
+	Header  Header
+	off     int64
+	next    uint64
+	count   uint64
+	chain   xxhash.Digest
+	sum8    [8]byte
+	footer  *Footer
+	err     error
+	hdr     [RecordHeaderSize]byte
+	payload []byte
+}
+
+// NewReader reads and checks the segment header. name is used in errors.
+// A file too short to hold a header gives a *TornError; a damaged header a
+// *CorruptError.
+func NewReader(r io.ReaderAt, size int64, name string) (*Reader, error) {
+	rd := &Reader{r: r, size: size, name: name}
+	var hb [HeaderSize]byte
+	if size < HeaderSize {
+		if _, err := r.ReadAt(hb[:size], 0); err != nil && !errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("read %s: %w", name, err)
+		}
+		return nil, &TornError{File: name, Reason: fmt.Sprintf("%d bytes, shorter than the %d-byte header", size, HeaderSize)}
+	}
+	if _, err := r.ReadAt(hb[:], 0); err != nil {
+		return nil, fmt.Errorf("read %s: %w", name, err)
+	}
+	h, err := UnmarshalHeader(hb[:])
+	if err != nil {
+		return nil, &CorruptError{File: name, Reason: err.Error()}
+	}
+	rd.Header = h
+	rd.off = HeaderSize
+	rd.next = h.FirstSeq
+	rd.chain.Reset()
+	rd.chainAdd(le.Uint64(hb[56:]))
+	return rd, nil
+}
+
+func (rd *Reader) chainAdd(sum uint64) {
+	le.PutUint64(rd.sum8[:], sum)
+	rd.chain.Write(rd.sum8[:])
+}
+
+// Offset is the end of the last good record (where a torn tail starts).
+func (rd *Reader) Offset() int64 { return rd.off }
+
+// LastSeq is the seq of the last good record (FirstSeq-1 if none).
+func (rd *Reader) LastSeq() uint64 { return rd.next - 1 }
+
+// Count is the number of records read so far.
+func (rd *Reader) Count() uint64 { return rd.count }
+
+// Sealed reports whether the footer was reached and verified.
+func (rd *Reader) Sealed() bool { return rd.footer != nil }
+
+// Next returns the next record.
+func (rd *Reader) Next() (*Record, error) {
+	if rd.err != nil {
+		return nil, rd.err
+	}
+	rec, err := rd.next1()
+	if err != nil {
+		rd.err = err
+		return nil, err
+	}
+	return rec, nil
+}
+
+func (rd *Reader) next1() (*Record, error) {
+	if rd.footer != nil {
+		return nil, io.EOF
+	}
+	left := rd.size - rd.off
+	if left == 0 {
+		return nil, io.EOF
+	}
+	if left < RecordHeaderSize {
+		return nil, rd.torn(fmt.Sprintf("%d bytes left, less than a record header", left))
+	}
+	if _, err := rd.r.ReadAt(rd.hdr[:], rd.off); err != nil {
+		return nil, fmt.Errorf("read %s at %d: %w", rd.name, rd.off, err)
+	}
+	h, err := UnmarshalRecordHeader(rd.hdr[:])
+	if err != nil {
+		return nil, rd.damaged(rd.off+1, rd.next, err.Error())
+	}
+	end := rd.off + RecordHeaderSize + int64(h.PayloadLen)
+	if end > rd.size {
+		return nil, rd.torn(fmt.Sprintf("record seq %d needs %d bytes, %d left", h.Seq, end-rd.off, left))
+	}
+	if cap(rd.payload) < int(h.PayloadLen) {
+		rd.payload = make([]byte, h.PayloadLen)
+	}
+	p := rd.payload[:h.PayloadLen]
+	if _, err := rd.r.ReadAt(p, rd.off+RecordHeaderSize); err != nil {
+		return nil, fmt.Errorf("read %s at %d: %w", rd.name, rd.off+RecordHeaderSize, err)
+	}
+	if sum := xxhash.Sum64(p); sum != h.PayloadSum {
+		return nil, rd.damaged(end, h.Seq, fmt.Sprintf("%s seq %d: payload checksum %016x, want %016x", h.Type, h.Seq, sum, h.PayloadSum))
+	}
+	// From here the record's bytes are exactly what a writer wrote: any
+	// inconsistency is corruption, not a torn write.
+	if h.Type == TypeFooter {
+		return nil, rd.readFooter(h, p, end)
+	}
+	if h.Seq != rd.next {
+		return nil, rd.corrupt(h.Seq, fmt.Sprintf("seq %d, want %d (records missing or out of order)", h.Seq, rd.next))
+	}
+	if err := rd.checkPayload(&h, p); err != nil {
+		return nil, rd.corrupt(h.Seq, err.Error())
+	}
+	rec := &Record{RecordHeader: h, HeaderOffset: rd.off, PayloadOffset: rd.off + RecordHeaderSize, Payload: p}
+	rd.chainAdd(h.Sum)
+	rd.off = end
+	rd.next++
+	rd.count++
+	return rec, nil
+}
+
+func (rd *Reader) checkPayload(h *RecordHeader, p []byte) error {
+	switch h.Type {
+	case TypeRef:
+		ref, err := DecodeRef(p)
+		if err != nil {
+			return err
+		}
+		if ref.SourceSeq < rd.Header.FirstSeq || ref.SourceSeq >= h.Seq ||
+			ref.SegmentOffset < HeaderSize+RecordHeaderSize || ref.SegmentOffset+h.Length > uint64(rd.off) ||
+			ref.SegmentOffset+h.Length < ref.SegmentOffset {
+			return fmt.Errorf("REF seq %d points outside the earlier records (source seq %d, offset %d)", h.Seq, ref.SourceSeq, ref.SegmentOffset)
+		}
+	case TypeTag:
+		if _, err := DecodeTag(p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (rd *Reader) readFooter(h RecordHeader, p []byte, end int64) error {
+	f := decodeFooter(p)
+	switch {
+	case h.Seq != rd.next-1:
+		return rd.corrupt(h.Seq, fmt.Sprintf("footer names last seq %d, records end at %d", h.Seq, rd.next-1))
+	case f.Count != rd.count:
+		return rd.corrupt(h.Seq, fmt.Sprintf("footer counts %d records, segment has %d", f.Count, rd.count))
+	case f.Chain != rd.chain.Sum64():
+		return rd.corrupt(h.Seq, fmt.Sprintf("footer checksum %016x, records give %016x", f.Chain, rd.chain.Sum64()))
+	case end != rd.size:
+		return rd.corruptAt(end, h.Seq, fmt.Sprintf("%d bytes after the footer", rd.size-end))
+	}
+	rd.footer = &f
+	rd.off = end
+	return io.EOF
+}
+
+func (rd *Reader) torn(reason string) error {
+	return &TornError{File: rd.name, Offset: rd.off, Seq: rd.next - 1, Reason: reason}
+}
+
+func (rd *Reader) corrupt(seq uint64, reason string) error {
+	return rd.corruptAt(rd.off, seq, reason)
+}
+
+func (rd *Reader) corruptAt(off int64, seq uint64, reason string) error {
+	return &CorruptError{File: rd.name, Offset: off, Seq: seq, Reason: reason}
+}
+
+// damaged decides between a torn tail and corruption for a record at rd.off
+// that failed its checksums: if a valid record header with a later seq
+// exists at or after from, the damage is followed by good data, so it is
+// corruption; otherwise the damaged record is the torn end of the journal.
+func (rd *Reader) damaged(from int64, seq uint64, reason string) error {
+	found, err := rd.scanForHeader(from)
+	if err != nil {
+		return err
+	}
+	if found >= 0 {
+		return rd.corrupt(seq, fmt.Sprintf("%s (a valid record follows at offset %d)", reason, found))
+	}
+	return rd.torn(reason)
+}
+
+// scanForHeader looks for a decodable record header whose seq is at least
+// rd.next (or a footer), starting at file offset from. It returns -1 if
+// there is none.
+func (rd *Reader) scanForHeader(from int64) (int64, error) {
+	const chunk = 1 << 20
+	buf := make([]byte, chunk+RecordHeaderSize)
+	for base := from; base+RecordHeaderSize <= rd.size; base += chunk {
+		n := min(int64(len(buf)), rd.size-base)
+		b := buf[:n]
+		if _, err := rd.r.ReadAt(b, base); err != nil && !errors.Is(err, io.EOF) {
+			return -1, fmt.Errorf("read %s at %d: %w", rd.name, base, err)
+		}
+		for i := 0; i+RecordHeaderSize <= len(b) && i < chunk; i++ {
+			t := RecordType(b[i])
+			if (t < TypeWrite || t > TypeTag) && t != TypeFooter {
+				continue
+			}
+			if rd.plausible(b[i:i+RecordHeaderSize], base+int64(i)) {
+				return base + int64(i), nil
+			}
+		}
+	}
+	return -1, nil
+}
+
+// Scan reads the whole segment and returns its description. A torn tail is
+// reported as a *TornError together with the description of the good part;
+// corruption as a *CorruptError.
+func Scan(r io.ReaderAt, size int64, name string) (SegmentInfo, error) {
+	rd, err := NewReader(r, size, name)
+	if err != nil {
+		return SegmentInfo{Path: name}, err
+	}
+	for {
+		if _, err = rd.Next(); err != nil {
+			break
+		}
+	}
+	info := SegmentInfo{Path: name, Generation: rd.Header.Generation, FirstSeq: rd.Header.FirstSeq,
+		LastSeq: rd.LastSeq(), Count: rd.Count(), Size: rd.Offset(), Sealed: rd.Sealed(), Created: rd.Header.Created}
+	if errors.Is(err, io.EOF) {
+		return info, nil
+	}
+	return info, err
+}
+
+// plausible reports whether hb, found at file offset at while scanning past
+// damage, is a record this segment's writer could have written there: a
+// valid header with a seq that fits between the damage and the offset, and a
+// payload that verifies. This keeps guest data that happens to contain
+// journal bytes from turning a torn tail into "corruption".
+func (rd *Reader) plausible(hb []byte, at int64) bool {
+	h, err := UnmarshalRecordHeader(hb)
+	if err != nil {
+		return false
+	}
+	maxSeq := rd.next + uint64(at-rd.off)/RecordHeaderSize
+	if h.Seq+1 < rd.next || h.Seq > maxSeq || (h.Type != TypeFooter && h.Seq < rd.next) {
+		return false
+	}
+	end := at + RecordHeaderSize + int64(h.PayloadLen)
+	if end > rd.size {
+		return false
+	}
+	p := make([]byte, h.PayloadLen)
+	if _, err := rd.r.ReadAt(p, at+RecordHeaderSize); err != nil {
+		return false
+	}
+	return xxhash.Sum64(p) == h.PayloadSum
+}

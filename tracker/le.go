@@ -1,0 +1,5 @@
+package tracker
+
+import "encoding/binary"
+
+var hrlLE = binary.LittleEndian

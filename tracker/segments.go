@@ -1,0 +1,318 @@
+package tracker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"github.com/google/uuid"
+
+	"lifeboat/hrl"
+)
+
+// startSegment opens a new segment whose first record gets seq next.
+func (v *Volume) startSegment(next uint64) error {
+	id, err := uuid.Parse(v.st.VolumeID)
+	if err != nil {
+		return fmt.Errorf("volume id %q in %s: %w", v.st.VolumeID, stateName, err)
+	}
+	w, err := hrl.Create(v.FS, v.JournalDir, hrl.Header{BlockSize: uint32(v.BlockSize), VolumeID: id,
+		Generation: v.st.Generation, FirstSeq: next}, hrl.WriterConfig{Dedupe: v.win})
+	if err != nil {
+		return err
+	}
+	v.w = w
+	v.curRegion = nil
+	return nil
+}
+
+// rollLocked hands the open segment to the sealer and, in journal mode,
+// opens the next one. Empty segments are not rolled.
+func (v *Volume) rollLocked() *pendingSeg {
+	if v.w == nil || v.w.Count() == 0 {
+		return nil
+	}
+	p := &pendingSeg{w: v.w, regions: v.curRegion, done: make(chan struct{})}
+	v.sealing = append(v.sealing, p)
+	v.sealCond.Signal()
+	next := v.w.NextSeq()
+	v.w, v.curRegion = nil, nil
+	if v.st.Mode == ModeJournal {
+		if err := v.startSegment(next); err != nil {
+			v.suspendLocked(fmt.Errorf("start segment %d: %w", next, err))
+		}
+	}
+	return p
+}
+
+// sealer writes footers and syncs sealed segments off the write path, in
+// order, and offers them to the consumer. It drains the queue before it
+// exits on Close.
+func (v *Volume) sealer() {
+	defer v.wg.Done()
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for {
+		for len(v.sealing) == 0 || v.sealing[0].started {
+			if v.closed && len(v.sealing) == 0 {
+				return
+			}
+			v.sealCond.Wait()
+		}
+		p := v.sealing[0]
+		p.started = true
+		v.mu.Unlock()
+		info, err := p.w.Seal()
+		p.w.Close()
+		v.mu.Lock()
+		v.sealing = v.sealing[1:]
+		if err != nil {
+			p.err = fmt.Errorf("seal %s: %w", filepath.Base(p.w.Path()), err)
+			v.logger().Error("sealing a journal segment failed; it will be recovered on the next open", "err", err)
+		} else {
+			v.sealed = append(v.sealed, sealedSeg{info: info, regions: p.regions})
+			close(v.changed)
+			v.changed = make(chan struct{})
+		}
+		close(p.done)
+	}
+}
+
+// ager seals a non-empty segment once it is SegmentAge old, which bounds
+// how long a write waits before it can be shipped.
+func (v *Volume) ager() {
+	defer v.wg.Done()
+	t := time.NewTicker(max(v.SegmentAge/4, 10*time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-v.done:
+			return
+		case <-t.C:
+			v.mu.Lock()
+			if !v.closed && v.w != nil && v.w.Count() > 0 && time.Since(v.w.Created()) >= v.SegmentAge {
+				v.rollLocked()
+			}
+			v.mu.Unlock()
+		}
+	}
+}
+
+// waitSealed waits until every segment handed to the sealer so far is sealed.
+func (v *Volume) waitSealed() error {
+	v.mu.Lock()
+	pending := append([]*pendingSeg(nil), v.sealing...)
+	v.mu.Unlock()
+	for _, p := range pending {
+		<-p.done
+		if p.err != nil {
+			return p.err
+		}
+	}
+	return nil
+}
+
+// Flush makes every write that completed before it was called durable in
+// both the journal and the backing store.
+func (v *Volume) Flush() error {
+	if err := v.waitSealed(); err != nil {
+		return err
+	}
+	v.mu.Lock()
+	if v.closed {
+		v.mu.Unlock()
+		return ErrClosed
+	}
+	var err error
+	if v.w != nil {
+		err = v.w.Sync()
+	}
+	v.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if err := v.backing.Sync(); err != nil {
+		return fmt.Errorf("sync backing store %s: %w", v.Path, err)
+	}
+	return v.bitmap.Sync()
+}
+
+// Tag appends a recovery-point marker after every write that completed
+// before it, seals the segment and returns the tag's seq once the segment
+// is durable.
+func (v *Volume) Tag(kind hrl.TagKind, name string) (uint64, error) {
+	v.mu.Lock()
+	if v.closed {
+		v.mu.Unlock()
+		return 0, ErrClosed
+	}
+	if v.st.Mode != ModeJournal {
+		v.mu.Unlock()
+		return 0, fmt.Errorf("%w (%s)", ErrBitmapMode, v.st.ModeReason)
+	}
+	seq, err := v.w.AppendTag(hrl.Tag{Kind: kind, Name: name, Time: time.Now()})
+	if err != nil {
+		v.mu.Unlock()
+		return 0, fmt.Errorf("tag %q: %w", name, err)
+	}
+	p := v.rollLocked()
+	v.mu.Unlock()
+	<-p.done
+	return seq, p.err
+}
+
+// Seal seals the open segment now if it holds records, and waits until
+// it is durable and offered to the consumer.
+func (v *Volume) Seal() error {
+	v.mu.Lock()
+	p := v.rollLocked()
+	v.mu.Unlock()
+	if p == nil {
+		return nil
+	}
+	<-p.done
+	return p.err
+}
+
+// Segments returns the sealed segments not yet acknowledged, oldest first.
+func (v *Volume) Segments() []hrl.SegmentInfo {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	out := make([]hrl.SegmentInfo, len(v.sealed))
+	for i, s := range v.sealed {
+		out[i] = s.info
+	}
+	return out
+}
+
+// NextSegment waits for the oldest sealed segment whose first seq is above
+// after and returns it.
+func (v *Volume) NextSegment(ctx context.Context, after uint64) (hrl.SegmentInfo, error) {
+	for {
+		v.mu.Lock()
+		if v.closed {
+			v.mu.Unlock()
+			return hrl.SegmentInfo{}, ErrClosed
+		}
+		for _, s := range v.sealed {
+			if s.info.FirstSeq > after {
+				v.mu.Unlock()
+				return s.info, nil
+			}
+		}
+		ch := v.changed
+		v.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return hrl.SegmentInfo{}, ctx.Err()
+		}
+	}
+}
+
+// Ack acknowledges the oldest sealed segment (named by its first seq): the
+// consumer has it durably. The acknowledgement is recorded, the segment
+// deleted, and the regions it changed that no newer write touched are
+// cleared in the bitmap.
+func (v *Volume) Ack(firstSeq uint64) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if len(v.sealed) == 0 || v.sealed[0].info.FirstSeq != firstSeq {
+		return fmt.Errorf("%w (got %d)", ErrAckOrder, firstSeq)
+	}
+	s := v.sealed[0]
+	st := v.st
+	st.AckedSeq = s.info.LastSeq
+	if err := saveState(v.FS, v.JournalDir, st); err != nil {
+		return err
+	}
+	v.st = st
+	v.sealed = v.sealed[1:]
+	if err := v.FS.Remove(s.info.Path); err != nil {
+		return fmt.Errorf("remove acknowledged segment: %w", err)
+	}
+	for _, r := range s.regions {
+		if last, ok := v.touched[r]; ok && last <= s.info.LastSeq {
+			delete(v.touched, r)
+			v.bitmap.Clear(r)
+		}
+	}
+	return nil
+}
+
+// Status describes the tracking state of a volume.
+type Status struct {
+	VolumeID     string
+	Generation   uint64
+	Mode         string
+	ModeReason   string
+	NextSeq      uint64
+	AckedSeq     uint64
+	Sealed       int
+	DirtyRegions int64
+	Regions      int64
+	RegionSize   int64
+	Size         int64
+}
+
+// Status returns the current tracking state.
+func (v *Volume) Status() Status {
+	v.mu.Lock()
+	s := Status{VolumeID: v.st.VolumeID, Generation: v.st.Generation, Mode: v.st.Mode, ModeReason: v.st.ModeReason,
+		AckedSeq: v.st.AckedSeq, Sealed: len(v.sealed), RegionSize: v.RegionSize, Size: v.size}
+	if v.w != nil {
+		s.NextSeq = v.w.NextSeq()
+	}
+	v.mu.Unlock()
+	s.DirtyRegions, s.Regions = v.bitmap.Dirty(), v.bitmap.Regions()
+	return s
+}
+
+// Close seals the open segment, makes everything durable and releases the
+// journal directory.
+func (v *Volume) Close() error {
+	v.mu.Lock()
+	if v.closed {
+		v.mu.Unlock()
+		return nil
+	}
+	p := v.rollLocked()
+	v.closed = true
+	w := v.w
+	v.w = nil
+	close(v.done)
+	v.sealCond.Broadcast()
+	v.mu.Unlock()
+	var errs []error
+	if p != nil {
+		<-p.done
+		errs = append(errs, p.err)
+	}
+	v.wg.Wait()
+	if w != nil {
+		// The empty segment opened after the last roll is not needed.
+		w.Close()
+		errs = append(errs, v.FS.Remove(w.Path()), v.FS.SyncDir(v.JournalDir))
+	}
+	if err := v.backing.Sync(); err != nil {
+		errs = append(errs, fmt.Errorf("sync backing store: %w", err))
+	}
+	errs = append(errs, v.closeFiles())
+	return errors.Join(errs...)
+}
+
+func (v *Volume) closeFiles() error {
+	var errs []error
+	if v.bitmap != nil {
+		errs = append(errs, v.bitmap.Close())
+	}
+	if v.backing != nil {
+		errs = append(errs, v.backing.Close())
+	}
+	if v.unlock != nil {
+		v.unlock()
+	}
+	return errors.Join(errs...)
+}

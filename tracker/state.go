@@ -1,0 +1,87 @@
+package tracker
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"lifeboat/hrl"
+)
+
+const stateName = "volume.json"
+
+// Modes of a volume's change tracking.
+const (
+	ModeJournal = "journal" // every write is journaled
+	ModeBitmap  = "bitmap"  // journaling suspended; only dirty regions are tracked until a resync
+)
+
+// state is the small durable record of a volume's identity and progress,
+// replaced atomically (write temp, fsync, rename, fsync dir).
+type state struct {
+	VolumeID   string `json:"volume_id"`
+	Generation uint64 `json:"generation"`
+	BlockSize  int    `json:"block_size"`
+	RegionSize int64  `json:"region_size"`
+	// AckedSeq is the last seq the consumer acknowledged; seqs never go back
+	// below it, even when every segment has been deleted.
+	AckedSeq   uint64 `json:"acked_seq"`
+	Mode       string `json:"mode"`
+	ModeReason string `json:"mode_reason,omitempty"`
+}
+
+func loadState(fsys hrl.FS, dir string) (state, bool, error) {
+	var st state
+	f, err := fsys.OpenFile(filepath.Join(dir, stateName), os.O_RDONLY, 0)
+	if errors.Is(err, fs.ErrNotExist) {
+		return st, false, nil
+	}
+	if err != nil {
+		return st, false, err
+	}
+	defer f.Close()
+	size, err := f.Size()
+	if err != nil {
+		return st, false, err
+	}
+	b := make([]byte, size)
+	if _, err := f.ReadAt(b, 0); err != nil && !errors.Is(err, io.EOF) {
+		return st, false, err
+	}
+	if err := json.Unmarshal(b, &st); err != nil {
+		return st, false, fmt.Errorf("%s in %s is damaged (%v); it holds the volume identity, restore it or start over with a new journal directory", stateName, dir, err)
+	}
+	return st, true, nil
+}
+
+func saveState(fsys hrl.FS, dir string, st state) error {
+	b, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(dir, stateName+".tmp")
+	f, err := fsys.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return fmt.Errorf("save volume state: %w", err)
+	}
+	if _, err = f.WriteAt(append(b, '\n'), 0); err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = fsys.Rename(tmp, filepath.Join(dir, stateName))
+	}
+	if err == nil {
+		err = fsys.SyncDir(dir)
+	}
+	if err != nil {
+		return fmt.Errorf("save volume state: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,225 @@
+package tracker
+
+import (
+	"fmt"
+
+	"lifeboat/hrl"
+)
+
+func (v *Volume) checkRange(off, n int64) error {
+	if off < 0 || n < 0 || off+n > v.size || off+n < off {
+		return fmt.Errorf("%w: [%d, %d) on a volume of %d bytes", ErrOutOfRange, off, off+n, v.size)
+	}
+	return nil
+}
+
+// align widens [off, off+n) to whole blocks, clamped to the volume size.
+func (v *Volume) align(off, n int64) (int64, int64) {
+	bs := v.blockSize()
+	return off / bs * bs, min((off+n+bs-1)/bs*bs, v.size)
+}
+
+// ReadAt reads from the backing store.
+func (v *Volume) ReadAt(p []byte, off int64) (int, error) {
+	if err := v.checkRange(off, int64(len(p))); err != nil {
+		return 0, err
+	}
+	return v.backing.ReadAt(p, off)
+}
+
+func (v *Volume) getBuf(n int64) *[]byte {
+	if bp, ok := v.bufs.Get().(*[]byte); ok && int64(cap(*bp)) >= n {
+		*bp = (*bp)[:n]
+		return bp
+	}
+	b := make([]byte, n)
+	return &b
+}
+
+// widen returns the whole-block content of [a0, a1) after p is written at
+// off: the surrounding bytes of the first and last block come from the
+// backing store. The caller holds the range lock.
+func (v *Volume) widen(p []byte, off, a0, a1 int64) (*[]byte, error) {
+	bp := v.getBuf(a1 - a0)
+	b := *bp
+	bs := v.blockSize()
+	end := off + int64(len(p))
+	if off != a0 {
+		if _, err := v.backing.ReadAt(b[:min(bs, a1-a0)], a0); err != nil {
+			v.bufs.Put(bp)
+			return nil, fmt.Errorf("read around unaligned write: %w", err)
+		}
+	}
+	if tb := end / bs * bs; end != a1 && !(tb == a0 && off != a0) {
+		if _, err := v.backing.ReadAt(b[tb-a0:], tb); err != nil {
+			v.bufs.Put(bp)
+			return nil, fmt.Errorf("read around unaligned write: %w", err)
+		}
+	}
+	copy(b[off-a0:], p)
+	return bp, nil
+}
+
+// WriteAt writes p at off: marks the bitmap, journals, writes the backing.
+func (v *Volume) WriteAt(p []byte, off int64) (int, error) {
+	n := int64(len(p))
+	if err := v.checkRange(off, n); err != nil || n == 0 {
+		return 0, err
+	}
+	a0, a1 := v.align(off, n)
+	v.locks.lock(a0, a1)
+	defer v.locks.unlock(a0, a1)
+	if err := v.bitmap.Mark(off, n); err != nil {
+		return 0, err
+	}
+	data, bp := p, (*[]byte)(nil)
+	if a0 != off || a1 != off+n {
+		var err error
+		if bp, err = v.widen(p, off, a0, a1); err != nil {
+			return 0, err
+		}
+		data = *bp
+	}
+	err := v.journal(a0, a1, func(w *hrl.Writer) (uint64, error) {
+		_, last, err := w.AppendData(hrl.TypeWrite, uint64(a0), data)
+		return last, err
+	})
+	if bp != nil {
+		v.bufs.Put(bp)
+	}
+	if err != nil {
+		return 0, err
+	}
+	return v.backing.WriteAt(p, off)
+}
+
+// WriteZeroes makes [off, off+n) read as zeros, keeping it allocated.
+func (v *Volume) WriteZeroes(off, n int64) error { return v.zero(off, n, false) }
+
+// Trim discards [off, off+n); it reads as zeros afterwards.
+func (v *Volume) Trim(off, n int64) error { return v.zero(off, n, true) }
+
+func (v *Volume) zero(off, n int64, trim bool) error {
+	if err := v.checkRange(off, n); err != nil || n == 0 {
+		return err
+	}
+	a0, a1 := v.align(off, n)
+	v.locks.lock(a0, a1)
+	defer v.locks.unlock(a0, a1)
+	if err := v.bitmap.Mark(off, n); err != nil {
+		return err
+	}
+	bs := v.blockSize()
+	// Whole blocks inside the range become one ZERO record; partial blocks
+	// at either end become WRITE records of their new content.
+	s, e := off, off+n
+	he, ts := s, e // the whole-block middle is [he, ts)
+	if s%bs != 0 {
+		he = min(s/bs*bs+bs, e)
+	}
+	if e%bs != 0 && e != v.size {
+		ts = max(e/bs*bs, he)
+	}
+	err := v.journal(a0, a1, func(w *hrl.Writer) (uint64, error) {
+		var last uint64
+		var err error
+		if s < he && s%bs != 0 {
+			if last, err = v.journalZeroedBlock(w, s, he); err != nil {
+				return last, err
+			}
+		}
+		if he < ts {
+			if last, err = w.AppendZero(uint64(he), uint64(ts-he), trim); err != nil {
+				return last, err
+			}
+		}
+		if ts < e && ts >= he {
+			last, err = v.journalZeroedBlock(w, ts, e)
+		}
+		return last, err
+	})
+	if err != nil {
+		return err
+	}
+	if trim {
+		err = v.backing.PunchHole(off, n)
+	} else {
+		err = v.backing.ZeroRange(off, n)
+	}
+	if err != nil {
+		return fmt.Errorf("zero [%d, %d) of the backing store: %w", off, off+n, err)
+	}
+	return nil
+}
+
+// journalZeroedBlock journals the block containing [s, e) with that part
+// zeroed.
+func (v *Volume) journalZeroedBlock(w *hrl.Writer, s, e int64) (uint64, error) {
+	bs := v.blockSize()
+	b0 := s / bs * bs
+	b1 := min(b0+bs, v.size)
+	bp := v.getBuf(b1 - b0)
+	defer v.bufs.Put(bp)
+	b := *bp
+	if _, err := v.backing.ReadAt(b, b0); err != nil {
+		return 0, fmt.Errorf("read around unaligned zero range: %w", err)
+	}
+	clear(b[s-b0 : e-b0])
+	_, last, err := w.AppendData(hrl.TypeWrite, uint64(b0), b)
+	return last, err
+}
+
+// journal runs appendFn on the open segment, records the regions of
+// [a0, a1) as touched by the seqs it used and rolls the segment when it is
+// full. If the journal cannot take the record the volume switches to bitmap
+// mode: the write still succeeds, its regions are already dirty.
+func (v *Volume) journal(a0, a1 int64, appendFn func(*hrl.Writer) (uint64, error)) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.closed {
+		return ErrClosed
+	}
+	if v.st.Mode != ModeJournal {
+		return nil
+	}
+	first := v.w.NextSeq()
+	last, err := appendFn(v.w)
+	if err != nil {
+		return v.suspendLocked(fmt.Errorf("journal append: %w", err))
+	}
+	if last >= first {
+		r0, r1 := v.bitmap.regions(a0, a1-a0)
+		segFirst := v.w.Info().FirstSeq
+		for r := r0; r < r1; r++ {
+			if prev, ok := v.touched[r]; !ok || prev < segFirst {
+				v.curRegion = append(v.curRegion, r)
+			}
+			v.touched[r] = last
+		}
+	}
+	if v.w.Size() >= v.SegmentBytes {
+		v.rollLocked()
+	}
+	return nil
+}
+
+// suspendLocked switches to bitmap mode after the journal failed. The
+// records already written stay valid and are sealed; from now on only the
+// bitmap tracks changes.
+func (v *Volume) suspendLocked(cause error) error {
+	v.st.Mode = ModeBitmap
+	v.st.ModeReason = cause.Error()
+	v.logger().Error("journal suspended, tracking dirty regions only; a resync will be needed",
+		"volume", v.Path, "reason", cause)
+	if v.w.Count() > 0 {
+		v.rollLocked()
+	} else {
+		v.w.Close()
+		v.FS.Remove(v.w.Path())
+	}
+	v.w = nil
+	if err := saveState(v.FS, v.JournalDir, v.st); err != nil {
+		v.logger().Error("could not persist bitmap mode", "err", err)
+	}
+	return nil
+}
