@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 )
@@ -56,77 +57,83 @@ func CheckContinuity(a, b SegmentInfo) error {
 
 // Recovery is what Recover found and did.
 type Recovery struct {
-	Segments  []SegmentInfo // every segment, oldest first, all sealed afterwards
+	Segments  []SegmentInfo // every segment kept, oldest first, all sealed afterwards
 	Truncated *TornError    // the torn tail that was cut off, if any
-	Removed   string        // a newest segment whose header never became durable, removed
+	Removed   []string      // unsealed segments dropped: header torn, or after a torn tail
 }
 
 // Recover prepares the journal in dir for appending after a clean shutdown
-// or a crash: every segment is verified; a torn tail of the newest segment
-// is truncated and that segment sealed; a newest segment whose header was
-// torn and that holds no valid record is removed. Corruption anywhere else
-// (including an unsealed segment that is not the newest) and gaps between
-// segments are returned as errors wrapping ErrCorrupt or ErrGap; nothing is
-// changed then.
+// or a crash. Sealed segments are verified as they are. The segments that
+// were still open when the writer stopped (a trailing run of unsealed ones:
+// the one being sealed and the one being written) are cut at their first
+// damaged record and sealed; an unsealed segment after such a cut, or with a
+// torn header, never held anything durable that continues the journal and is
+// removed. Corruption of a sealed segment, a sealed segment after an unsealed
+// one, and seq gaps are returned as errors wrapping ErrCorrupt or ErrGap;
+// nothing is changed then.
 func Recover(fsys FS, dir string) (Recovery, error) {
 	var rec Recovery
 	seqs, err := ListSegments(fsys, dir)
 	if err != nil {
 		return rec, err
 	}
-	for i, s := range seqs {
+	var scans []SegmentInfo
+	var errs []error
+	inTail := false
+	for _, s := range seqs {
 		path := filepath.Join(dir, SegmentName(s))
-		last := i == len(seqs)-1
 		info, err := ScanFile(fsys, path)
 		var torn *TornError
+		sealed := err == nil && info.Sealed
 		switch {
+		case sealed && inTail:
+			return rec, &CorruptError{File: path, Offset: info.Size, Seq: info.LastSeq, Reason: "sealed segment after an unsealed one"}
 		case err == nil && info.FirstSeq != s:
 			return rec, &CorruptError{File: path, Reason: fmt.Sprintf("header says first seq %d, name says %d", info.FirstSeq, s)}
-		case err == nil && !info.Sealed && !last:
-			return rec, &CorruptError{File: path, Offset: info.Size, Seq: info.LastSeq, Reason: "segment is not sealed but newer segments exist"}
-		case err == nil:
-		case errors.As(err, &torn) && last:
-			if info.Count == 0 && info.Size < HeaderSize {
-				if err := removeDurably(fsys, path); err != nil {
-					return rec, err
-				}
-				rec.Removed = path
-				continue
-			}
-			rec.Truncated = torn
-		case errors.As(err, &torn):
-			return rec, &CorruptError{File: path, Offset: torn.Offset, Seq: torn.Seq, Reason: "torn record in a segment that is not the newest: " + torn.Reason}
-		case errors.Is(err, ErrCorrupt) && last && info.Size == 0 && headerOnly(fsys, path, s):
-			// The header itself was torn by a crash before its first sync
-			// and nothing valid follows: the segment never held a record.
-			if err := removeDurably(fsys, path); err != nil {
-				return rec, err
-			}
-			rec.Removed = path
-			continue
+		case err == nil, errors.As(err, &torn):
+		case errors.Is(err, ErrCorrupt) && info.Size == 0 && !footerAt(fsys, path):
+			// The header was torn by a crash before its first sync.
+			info, err = SegmentInfo{Path: path}, &TornError{File: path, Reason: "segment header torn"}
 		default:
 			return rec, err
 		}
-		if len(rec.Segments) > 0 {
-			if err := CheckContinuity(rec.Segments[len(rec.Segments)-1], info); err != nil {
+		inTail = inTail || !sealed
+		scans, errs = append(scans, info), append(errs, err)
+	}
+	cut := false
+	for i, info := range scans {
+		if cut || (errs[i] != nil && info.Size < HeaderSize) {
+			// Follows a cut (a gap), or never got a durable header.
+			if err := removeDurably(fsys, info.Path); err != nil {
+				return rec, err
+			}
+			rec.Removed = append(rec.Removed, info.Path)
+			cut = true
+			continue
+		}
+		if n := len(rec.Segments); n > 0 {
+			if err := CheckContinuity(rec.Segments[n-1], info); err != nil {
 				return rec, err
 			}
 		}
-		rec.Segments = append(rec.Segments, info)
-	}
-	if n := len(rec.Segments); n > 0 && !rec.Segments[n-1].Sealed {
-		info, err := sealExisting(fsys, rec.Segments[n-1].Path)
-		if err != nil {
-			return rec, err
+		if !info.Sealed {
+			var torn *TornError
+			if errors.As(errs[i], &torn) {
+				rec.Truncated, cut = torn, true
+			}
+			sealed, err := sealExisting(fsys, info.Path)
+			if err != nil {
+				return rec, err
+			}
+			info = sealed
 		}
-		rec.Segments[n-1] = info
+		rec.Segments = append(rec.Segments, info)
 	}
 	return rec, nil
 }
 
-// headerOnly reports whether a segment with a damaged header holds no
-// plausible record after it.
-func headerOnly(fsys FS, path string, firstSeq uint64) bool {
+// footerAt reports whether the file at path ends in a footer.
+func footerAt(fsys FS, path string) bool {
 	f, err := fsys.OpenFile(path, os.O_RDONLY, 0)
 	if err != nil {
 		return false
@@ -136,14 +143,13 @@ func headerOnly(fsys FS, path string, firstSeq uint64) bool {
 	if err != nil {
 		return false
 	}
-	rd := &Reader{r: f, size: size, name: path, off: HeaderSize, next: firstSeq}
-	found, err := rd.scanForHeader(HeaderSize)
-	return err == nil && found < 0
+	ok, err := hasFooter(f, size)
+	return err == nil && ok
 }
 
 func removeDurably(fsys FS, path string) error {
 	if err := fsys.Remove(path); err != nil {
-		return fmt.Errorf("remove empty torn segment: %w", err)
+		return fmt.Errorf("remove unsealed segment: %w", err)
 	}
 	return fsys.SyncDir(filepath.Dir(path))
 }
@@ -195,13 +201,24 @@ type Replayer interface {
 // A torn tail stops the replay after the last good record and is returned as
 // a *TornError.
 func Replay(r io.ReaderAt, size int64, name string, dst Replayer, onTag func(seq uint64, t Tag) error) (SegmentInfo, error) {
+	return ReplayUntil(r, size, name, dst, math.MaxUint64, onTag)
+}
+
+// ReplayUntil is Replay that stops after the record with seq lastSeq; the
+// returned LastSeq is the last record applied.
+func ReplayUntil(r io.ReaderAt, size int64, name string, dst Replayer, lastSeq uint64, onTag func(seq uint64, t Tag) error) (SegmentInfo, error) {
 	rd, err := NewReader(r, size, name)
 	if err != nil {
 		return SegmentInfo{Path: name}, err
 	}
 	var buf []byte
 	for {
-		rec, err := rd.Next()
+		var rec *Record
+		if rd.next <= lastSeq {
+			rec, err = rd.Next()
+		} else {
+			err = io.EOF
+		}
 		if err != nil {
 			info := SegmentInfo{Path: name, Generation: rd.Header.Generation, FirstSeq: rd.Header.FirstSeq,
 				LastSeq: rd.LastSeq(), Count: rd.Count(), Size: rd.Offset(), Sealed: rd.Sealed(), Created: rd.Header.Created}

@@ -127,7 +127,7 @@ func (rd *Reader) next1() (*Record, error) {
 	}
 	h, err := UnmarshalRecordHeader(rd.hdr[:])
 	if err != nil {
-		return nil, rd.damaged(rd.off+1, rd.next, err.Error())
+		return nil, rd.damaged(rd.next, err.Error())
 	}
 	end := rd.off + RecordHeaderSize + int64(h.PayloadLen)
 	if end > rd.size {
@@ -141,7 +141,7 @@ func (rd *Reader) next1() (*Record, error) {
 		return nil, fmt.Errorf("read %s at %d: %w", rd.name, rd.off+RecordHeaderSize, err)
 	}
 	if sum := xxhash.Sum64(p); sum != h.PayloadSum {
-		return nil, rd.damaged(end, h.Seq, fmt.Sprintf("%s seq %d: payload checksum %016x, want %016x", h.Type, h.Seq, sum, h.PayloadSum))
+		return nil, rd.damaged(h.Seq, fmt.Sprintf("%s seq %d: payload checksum %016x, want %016x", h.Type, h.Seq, sum, h.PayloadSum))
 	}
 	// From here the record's bytes are exactly what a writer wrote: any
 	// inconsistency is corruption, not a torn write.
@@ -212,43 +212,35 @@ func (rd *Reader) corruptAt(off int64, seq uint64, reason string) error {
 }
 
 // damaged decides between a torn tail and corruption for a record at rd.off
-// that failed its checksums: if a valid record header with a later seq
-// exists at or after from, the damage is followed by good data, so it is
-// corruption; otherwise the damaged record is the torn end of the journal.
-func (rd *Reader) damaged(from int64, seq uint64, reason string) error {
-	found, err := rd.scanForHeader(from)
+// that failed its checksums. A writer syncs every record before it writes
+// the footer, so a segment that ends in a valid footer was durable as a
+// whole: damage inside it is corruption. Without a footer the segment was
+// still open when the writer stopped, and everything from the first damaged
+// record on was never proven durable (page cache writeback has no order):
+// that is a torn tail, even if records that look valid follow it.
+func (rd *Reader) damaged(seq uint64, reason string) error {
+	sealed, err := hasFooter(rd.r, rd.size)
 	if err != nil {
-		return err
+		return fmt.Errorf("read %s: %w", rd.name, err)
 	}
-	if found >= 0 {
-		return rd.corrupt(seq, fmt.Sprintf("%s (a valid record follows at offset %d)", reason, found))
+	if sealed {
+		return rd.corrupt(seq, reason)
 	}
 	return rd.torn(reason)
 }
 
-// scanForHeader looks for a decodable record header whose seq is at least
-// rd.next (or a footer), starting at file offset from. It returns -1 if
-// there is none.
-func (rd *Reader) scanForHeader(from int64) (int64, error) {
-	const chunk = 1 << 20
-	buf := make([]byte, chunk+RecordHeaderSize)
-	for base := from; base+RecordHeaderSize <= rd.size; base += chunk {
-		n := min(int64(len(buf)), rd.size-base)
-		b := buf[:n]
-		if _, err := rd.r.ReadAt(b, base); err != nil && !errors.Is(err, io.EOF) {
-			return -1, fmt.Errorf("read %s at %d: %w", rd.name, base, err)
-		}
-		for i := 0; i+RecordHeaderSize <= len(b) && i < chunk; i++ {
-			t := RecordType(b[i])
-			if (t < TypeWrite || t > TypeTag) && t != TypeFooter {
-				continue
-			}
-			if rd.plausible(b[i:i+RecordHeaderSize], base+int64(i)) {
-				return base + int64(i), nil
-			}
-		}
+// hasFooter reports whether the file ends in a well-formed footer record.
+func hasFooter(r io.ReaderAt, size int64) (bool, error) {
+	const n = RecordHeaderSize + footerPayloadSize
+	if size < HeaderSize+n {
+		return false, nil
 	}
-	return -1, nil
+	var b [n]byte
+	if _, err := r.ReadAt(b[:], size-n); err != nil && !errors.Is(err, io.EOF) {
+		return false, err
+	}
+	h, err := UnmarshalRecordHeader(b[:RecordHeaderSize])
+	return err == nil && h.Type == TypeFooter && xxhash.Sum64(b[RecordHeaderSize:]) == h.PayloadSum, nil
 }
 
 // Scan reads the whole segment and returns its description. A torn tail is
@@ -270,29 +262,4 @@ func Scan(r io.ReaderAt, size int64, name string) (SegmentInfo, error) {
 		return info, nil
 	}
 	return info, err
-}
-
-// plausible reports whether hb, found at file offset at while scanning past
-// damage, is a record this segment's writer could have written there: a
-// valid header with a seq that fits between the damage and the offset, and a
-// payload that verifies. This keeps guest data that happens to contain
-// journal bytes from turning a torn tail into "corruption".
-func (rd *Reader) plausible(hb []byte, at int64) bool {
-	h, err := UnmarshalRecordHeader(hb)
-	if err != nil {
-		return false
-	}
-	maxSeq := rd.next + uint64(at-rd.off)/RecordHeaderSize
-	if h.Seq+1 < rd.next || h.Seq > maxSeq || (h.Type != TypeFooter && h.Seq < rd.next) {
-		return false
-	}
-	end := at + RecordHeaderSize + int64(h.PayloadLen)
-	if end > rd.size {
-		return false
-	}
-	p := make([]byte, h.PayloadLen)
-	if _, err := rd.r.ReadAt(p, at+RecordHeaderSize); err != nil {
-		return false
-	}
-	return xxhash.Sum64(p) == h.PayloadSum
 }

@@ -257,6 +257,13 @@ func (w *Writer) Seal() (SegmentInfo, error) {
 	if err := w.usable(); err != nil {
 		return SegmentInfo{}, err
 	}
+	// Records first, footer second: a valid footer then proves that every
+	// record before it is durable, which is how readers tell corruption
+	// from a torn tail.
+	if err := w.f.Sync(); err != nil {
+		w.broken = fmt.Errorf("seal segment %s: sync: %w", w.path, err)
+		return SegmentInfo{}, w.broken
+	}
 	var p [footerPayloadSize]byte
 	Footer{Count: w.count, Chain: w.chain.Sum64()}.marshal(p[:])
 	h := RecordHeader{Type: TypeFooter, Seq: w.next - 1, PayloadLen: footerPayloadSize, PayloadSum: xxhash.Sum64(p[:])}
@@ -268,7 +275,8 @@ func (w *Writer) Seal() (SegmentInfo, error) {
 		return SegmentInfo{}, fmt.Errorf("seal segment %s: %w", w.path, err)
 	}
 	if err := w.f.Sync(); err != nil {
-		return SegmentInfo{}, fmt.Errorf("seal segment %s: sync: %w", w.path, err)
+		w.broken = fmt.Errorf("seal segment %s: sync: %w", w.path, err)
+		return SegmentInfo{}, w.broken
 	}
 	if err := w.syncDir(); err != nil {
 		return SegmentInfo{}, err

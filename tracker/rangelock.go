@@ -6,9 +6,10 @@ import "sync"
 // disjoint ranges proceed in parallel. It is built for the tens of requests
 // an NBD client keeps in flight: a linear scan, no allocation once warm.
 type rangeLock struct {
-	mu     sync.Mutex
-	cond   sync.Cond
-	active []lockedRange
+	mu       sync.Mutex
+	cond     sync.Cond
+	active   []lockedRange
+	draining int // barriers waiting; new lockers queue behind them
 }
 
 type lockedRange struct{ start, end int64 }
@@ -18,7 +19,7 @@ func (l *rangeLock) lock(start, end int64) {
 	if l.cond.L == nil {
 		l.cond.L = &l.mu
 	}
-	for l.overlaps(start, end) {
+	for l.draining > 0 || l.overlaps(start, end) {
 		l.cond.Wait()
 	}
 	l.active = append(l.active, lockedRange{start, end})
@@ -44,6 +45,22 @@ func (l *rangeLock) unlock(start, end int64) {
 			break
 		}
 	}
+	l.cond.Broadcast()
+	l.mu.Unlock()
+}
+
+// barrier returns once every range locked before it was called has been
+// unlocked. Lockers arriving meanwhile wait for it, so it cannot starve.
+func (l *rangeLock) barrier() {
+	l.mu.Lock()
+	if l.cond.L == nil {
+		l.cond.L = &l.mu
+	}
+	l.draining++
+	for len(l.active) > 0 {
+		l.cond.Wait()
+	}
+	l.draining--
 	l.cond.Broadcast()
 	l.mu.Unlock()
 }

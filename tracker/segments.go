@@ -39,6 +39,7 @@ func (v *Volume) rollLocked() *pendingSeg {
 	v.sealCond.Signal()
 	next := v.w.NextSeq()
 	v.w, v.curRegion = nil, nil
+	v.resumeSeq = next
 	if v.st.Mode == ModeJournal {
 		if err := v.startSegment(next); err != nil {
 			v.suspendLocked(fmt.Errorf("start segment %d: %w", next, err))
@@ -80,22 +81,35 @@ func (v *Volume) sealer() {
 	}
 }
 
-// ager seals a non-empty segment once it is SegmentAge old, which bounds
-// how long a write waits before it can be shipped.
-func (v *Volume) ager() {
+// background seals a non-empty segment once it is SegmentAge old, which
+// bounds how long a write waits before it can be shipped, and runs a
+// checkpoint every CheckpointInterval so that acknowledged regions turn
+// clean even when no client flushes.
+func (v *Volume) background() {
 	defer v.wg.Done()
-	t := time.NewTicker(max(v.SegmentAge/4, 10*time.Millisecond))
+	tick := 250 * time.Millisecond
+	if v.SegmentAge > 0 {
+		tick = min(tick, max(v.SegmentAge/4, 10*time.Millisecond))
+	}
+	t := time.NewTicker(tick)
 	defer t.Stop()
+	lastCheckpoint := time.Now()
 	for {
 		select {
 		case <-v.done:
 			return
 		case <-t.C:
-			v.mu.Lock()
-			if !v.closed && v.w != nil && v.w.Count() > 0 && time.Since(v.w.Created()) >= v.SegmentAge {
-				v.rollLocked()
+		}
+		v.mu.Lock()
+		if v.SegmentAge > 0 && !v.closed && v.w != nil && v.w.Count() > 0 && time.Since(v.w.Created()) >= v.SegmentAge {
+			v.rollLocked()
+		}
+		v.mu.Unlock()
+		if v.CheckpointInterval > 0 && time.Since(lastCheckpoint) >= v.CheckpointInterval {
+			lastCheckpoint = time.Now()
+			if err := v.checkpoint(); err != nil {
+				v.logger().Error("checkpoint of the dirty bitmap failed", "volume", v.Path, "err", err)
 			}
-			v.mu.Unlock()
 		}
 	}
 }
@@ -133,10 +147,7 @@ func (v *Volume) Flush() error {
 	if err != nil {
 		return err
 	}
-	if err := v.backing.Sync(); err != nil {
-		return fmt.Errorf("sync backing store %s: %w", v.Path, err)
-	}
-	return v.bitmap.Sync()
+	return v.checkpoint()
 }
 
 // Tag appends a recovery-point marker after every write that completed
@@ -148,9 +159,9 @@ func (v *Volume) Tag(kind hrl.TagKind, name string) (uint64, error) {
 		v.mu.Unlock()
 		return 0, ErrClosed
 	}
-	if v.st.Mode != ModeJournal {
+	if v.st.Resync != "" {
 		v.mu.Unlock()
-		return 0, fmt.Errorf("%w (%s)", ErrBitmapMode, v.st.ModeReason)
+		return 0, fmt.Errorf("%w (%s)", ErrResync, v.st.Resync)
 	}
 	seq, err := v.w.AppendTag(hrl.Tag{Kind: kind, Name: name, Time: time.Now()})
 	if err != nil {
@@ -236,7 +247,7 @@ func (v *Volume) Ack(firstSeq uint64) error {
 	for _, r := range s.regions {
 		if last, ok := v.touched[r]; ok && last <= s.info.LastSeq {
 			delete(v.touched, r)
-			v.bitmap.Clear(r)
+			v.clearable = append(v.clearable, r)
 		}
 	}
 	return nil
@@ -248,6 +259,7 @@ type Status struct {
 	Generation   uint64
 	Mode         string
 	ModeReason   string
+	Resync       string // why a resync is needed; empty when none is
 	NextSeq      uint64
 	AckedSeq     uint64
 	Sealed       int
@@ -260,7 +272,7 @@ type Status struct {
 // Status returns the current tracking state.
 func (v *Volume) Status() Status {
 	v.mu.Lock()
-	s := Status{VolumeID: v.st.VolumeID, Generation: v.st.Generation, Mode: v.st.Mode, ModeReason: v.st.ModeReason,
+	s := Status{VolumeID: v.st.VolumeID, Generation: v.st.Generation, Mode: v.st.Mode, ModeReason: v.st.ModeReason, Resync: v.st.Resync,
 		AckedSeq: v.st.AckedSeq, Sealed: len(v.sealed), RegionSize: v.RegionSize, Size: v.size}
 	if v.w != nil {
 		s.NextSeq = v.w.NextSeq()
@@ -296,8 +308,14 @@ func (v *Volume) Close() error {
 		w.Close()
 		errs = append(errs, v.FS.Remove(w.Path()), v.FS.SyncDir(v.JournalDir))
 	}
-	if err := v.backing.Sync(); err != nil {
-		errs = append(errs, fmt.Errorf("sync backing store: %w", err))
+	errs = append(errs, v.checkpoint())
+	if err := errors.Join(errs...); err == nil {
+		// Everything is durable: the next Open needs no resync.
+		v.mu.Lock()
+		st := v.st
+		v.mu.Unlock()
+		st.Running = false
+		errs = append(errs, saveState(v.FS, v.JournalDir, st))
 	}
 	errs = append(errs, v.closeFiles())
 	return errors.Join(errs...)

@@ -32,6 +32,12 @@ type state struct {
 	AckedSeq   uint64 `json:"acked_seq"`
 	Mode       string `json:"mode"`
 	ModeReason string `json:"mode_reason,omitempty"`
+	// Running is true while a process has the volume open; finding it set
+	// at Open means the last run ended without Close.
+	Running bool `json:"running"`
+	// Resync, when set, says why the dirty regions must be resynced before
+	// a new recovery point can be consistent.
+	Resync string `json:"resync,omitempty"`
 }
 
 func loadState(fsys hrl.FS, dir string) (state, bool, error) {

@@ -20,17 +20,18 @@ import (
 
 // Defaults.
 const (
-	DefaultRegionSize   = 64 << 10
-	DefaultBlockSize    = hrl.DefaultBlockSize
-	DefaultSegmentBytes = 32 << 20
-	DefaultSegmentAge   = 2 * time.Second
+	DefaultRegionSize         = 64 << 10
+	DefaultBlockSize          = hrl.DefaultBlockSize
+	DefaultSegmentBytes       = 32 << 20
+	DefaultSegmentAge         = 2 * time.Second
+	DefaultCheckpointInterval = 5 * time.Second
 )
 
 // Errors of this package.
 var (
 	ErrOutOfRange = errors.New("request outside the volume")
 	ErrClosed     = errors.New("volume closed")
-	ErrBitmapMode = errors.New("journal suspended (bitmap mode): a resync is needed before new recovery points")
+	ErrResync     = errors.New("dirty regions need a resync before a consistent recovery point can be taken")
 	ErrAckOrder   = errors.New("ack out of order: only the oldest sealed segment can be acknowledged")
 	ErrLocked     = errors.New("journal directory is in use by another process")
 )
@@ -58,7 +59,10 @@ type Volume struct {
 	SegmentAge   time.Duration // seal a non-empty segment at this age; 0 disables
 	Dedupe       bool          // REF records for repeated blocks (default true)
 	DedupeBlocks int           // dedupe window size in blocks
-	Logger       *slog.Logger
+	// CheckpointInterval is how often acknowledged regions are cleared in
+	// the persisted bitmap without a Flush; 0 leaves it to Flush and Close.
+	CheckpointInterval time.Duration
+	Logger             *slog.Logger
 
 	backing hrl.File
 	size    int64
@@ -77,6 +81,8 @@ type Volume struct {
 	sealCond  sync.Cond
 	changed   chan struct{} // closed and replaced when sealed changes
 	closed    bool
+	clearable []int64 // regions whose changes are all acknowledged, to clear at the next checkpoint
+	resumeSeq uint64  // next seq when journaling resumes after bitmap mode
 
 	done   chan struct{}
 	wg     sync.WaitGroup
@@ -100,7 +106,7 @@ type pendingSeg struct {
 func NewVolume(path, journalDir string) *Volume {
 	return &Volume{Path: path, JournalDir: journalDir, FS: hrl.OSFS{}, BlockSize: DefaultBlockSize,
 		RegionSize: DefaultRegionSize, SegmentBytes: DefaultSegmentBytes, SegmentAge: DefaultSegmentAge,
-		Dedupe: true, DedupeBlocks: hrl.DefaultDedupeBlocks}
+		Dedupe: true, DedupeBlocks: hrl.DefaultDedupeBlocks, CheckpointInterval: DefaultCheckpointInterval}
 }
 
 func (v *Volume) logger() *slog.Logger {
@@ -153,10 +159,8 @@ func (v *Volume) Open(ctx context.Context) error {
 	v.changed = make(chan struct{})
 	v.wg.Add(1)
 	go v.sealer()
-	if v.SegmentAge > 0 {
-		v.wg.Add(1)
-		go v.ager()
-	}
+	v.wg.Add(1)
+	go v.background()
 	return nil
 }
 
@@ -199,9 +203,19 @@ func (v *Volume) open() error {
 	if err != nil {
 		return err
 	}
+	if v.st.Running && v.st.Resync == "" {
+		// Writes that reached the backing store after the last durable
+		// journal record may be missing from the journal: only a resync of
+		// the dirty regions makes the replica whole again.
+		v.st.Resync = "unclean shutdown: writes after the last flush may be missing from the journal"
+		v.logger().Warn("volume was not closed cleanly; dirty regions need a resync before the next recovery point",
+			"volume", v.Path, "dirty_regions", v.bitmap.Dirty())
+	}
+	v.st.Running = true
 	if err := saveState(v.FS, v.JournalDir, v.st); err != nil {
 		return err
 	}
+	v.resumeSeq = next
 	if v.st.Mode == ModeJournal {
 		return v.startSegment(next)
 	}
@@ -225,13 +239,13 @@ func (v *Volume) recoverJournal() (uint64, error) {
 		v.logger().Warn("journal torn tail truncated after a crash", "volume", v.Path, "file", rec.Truncated.File,
 			"offset", rec.Truncated.Offset, "last_good_seq", rec.Truncated.Seq, "reason", rec.Truncated.Reason)
 	}
-	if rec.Removed != "" {
-		v.logger().Warn("removed a journal segment whose header never became durable", "file", rec.Removed)
+	for _, path := range rec.Removed {
+		v.logger().Warn("removed an unsealed journal segment that never became durable", "file", path)
 	}
 	next := v.st.AckedSeq + 1
 	for _, info := range rec.Segments {
-		if info.LastSeq <= v.st.AckedSeq && info.Count > 0 || info.LastSeq < v.st.AckedSeq {
-			// Acknowledged before a crash interrupted its deletion.
+		if info.Count == 0 || info.LastSeq <= v.st.AckedSeq {
+			// Empty, or acknowledged before a crash interrupted its deletion.
 			if err := v.FS.Remove(info.Path); err != nil {
 				return 0, fmt.Errorf("remove acknowledged segment: %w", err)
 			}
@@ -315,8 +329,7 @@ func (v *Volume) quarantine(cause error) (uint64, error) {
 		return 0, err
 	}
 	v.st.Generation++
-	v.st.Mode = ModeBitmap
-	v.st.ModeReason = fmt.Sprintf("journal could not be trusted (%v); segments moved to %s", cause, qdir)
+	v.st.Resync = fmt.Sprintf("journal could not be trusted (%v); segments moved to %s", cause, qdir)
 	clear(v.touched)
 	v.sealed = nil
 	v.logger().Error("journal quarantined, new generation; dirty regions need a resync",

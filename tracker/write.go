@@ -2,6 +2,7 @@ package tracker
 
 import (
 	"fmt"
+	"math"
 
 	"lifeboat/hrl"
 )
@@ -180,6 +181,12 @@ func (v *Volume) journal(a0, a1 int64, appendFn func(*hrl.Writer) (uint64, error
 		return ErrClosed
 	}
 	if v.st.Mode != ModeJournal {
+		// Unjournaled: no acknowledgement may clear these regions before
+		// a resync has journaled them.
+		r0, r1 := v.bitmap.regions(a0, a1-a0)
+		for r := r0; r < r1; r++ {
+			v.touched[r] = math.MaxUint64
+		}
 		return nil
 	}
 	first := v.w.NextSeq()
@@ -205,19 +212,23 @@ func (v *Volume) journal(a0, a1 int64, appendFn func(*hrl.Writer) (uint64, error
 
 // suspendLocked switches to bitmap mode after the journal failed. The
 // records already written stay valid and are sealed; from now on only the
-// bitmap tracks changes.
+// bitmap tracks changes, until Resync.
 func (v *Volume) suspendLocked(cause error) error {
 	v.st.Mode = ModeBitmap
 	v.st.ModeReason = cause.Error()
+	v.st.Resync = "journal suspended: " + cause.Error()
 	v.logger().Error("journal suspended, tracking dirty regions only; a resync will be needed",
 		"volume", v.Path, "reason", cause)
-	if v.w.Count() > 0 {
-		v.rollLocked()
-	} else {
-		v.w.Close()
-		v.FS.Remove(v.w.Path())
+	if w := v.w; w != nil {
+		v.resumeSeq = w.NextSeq()
+		if w.Count() > 0 {
+			v.rollLocked()
+		} else {
+			w.Close()
+			v.FS.Remove(w.Path())
+		}
+		v.w = nil
 	}
-	v.w = nil
 	if err := saveState(v.FS, v.JournalDir, v.st); err != nil {
 		v.logger().Error("could not persist bitmap mode", "err", err)
 	}
