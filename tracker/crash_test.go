@@ -55,6 +55,7 @@ func (c *crashRun) volume() *tracker.Volume {
 	v.FS = c.fsys
 	v.SegmentBytes = 64 << 10
 	v.SegmentAge = 0
+	v.Logger = quiet
 	v.RegionSize = crashRegion
 	return v
 }
@@ -79,9 +80,7 @@ func (c *crashRun) workload(v *tracker.Volume, r *rand.Rand) error {
 		switch k := r.IntN(12); {
 		case k < 8:
 			p := make([]byte, n)
-			for j := range p {
-				p[j] = byte(r.Uint32() | 1)
-			}
+			randomBytes(r, p)
 			c.log = append(c.log, fmt.Sprintf("write %d@%d", n, off))
 			if _, err = v.WriteAt(p, off); err == nil {
 				copy(c.model[off:], p)
@@ -183,6 +182,7 @@ func TestCrashAtEveryOperation(t *testing.T) {
 	for n := 0; n <= total+2; n += step {
 		for _, mode := range modes {
 			t.Run(fmt.Sprintf("op%d/%v", n, mode), func(t *testing.T) {
+				t.Parallel()
 				c := newCrashRun(t, seed)
 				c.fsys.CrashAfter(n)
 				v := c.volume()

@@ -174,17 +174,14 @@ func (v *Volume) Tag(kind hrl.TagKind, name string) (uint64, error) {
 	return seq, p.err
 }
 
-// Seal seals the open segment now if it holds records, and waits until
-// it is durable and offered to the consumer.
+// Seal seals the open segment now if it holds records, and waits until it
+// and every segment rolled before it are durable and offered to the
+// consumer.
 func (v *Volume) Seal() error {
 	v.mu.Lock()
-	p := v.rollLocked()
+	v.rollLocked()
 	v.mu.Unlock()
-	if p == nil {
-		return nil
-	}
-	<-p.done
-	return p.err
+	return v.waitSealed()
 }
 
 // Segments returns the sealed segments not yet acknowledged, oldest first.

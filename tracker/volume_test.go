@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"testing"
@@ -13,6 +14,8 @@ import (
 	"lifeboat/hrl/hrltest"
 	"lifeboat/tracker"
 )
+
+var quiet = slog.New(slog.DiscardHandler)
 
 const (
 	backingPath = "/vol/disk.img"
@@ -27,16 +30,21 @@ func (m image) Zero(off, n int64, _ bool) error          { clear(m[off : off+n])
 
 func initialImage(size int, seed uint64) []byte {
 	r := rand.New(rand.NewPCG(seed, 1))
+	src := rand.NewChaCha8([32]byte{byte(seed), 1})
 	b := make([]byte, size)
 	for i := 0; i < size; i += 4096 {
 		if r.IntN(3) == 0 {
 			continue // leave some zero blocks
 		}
-		for j := i; j < i+4096 && j < size; j++ {
-			b[j] = byte(r.Uint32())
-		}
+		src.Read(b[i:min(i+4096, size)])
 	}
 	return b
+}
+
+// randomBytes fills p from r quickly.
+func randomBytes(r *rand.Rand, p []byte) {
+	src := rand.NewChaCha8([32]byte{byte(r.Uint64()), byte(r.Uint64()), byte(r.Uint64())})
+	src.Read(p)
 }
 
 func newVolume(t testing.TB, fsys hrl.FS) *tracker.Volume {
@@ -45,6 +53,7 @@ func newVolume(t testing.TB, fsys hrl.FS) *tracker.Volume {
 	v.FS = fsys
 	v.SegmentBytes = 64 << 10 // many rolls
 	v.SegmentAge = 0
+	v.Logger = quiet
 	return v
 }
 
@@ -78,9 +87,7 @@ func randomOp(t *testing.T, r *rand.Rand, v *tracker.Volume, model []byte) strin
 				copy(p[i:], model[src:src+4096])
 			}
 		default:
-			for i := range p {
-				p[i] = byte(r.Uint32())
-			}
+			randomBytes(r, p)
 		}
 		if _, err := v.WriteAt(p, off); err != nil {
 			t.Fatalf("write %d@%d: %v", n, off, err)
