@@ -42,8 +42,13 @@ func ScanFile(fsys FS, path string) (SegmentInfo, error) {
 	return Scan(f, size, path)
 }
 
-// CheckContinuity verifies that b continues a.
+// CheckContinuity verifies that b continues a: same volume and block size,
+// the next seq, no generation going back.
 func CheckContinuity(a, b SegmentInfo) error {
+	if a.VolumeID != b.VolumeID || a.BlockSize != b.BlockSize {
+		return fmt.Errorf("%w: %s belongs to volume %x (block size %d), %s to volume %x (block size %d)", ErrGap,
+			filepath.Base(a.Path), a.VolumeID, a.BlockSize, filepath.Base(b.Path), b.VolumeID, b.BlockSize)
+	}
 	if b.FirstSeq != a.LastSeq+1 {
 		return fmt.Errorf("%w: %s ends at seq %d, %s starts at seq %d", ErrGap,
 			filepath.Base(a.Path), a.LastSeq, filepath.Base(b.Path), b.FirstSeq)
@@ -55,6 +60,72 @@ func CheckContinuity(a, b SegmentInfo) error {
 	return nil
 }
 
+// Plan is what Recover would do to a journal directory, found by Check
+// without changing anything.
+type Plan struct {
+	// Segments are the segments kept, oldest first, as they are now; the
+	// unsealed ones among them get sealed (after Truncate, for the one it
+	// names).
+	Segments []SegmentInfo
+	// Truncate is the torn tail to cut off, if any.
+	Truncate *TornError
+	// Remove lists unsealed segments that never held anything durable that
+	// continues the journal: a torn header, or after a torn tail.
+	Remove []string
+}
+
+// Check verifies every segment in dir and the continuity between them, and
+// says what Recover would do, without changing anything. Sealed segments are
+// verified as they are. The segments that were still open when the writer
+// stopped (a trailing run of unsealed ones: the one being sealed and the one
+// being written) are cut at their first damaged record; an unsealed segment
+// after such a cut, or with a torn header, is to be removed. Corruption of a
+// sealed segment, a sealed segment after an unsealed one, and gaps are
+// returned as errors wrapping ErrCorrupt or ErrGap.
+func Check(fsys FS, dir string) (Plan, error) {
+	var plan Plan
+	seqs, err := ListSegments(fsys, dir)
+	if err != nil {
+		return plan, err
+	}
+	inTail, cut := false, false
+	for _, s := range seqs {
+		path := filepath.Join(dir, SegmentName(s))
+		info, err := ScanFile(fsys, path)
+		var torn *TornError
+		sealed := err == nil && info.Sealed
+		switch {
+		case sealed && inTail:
+			return plan, &CorruptError{File: path, Offset: info.Size, Seq: info.LastSeq, Reason: "sealed segment after an unsealed one"}
+		case err == nil && info.FirstSeq != s:
+			return plan, &CorruptError{File: path, Reason: fmt.Sprintf("header says first seq %d, name says %d", info.FirstSeq, s)}
+		case err == nil, errors.As(err, &torn):
+		case errors.Is(err, ErrCorrupt) && info.Size == 0 && !footerAt(fsys, path):
+			// The header was torn by a crash before its first sync.
+			info, torn = SegmentInfo{Path: path}, &TornError{File: path, Reason: "segment header torn"}
+		default:
+			return plan, err
+		}
+		inTail = inTail || !sealed
+		if cut || info.Size < HeaderSize {
+			// Follows a cut (a gap), or never got a durable header.
+			plan.Remove = append(plan.Remove, path)
+			cut = true
+			continue
+		}
+		if n := len(plan.Segments); n > 0 {
+			if err := CheckContinuity(plan.Segments[n-1], info); err != nil {
+				return plan, err
+			}
+		}
+		if torn != nil {
+			plan.Truncate, cut = torn, true
+		}
+		plan.Segments = append(plan.Segments, info)
+	}
+	return plan, nil
+}
+
 // Recovery is what Recover found and did.
 type Recovery struct {
 	Segments  []SegmentInfo // every segment kept, oldest first, all sealed afterwards
@@ -63,69 +134,25 @@ type Recovery struct {
 }
 
 // Recover prepares the journal in dir for appending after a clean shutdown
-// or a crash. Sealed segments are verified as they are. The segments that
-// were still open when the writer stopped (a trailing run of unsealed ones:
-// the one being sealed and the one being written) are cut at their first
-// damaged record and sealed; an unsealed segment after such a cut, or with a
-// torn header, never held anything durable that continues the journal and is
-// removed. Corruption of a sealed segment, a sealed segment after an unsealed
-// one, and seq gaps are returned as errors wrapping ErrCorrupt or ErrGap;
-// nothing is changed then.
+// or a crash: it carries out the Plan of Check. Nothing is changed when
+// Check returns an error.
 func Recover(fsys FS, dir string) (Recovery, error) {
-	var rec Recovery
-	seqs, err := ListSegments(fsys, dir)
+	plan, err := Check(fsys, dir)
 	if err != nil {
-		return rec, err
+		return Recovery{}, err
 	}
-	var scans []SegmentInfo
-	var errs []error
-	inTail := false
-	for _, s := range seqs {
-		path := filepath.Join(dir, SegmentName(s))
-		info, err := ScanFile(fsys, path)
-		var torn *TornError
-		sealed := err == nil && info.Sealed
-		switch {
-		case sealed && inTail:
-			return rec, &CorruptError{File: path, Offset: info.Size, Seq: info.LastSeq, Reason: "sealed segment after an unsealed one"}
-		case err == nil && info.FirstSeq != s:
-			return rec, &CorruptError{File: path, Reason: fmt.Sprintf("header says first seq %d, name says %d", info.FirstSeq, s)}
-		case err == nil, errors.As(err, &torn):
-		case errors.Is(err, ErrCorrupt) && info.Size == 0 && !footerAt(fsys, path):
-			// The header was torn by a crash before its first sync.
-			info, err = SegmentInfo{Path: path}, &TornError{File: path, Reason: "segment header torn"}
-		default:
+	rec := Recovery{Truncated: plan.Truncate}
+	for _, path := range plan.Remove {
+		if err := removeDurably(fsys, path); err != nil {
 			return rec, err
 		}
-		inTail = inTail || !sealed
-		scans, errs = append(scans, info), append(errs, err)
+		rec.Removed = append(rec.Removed, path)
 	}
-	cut := false
-	for i, info := range scans {
-		if cut || (errs[i] != nil && info.Size < HeaderSize) {
-			// Follows a cut (a gap), or never got a durable header.
-			if err := removeDurably(fsys, info.Path); err != nil {
-				return rec, err
-			}
-			rec.Removed = append(rec.Removed, info.Path)
-			cut = true
-			continue
-		}
-		if n := len(rec.Segments); n > 0 {
-			if err := CheckContinuity(rec.Segments[n-1], info); err != nil {
-				return rec, err
-			}
-		}
+	for _, info := range plan.Segments {
 		if !info.Sealed {
-			var torn *TornError
-			if errors.As(errs[i], &torn) {
-				rec.Truncated, cut = torn, true
-			}
-			sealed, err := sealExisting(fsys, info.Path)
-			if err != nil {
+			if info, err = sealExisting(fsys, info.Path); err != nil {
 				return rec, err
 			}
-			info = sealed
 		}
 		rec.Segments = append(rec.Segments, info)
 	}
@@ -220,8 +247,7 @@ func ReplayUntil(r io.ReaderAt, size int64, name string, dst Replayer, lastSeq u
 			err = io.EOF
 		}
 		if err != nil {
-			info := SegmentInfo{Path: name, Generation: rd.Header.Generation, FirstSeq: rd.Header.FirstSeq,
-				LastSeq: rd.LastSeq(), Count: rd.Count(), Size: rd.Offset(), Sealed: rd.Sealed(), Created: rd.Header.Created}
+			info := rd.Info()
 			if errors.Is(err, io.EOF) {
 				return info, nil
 			}

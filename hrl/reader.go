@@ -95,6 +95,13 @@ func (rd *Reader) LastSeq() uint64 { return rd.next - 1 }
 // Count is the number of records read so far.
 func (rd *Reader) Count() uint64 { return rd.count }
 
+// Info describes the part of the segment read so far.
+func (rd *Reader) Info() SegmentInfo {
+	h := rd.Header
+	return SegmentInfo{Path: rd.name, VolumeID: h.VolumeID, BlockSize: h.BlockSize, Generation: h.Generation,
+		FirstSeq: h.FirstSeq, LastSeq: rd.LastSeq(), Count: rd.Count(), Size: rd.Offset(), Sealed: rd.Sealed(), Created: h.Created}
+}
+
 // Sealed reports whether the footer was reached and verified.
 func (rd *Reader) Sealed() bool { return rd.footer != nil }
 
@@ -256,8 +263,7 @@ func Scan(r io.ReaderAt, size int64, name string) (SegmentInfo, error) {
 			break
 		}
 	}
-	info := SegmentInfo{Path: name, Generation: rd.Header.Generation, FirstSeq: rd.Header.FirstSeq,
-		LastSeq: rd.LastSeq(), Count: rd.Count(), Size: rd.Offset(), Sealed: rd.Sealed(), Created: rd.Header.Created}
+	info := rd.Info()
 	if errors.Is(err, io.EOF) {
 		return info, nil
 	}

@@ -25,6 +25,8 @@ type WriterConfig struct {
 // SegmentInfo describes a segment file.
 type SegmentInfo struct {
 	Path       string
+	VolumeID   [16]byte
+	BlockSize  uint32
 	Generation uint64
 	FirstSeq   uint64
 	LastSeq    uint64 // FirstSeq-1 when the segment holds no record
@@ -114,7 +116,7 @@ func (w *Writer) Created() time.Time { return w.created }
 
 // Info describes the segment as written so far.
 func (w *Writer) Info() SegmentInfo {
-	return SegmentInfo{Path: w.path, Generation: w.hdr.Generation, FirstSeq: w.hdr.FirstSeq,
+	return SegmentInfo{Path: w.path, VolumeID: w.hdr.VolumeID, BlockSize: w.hdr.BlockSize, Generation: w.hdr.Generation, FirstSeq: w.hdr.FirstSeq,
 		LastSeq: w.next - 1, Count: w.count, Size: w.off, Sealed: w.sealed, Created: w.created}
 }
 

@@ -1,0 +1,54 @@
+# Lifeboat developer targets. Everything needs only Go; `make test` also runs
+# the integration tests when their tools are installed (.ci/run installs them
+# and sets LIFEBOAT_REQUIRE_INTEGRATION=1, which turns their skips into failures).
+
+GO        ?= go
+FUZZTIME  ?= 10s
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   := -X main.version=$(VERSION)
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+
+.PHONY: all demo test unit fuzz bench lint build clean
+
+all: lint test build
+
+## demo: journal a workload on a scratch volume and prove it replays (a few seconds, no root)
+demo:
+	$(GO) run ./cmd/lifeboat demo
+
+## test: go vet, the unit and integration tests with -race, then a short run of every fuzz target
+test: unit fuzz
+
+unit:
+	$(GO) vet ./...
+	$(GO) test -race -count=1 ./...
+
+## fuzz: run each fuzz target (func FuzzXxx in any *_test.go) for FUZZTIME
+fuzz:
+	@set -e; found=0; \
+	for f in $$(grep -rl --include='*_test.go' '^func Fuzz' . | grep -v '/testdata/' | sort); do \
+		dir=./$$(dirname "$${f#./}"); \
+		for fn in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' "$$f"); do \
+			found=$$((found+1)); \
+			echo "$(GO) test -run='^\$$' -fuzz='^$$fn\$$' -fuzztime=$(FUZZTIME) $$dir"; \
+			$(GO) test -run='^$$' -fuzz="^$$fn\$$" -fuzztime=$(FUZZTIME) "$$dir"; \
+		done; \
+	done; \
+	echo "fuzz: $$found target(s) ran for $(FUZZTIME) each"
+
+## bench: every benchmark, with allocations
+bench:
+	$(GO) test -run='^$$' -bench=. -benchmem ./...
+
+## lint: gofmt, go vet, staticcheck
+lint:
+	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt -l found unformatted files (run gofmt -w on them):"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
+
+## build: bin/lifeboat, versioned from git describe
+build:
+	$(GO) build -ldflags '$(LDFLAGS)' -o bin/lifeboat ./cmd/lifeboat
+
+clean:
+	rm -rf bin
