@@ -43,13 +43,14 @@ func ScanFile(fsys FS, path string) (SegmentInfo, error) {
 }
 
 // CheckContinuity verifies that b continues a: same volume and block size,
-// the next seq, no generation going back.
+// and either the same generation and the next seq, or a newer generation
+// (which marks a break that a resync repaired) with a higher seq.
 func CheckContinuity(a, b SegmentInfo) error {
 	if a.VolumeID != b.VolumeID || a.BlockSize != b.BlockSize {
 		return fmt.Errorf("%w: %s belongs to volume %x (block size %d), %s to volume %x (block size %d)", ErrGap,
 			filepath.Base(a.Path), a.VolumeID, a.BlockSize, filepath.Base(b.Path), b.VolumeID, b.BlockSize)
 	}
-	if b.FirstSeq != a.LastSeq+1 {
+	if b.Generation == a.Generation && b.FirstSeq != a.LastSeq+1 || b.FirstSeq <= a.LastSeq {
 		return fmt.Errorf("%w: %s ends at seq %d, %s starts at seq %d", ErrGap,
 			filepath.Base(a.Path), a.LastSeq, filepath.Base(b.Path), b.FirstSeq)
 	}

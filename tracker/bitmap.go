@@ -1,6 +1,7 @@
 package tracker
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -26,6 +27,8 @@ import (
 // the backing store (write-intent, as md's bitmap does), so the file never
 // under-reports after a crash. Clears are written lazily: a crash may leave
 // a region marked that is in fact clean, which only costs a resync.
+var le = binary.LittleEndian
+
 const (
 	bitmapMagic   = "LBDIRTY1"
 	bitmapVersion = 1
@@ -94,7 +97,6 @@ func (b *Bitmap) load() (int64, string, error) {
 	if _, err := b.f.ReadAt(h, 0); err != nil && !errors.Is(err, io.EOF) {
 		return 0, "", fmt.Errorf("read dirty bitmap: %w", err)
 	}
-	le := hrlLE
 	switch {
 	case string(h[:8]) != bitmapMagic || le.Uint64(h[40:]) != xxhash.Sum64(h[:40]):
 		return 0, "bitmap header damaged: every region is dirty", nil
@@ -121,7 +123,6 @@ func (b *Bitmap) load() (int64, string, error) {
 
 func (b *Bitmap) writeAll() error {
 	h := make([]byte, bitmapHeader)
-	le := hrlLE
 	copy(h, bitmapMagic)
 	le.PutUint32(h[8:], bitmapVersion)
 	le.PutUint64(h[16:], uint64(b.regionSize))
@@ -148,7 +149,7 @@ func (b *Bitmap) writePage(p int64) error {
 	clear(b.buf)
 	w0 := p * bitmapPage / 8
 	for i := int64(0); i < bitmapPage/8 && w0+i < int64(len(b.words)); i++ {
-		hrlLE.PutUint64(b.buf[i*8:], b.words[w0+i])
+		le.PutUint64(b.buf[i*8:], b.words[w0+i])
 	}
 	if _, err := b.f.WriteAt(b.buf, bitmapHeader+p*bitmapPage); err != nil {
 		return fmt.Errorf("write dirty bitmap: %w", err)

@@ -257,3 +257,50 @@ func TestOSFileSystem(t *testing.T) {
 		t.Fatal("replay differs from the backing file")
 	}
 }
+
+// A segment that cannot be sealed (its fsync fails) is never offered to the
+// consumer; journaling stops until a resync starts a new generation, and the
+// journal on disk stays consistent across a restart.
+func TestSealFailure(t *testing.T) {
+	fsys, v, initial := memVolume(t, 1<<20)
+	if _, err := v.WriteAt(fill(4096, 1), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Seal(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.WriteAt(fill(4096, 2), 128<<10); err != nil {
+		t.Fatal(err)
+	}
+	fsys.FailPath("sync", ".hrl", syscall.EIO)
+	if err := v.Seal(); err == nil || !strings.Contains(err.Error(), "input/output error") {
+		t.Fatalf("seal with a failing fsync: %v", err)
+	}
+	fsys.ClearFaults()
+	if st := v.Status(); st.Mode != tracker.ModeBitmap || st.Resync == "" || len(v.Segments()) != 1 {
+		t.Fatalf("after a failed seal: %+v, %d segments offered", st, len(v.Segments()))
+	}
+	if !v.Bitmap().IsDirty(2) {
+		t.Fatal("region of the unsealed segment is not dirty")
+	}
+	if err := v.Resync(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.Tag(hrl.TagCrash, "after"); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Close(); err != nil {
+		t.Fatal(err)
+	}
+	v = newVolume(t, fsys)
+	openVolume(t, v)
+	defer v.Close()
+	if st := v.Status(); st.Resync != "" || st.Generation != 2 {
+		t.Fatalf("after restart: %+v", st)
+	}
+	img := replayAll(t, fsys, v, initial)
+	backing, _ := fsys.ReadFile(backingPath)
+	if !bytes.Equal(img, backing) {
+		t.Fatal("replay of both generations differs from the backing store")
+	}
+}

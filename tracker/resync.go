@@ -24,6 +24,7 @@ func (v *Volume) Resync(ctx context.Context, progress func(done, total int64)) e
 		return ErrClosed
 	}
 	if v.st.Mode == ModeBitmap {
+		v.sealBroken = false
 		v.st.Generation++
 		v.st.Mode, v.st.ModeReason = ModeJournal, ""
 		if err := v.startSegment(v.resumeSeq); err != nil {

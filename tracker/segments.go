@@ -69,15 +69,36 @@ func (v *Volume) sealer() {
 		p.w.Close()
 		v.mu.Lock()
 		v.sealing = v.sealing[1:]
-		if err != nil {
+		switch {
+		case err != nil:
+			// The consumer must not see the segments after this one as a
+			// continuation: stop journaling until a resync starts a new
+			// generation. The next open quarantines what is on disk.
 			p.err = fmt.Errorf("seal %s: %w", filepath.Base(p.w.Path()), err)
-			v.logger().Error("sealing a journal segment failed; it will be recovered on the next open", "err", err)
-		} else {
+			v.sealBroken = true
+			if v.st.Mode == ModeJournal {
+				v.suspendLocked(p.err)
+			}
+			v.dropUnsealed(p)
+		case v.sealBroken:
+			p.err = fmt.Errorf("segment %s follows a segment that failed to seal", filepath.Base(p.w.Path()))
+			v.dropUnsealed(p)
+		default:
 			v.sealed = append(v.sealed, sealedSeg{info: info, regions: p.regions})
 			close(v.changed)
 			v.changed = make(chan struct{})
 		}
 		close(p.done)
+	}
+}
+
+// dropUnsealed removes a segment that could not be sealed. It was never
+// offered to the consumer, and its regions stay dirty until the resync that
+// the failure requires, so nothing is lost; left on disk it would break the
+// journal's continuity at the next open.
+func (v *Volume) dropUnsealed(p *pendingSeg) {
+	if err := v.FS.Remove(p.w.Path()); err != nil {
+		v.logger().Error("could not remove a segment that failed to seal", "file", p.w.Path(), "err", err)
 	}
 }
 
@@ -283,7 +304,8 @@ func (v *Volume) Status() Status {
 // journal directory.
 func (v *Volume) Close() error {
 	v.mu.Lock()
-	if v.closed {
+	if v.closed || v.done == nil { // closed, or never opened
+		v.closed = true
 		v.mu.Unlock()
 		return nil
 	}

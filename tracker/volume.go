@@ -70,19 +70,20 @@ type Volume struct {
 	locks   rangeLock
 	bufs    sync.Pool
 
-	mu        sync.Mutex // journal, segment lists, state
-	w         *hrl.Writer
-	win       *hrl.Window
-	st        state
-	touched   map[int64]uint64 // region -> last seq that changed it
-	curRegion []int64          // regions first touched by the open segment
-	sealing   []*pendingSeg    // handed to the sealer, oldest first
-	sealed    []sealedSeg      // sealed, not acknowledged, oldest first
-	sealCond  sync.Cond
-	changed   chan struct{} // closed and replaced when sealed changes
-	closed    bool
-	clearable []int64 // regions whose changes are all acknowledged, to clear at the next checkpoint
-	resumeSeq uint64  // next seq when journaling resumes after bitmap mode
+	mu         sync.Mutex // journal, segment lists, state
+	w          *hrl.Writer
+	win        *hrl.Window
+	st         state
+	touched    map[int64]uint64 // region -> last seq that changed it
+	curRegion  []int64          // regions first touched by the open segment
+	sealing    []*pendingSeg    // handed to the sealer, oldest first
+	sealed     []sealedSeg      // sealed, not acknowledged, oldest first
+	sealCond   sync.Cond
+	changed    chan struct{} // closed and replaced when sealed changes
+	closed     bool
+	clearable  []int64 // regions whose changes are all acknowledged, to clear at the next checkpoint
+	resumeSeq  uint64  // next seq when journaling resumes after bitmap mode
+	sealBroken bool    // a seal failed: later segments are not offered until a new generation
 
 	done   chan struct{}
 	wg     sync.WaitGroup
@@ -217,7 +218,12 @@ func (v *Volume) open() error {
 	}
 	v.resumeSeq = next
 	if v.st.Mode == ModeJournal {
-		return v.startSegment(next)
+		if err := v.startSegment(next); err != nil {
+			// The protected server keeps its disk: track dirty regions
+			// until the journal can be written again.
+			v.suspendLocked(fmt.Errorf("start segment %d: %w", next, err))
+		}
+		return nil
 	}
 	v.logger().Warn("volume is in bitmap mode; journaling stays suspended until a resync", "volume", v.Path, "reason", v.st.ModeReason)
 	return nil
@@ -251,7 +257,7 @@ func (v *Volume) recoverJournal() (uint64, error) {
 			}
 			continue
 		}
-		if info.FirstSeq > next && len(v.sealed) == 0 && info.FirstSeq != v.st.AckedSeq+1 {
+		if len(v.sealed) == 0 && info.FirstSeq != v.st.AckedSeq+1 {
 			return v.quarantine(fmt.Errorf("%w: acknowledged through seq %d but the oldest segment %s starts at %d",
 				hrl.ErrGap, v.st.AckedSeq, filepath.Base(info.Path), info.FirstSeq))
 		}
@@ -320,9 +326,13 @@ func (v *Volume) quarantine(cause error) (uint64, error) {
 		if err := v.FS.Rename(filepath.Join(v.JournalDir, name), filepath.Join(qdir, name)); err != nil {
 			return 0, fmt.Errorf("quarantine %s: %w", name, err)
 		}
-		if info, err := hrl.ScanFile(v.FS, filepath.Join(qdir, name)); info.Count > 0 && info.LastSeq >= next {
-			next = info.LastSeq + 1
-			_ = err
+		// Seqs must never be reused, and a damaged segment's last seq is
+		// unknown: a record takes at least a record header, which bounds it.
+		if f, err := v.FS.OpenFile(filepath.Join(qdir, name), os.O_RDONLY, 0); err == nil {
+			if size, err := f.Size(); err == nil {
+				next = max(next, s+uint64(size)/hrl.RecordHeaderSize+1)
+			}
+			f.Close()
 		}
 	}
 	if err := v.FS.SyncDir(v.JournalDir); err != nil {
@@ -334,7 +344,6 @@ func (v *Volume) quarantine(cause error) (uint64, error) {
 	v.sealed = nil
 	v.logger().Error("journal quarantined, new generation; dirty regions need a resync",
 		"volume", v.Path, "generation", v.st.Generation, "cause", cause, "moved_to", qdir)
-	// Seqs stay above everything ever written so no record is ever reused.
 	v.st.AckedSeq = next - 1
 	return next, nil
 }
@@ -342,7 +351,7 @@ func (v *Volume) quarantine(cause error) (uint64, error) {
 // Size returns the volume size in bytes.
 func (v *Volume) Size() int64 { return v.size }
 
-// BlockSizeBytes is the journal block size.
+// blockSize is the journal block size.
 func (v *Volume) blockSize() int64 { return int64(v.BlockSize) }
 
 // VolumeID identifies the volume across restarts.

@@ -1,5 +1,0 @@
-package tracker
-
-import "encoding/binary"
-
-var hrlLE = binary.LittleEndian
