@@ -153,3 +153,30 @@ func WriteZeros(w io.WriterAt, off, n int64) error {
 	}
 	return nil
 }
+
+// Seeker is implemented by files that can report holes (SEEK_DATA and
+// SEEK_HOLE). Callers treat a File without it as fully allocated.
+type Seeker interface {
+	// SeekData returns the first offset >= off that holds data, or io.EOF
+	// when there is none before the end.
+	SeekData(off int64) (int64, error)
+	// SeekHole returns the first offset >= off inside a hole; the end of
+	// the file counts as a hole.
+	SeekHole(off int64) (int64, error)
+}
+
+var _ Seeker = (*osFile)(nil)
+
+func (o *osFile) SeekData(off int64) (int64, error) { return o.seek(off, unix.SEEK_DATA) }
+func (o *osFile) SeekHole(off int64) (int64, error) { return o.seek(off, unix.SEEK_HOLE) }
+
+func (o *osFile) seek(off int64, whence int) (int64, error) {
+	n, err := unix.Seek(int(o.f.Fd()), off, whence)
+	if errors.Is(err, unix.ENXIO) {
+		return 0, io.EOF
+	}
+	if err != nil {
+		return 0, &os.PathError{Op: "lseek", Path: o.f.Name(), Err: err}
+	}
+	return n, nil
+}

@@ -304,3 +304,29 @@ func TestSealFailure(t *testing.T) {
 		t.Fatal("replay of both generations differs from the backing store")
 	}
 }
+
+func TestExtentsShowHolesAfterTrim(t *testing.T) {
+	dir := t.TempDir()
+	img := filepath.Join(dir, "disk.img")
+	os.WriteFile(img, nil, 0o644)
+	os.Truncate(img, 4<<20)
+	v := tracker.NewVolume(img, filepath.Join(dir, "j"))
+	v.Logger = quiet
+	openVolume(t, v)
+	defer v.Close()
+	v.WriteAt(fill(2<<20, 5), 1<<20)
+	v.Trim(1<<20, 1<<20)
+	ext, err := v.Extents(0, 4<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []tracker.Extent{{0, 2 << 20, true}, {2 << 20, 1 << 20, false}, {3 << 20, 1 << 20, true}}
+	if len(ext) != len(want) {
+		t.Fatalf("extents = %v, want %v", ext, want)
+	}
+	for i := range want {
+		if ext[i] != want[i] {
+			t.Fatalf("extents = %v, want %v", ext, want)
+		}
+	}
+}
