@@ -91,10 +91,11 @@ func (s *splitter) init(w *Writer, typ RecordType, base uint64, data []byte) {
 	*s = splitter{w: w, typ: typ, base: base, data: data}
 	if w.win != nil {
 		n := (len(data) + int(w.hdr.BlockSize) - 1) / int(w.hdr.BlockSize)
-		if cap(w.sums) < n {
-			w.sums = make([]uint64, n)
+		if cap(w.buf.sums) < n {
+			w.buf.sums = make([]uint64, n)
 		}
-		w.sums = w.sums[:n]
+		w.buf.sums = w.buf.sums[:n]
+		clear(w.buf.sums)
 	}
 }
 
@@ -106,8 +107,11 @@ func (s *splitter) add(i, end int) error {
 	case IsZero(blk):
 		kind = runZero
 	case s.w.win != nil && len(blk) == int(s.w.hdr.BlockSize):
-		sum := s.w.hash(blk)
-		s.w.sums[i/len(blk)] = sum
+		sum := xxhash.Sum64(blk)
+		s.w.buf.sums[i/len(blk)] = sum // reused by the payload checksum
+		if s.w.hash != nil {
+			sum = s.w.hash(blk)
+		}
 		if loc, ok := s.w.win.m[sum]; ok {
 			same, err := s.w.confirm(loc.off, blk)
 			if err != nil {
@@ -140,20 +144,29 @@ func (s *splitter) flush() error {
 		_, err := w.AppendZero(off, n, false)
 		return err
 	case runRef:
-		var p [refPayloadSize]byte
-		Ref{SourceSeq: s.srcSeq, SegmentOffset: s.src, Sum: xxhash.Sum64(s.data[s.start:s.end])}.marshal(p[:])
+		p := w.small[:refPayloadSize]
+		Ref{SourceSeq: s.srcSeq, SegmentOffset: s.src, Sum: xxhash.Sum64(s.data[s.start:s.end])}.marshal(p)
 		h := RecordHeader{Type: TypeRef, Offset: off, Length: n}
-		return w.append(&h, p[:])
+		return w.append(&h, p, nil)
 	}
 	payloadOff := uint64(w.off) + RecordHeaderSize
 	h := RecordHeader{Type: s.typ, Offset: off, Length: n}
-	if err := w.append(&h, s.data[s.start:s.end]); err != nil {
+	var sums []uint64
+	if w.win != nil {
+		bs := int(w.hdr.BlockSize)
+		sums = w.buf.sums[s.start/bs : (s.end+bs-1)/bs]
+	}
+	if err := w.append(&h, s.data[s.start:s.end], sums); err != nil {
 		return err
 	}
 	if w.win != nil {
 		bs := int(w.hdr.BlockSize)
 		for i := s.start; i+bs <= s.end; i += bs {
-			w.win.insert(w.sums[i/bs], blockLoc{off: payloadOff + uint64(i-s.start), seq: h.Seq})
+			key := w.buf.sums[i/bs]
+			if w.hash != nil {
+				key = w.hash(s.data[i : i+bs])
+			}
+			w.win.insert(key, blockLoc{off: payloadOff + uint64(i-s.start), seq: h.Seq})
 		}
 	}
 	return nil

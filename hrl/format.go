@@ -14,7 +14,7 @@
 //	record  +------+-------+------+--------+------+---------+---------+--------+---------+
 //	        | type1| flags1| res2 | plen4  | seq8 | offset8 | length8 | psum8  | hsum8   | payload(plen)
 //	        +------+-------+------+--------+------+---------+---------+--------+---------+
-//	        psum = xxhash64(payload), hsum = xxhash64(bytes 0..40 of the header)   = 48
+//	        psum = PayloadSum (per-block hashes for WRITE/RESYNC), hsum = xxhash64(bytes 0..40)  = 48
 package hrl
 
 import (
@@ -199,7 +199,7 @@ type RecordHeader struct {
 	Seq        uint64
 	Offset     uint64 // byte offset on the volume
 	Length     uint64 // bytes of the volume the record covers
-	PayloadSum uint64 // xxhash64 of the payload
+	PayloadSum uint64 // see PayloadSum
 	Sum        uint64 // xxhash64 of the first 40 header bytes
 }
 

@@ -52,6 +52,7 @@ type Reader struct {
 	err     error
 	hdr     [RecordHeaderSize]byte
 	payload []byte
+	sumBuf  []byte
 }
 
 // NewReader reads and checks the segment header. name is used in errors.
@@ -147,7 +148,7 @@ func (rd *Reader) next1() (*Record, error) {
 	if _, err := rd.r.ReadAt(p, rd.off+RecordHeaderSize); err != nil {
 		return nil, fmt.Errorf("read %s at %d: %w", rd.name, rd.off+RecordHeaderSize, err)
 	}
-	if sum := xxhash.Sum64(p); sum != h.PayloadSum {
+	if sum := PayloadSum(h.Type, p, int(rd.Header.BlockSize), nil, &rd.sumBuf); sum != h.PayloadSum {
 		return nil, rd.damaged(h.Seq, fmt.Sprintf("%s seq %d: payload checksum %016x, want %016x", h.Type, h.Seq, sum, h.PayloadSum))
 	}
 	// From here the record's bytes are exactly what a writer wrote: any

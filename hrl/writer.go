@@ -20,6 +20,17 @@ type WriterConfig struct {
 	// Dedupe, when set, is the window that REF records may point into. It is
 	// reset when the writer is created: references never leave a segment.
 	Dedupe *Window
+	// Buffers, when set, are reused instead of allocating new ones. The
+	// consecutive writers of one journal may share them: a writer stops
+	// using them once its last append returned (Seal does not need them).
+	Buffers *Buffers
+}
+
+// Buffers are the scratch space of a Writer's appends.
+type Buffers struct {
+	scratch []byte
+	sums    []uint64
+	sumBuf  []byte
 }
 
 // SegmentInfo describes a segment file.
@@ -54,10 +65,11 @@ type Writer struct {
 	synced  bool // directory entry made durable
 	broken  error
 	win     *Window
-	hash    func([]byte) uint64
-	scratch []byte
-	sums    []uint64
+	hash    func([]byte) uint64 // dedupe key; nil means the block's xxhash64 (tests force collisions)
+	buf     *Buffers
 	sum8    [8]byte
+	small   [refPayloadSize + tagFixedSize + MaxTagName]byte // REF and TAG payloads
+	footer  [RecordHeaderSize + footerPayloadSize]byte
 	created time.Time
 }
 
@@ -76,8 +88,15 @@ func Create(fsys FS, dir string, h Header, cfg WriterConfig) (*Writer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create segment: %w", err)
 	}
+	buf := cfg.Buffers
+	if buf == nil {
+		buf = &Buffers{}
+	}
+	if len(buf.scratch) < RecordHeaderSize+smallRecord {
+		buf.scratch = make([]byte, RecordHeaderSize+smallRecord)
+	}
 	w := &Writer{fs: fsys, f: f, path: path, hdr: h, next: h.FirstSeq, win: cfg.Dedupe,
-		hash: xxhash.Sum64, scratch: make([]byte, RecordHeaderSize+smallRecord), created: h.Created}
+		buf: buf, created: h.Created}
 	var hb [HeaderSize]byte
 	MarshalHeader(hb[:], h)
 	if _, err := f.WriteAt(hb[:], 0); err != nil {
@@ -130,26 +149,26 @@ func (w *Writer) usable() error {
 // append writes one record. On a failed write the file is cut back to the
 // end of the last complete record so the segment stays well-formed; if even
 // that fails the writer refuses further appends.
-func (w *Writer) append(h *RecordHeader, payload []byte) error {
+func (w *Writer) append(h *RecordHeader, payload []byte, sums []uint64) error {
 	if err := w.usable(); err != nil {
 		return err
 	}
 	h.Seq = w.next
 	h.PayloadLen = uint32(len(payload))
-	h.PayloadSum = xxhash.Sum64(payload)
+	h.PayloadSum = PayloadSum(h.Type, payload, int(w.hdr.BlockSize), sums, &w.buf.sumBuf)
 	if err := h.check(); err != nil {
 		return fmt.Errorf("%w: %v", ErrBadRecord, err)
 	}
 	var err error
+	sc := w.buf.scratch
 	if len(payload) <= smallRecord {
 		n := RecordHeaderSize + len(payload)
-		MarshalRecordHeader(w.scratch, h)
-		copy(w.scratch[RecordHeaderSize:], payload)
-		_, err = w.f.WriteAt(w.scratch[:n], w.off)
+		MarshalRecordHeader(sc, h)
+		copy(sc[RecordHeaderSize:], payload)
+		_, err = w.f.WriteAt(sc[:n], w.off)
 	} else {
-		var hb [RecordHeaderSize]byte
-		MarshalRecordHeader(hb[:], h)
-		if _, err = w.f.WriteAt(hb[:], w.off); err == nil {
+		MarshalRecordHeader(sc, h)
+		if _, err = w.f.WriteAt(sc[:RecordHeaderSize], w.off); err == nil {
 			_, err = w.f.WriteAt(payload, w.off+RecordHeaderSize)
 		}
 	}
@@ -172,7 +191,7 @@ func (w *Writer) AppendZero(off, n uint64, trim bool) (uint64, error) {
 	if trim {
 		h.Flags = FlagTrim
 	}
-	if err := w.append(&h, nil); err != nil {
+	if err := w.append(&h, nil, nil); err != nil {
 		return 0, err
 	}
 	return h.Seq, nil
@@ -189,10 +208,10 @@ func (w *Writer) AppendTag(t Tag) (uint64, error) {
 	if t.Time.IsZero() {
 		t.Time = time.Now()
 	}
-	var buf [tagFixedSize + MaxTagName]byte
-	t.marshal(buf[:])
+	p := w.small[:t.size()]
+	t.marshal(p)
 	h := RecordHeader{Type: TypeTag}
-	if err := w.append(&h, buf[:t.size()]); err != nil {
+	if err := w.append(&h, p, nil); err != nil {
 		return 0, err
 	}
 	return h.Seq, nil
@@ -266,13 +285,11 @@ func (w *Writer) Seal() (SegmentInfo, error) {
 		w.broken = fmt.Errorf("seal segment %s: sync: %w", w.path, err)
 		return SegmentInfo{}, w.broken
 	}
-	var p [footerPayloadSize]byte
-	Footer{Count: w.count, Chain: w.chain.Sum64()}.marshal(p[:])
-	h := RecordHeader{Type: TypeFooter, Seq: w.next - 1, PayloadLen: footerPayloadSize, PayloadSum: xxhash.Sum64(p[:])}
-	var b [RecordHeaderSize + footerPayloadSize]byte
-	MarshalRecordHeader(b[:], &h)
-	copy(b[RecordHeaderSize:], p[:])
-	if _, err := w.f.WriteAt(b[:], w.off); err != nil {
+	b := w.footer[:]
+	Footer{Count: w.count, Chain: w.chain.Sum64()}.marshal(b[RecordHeaderSize:])
+	h := RecordHeader{Type: TypeFooter, Seq: w.next - 1, PayloadLen: footerPayloadSize, PayloadSum: xxhash.Sum64(b[RecordHeaderSize:])}
+	MarshalRecordHeader(b, &h)
+	if _, err := w.f.WriteAt(b, w.off); err != nil {
 		w.f.Truncate(w.off)
 		return SegmentInfo{}, fmt.Errorf("seal segment %s: %w", w.path, err)
 	}

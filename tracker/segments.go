@@ -19,12 +19,15 @@ func (v *Volume) startSegment(next uint64) error {
 		return fmt.Errorf("volume id %q in %s: %w", v.st.VolumeID, stateName, err)
 	}
 	w, err := hrl.Create(v.FS, v.JournalDir, hrl.Header{BlockSize: uint32(v.BlockSize), VolumeID: id,
-		Generation: v.st.Generation, FirstSeq: next}, hrl.WriterConfig{Dedupe: v.win})
+		Generation: v.st.Generation, FirstSeq: next}, hrl.WriterConfig{Dedupe: v.win, Buffers: &v.wbuf})
 	if err != nil {
 		return err
 	}
 	v.w = w
-	v.curRegion = nil
+	if v.curRegion = v.freeRegion; v.curRegion == nil {
+		v.curRegion = make([]int64, 0, v.SegmentBytes/v.RegionSize+1)
+	}
+	v.freeRegion = nil
 	return nil
 }
 
@@ -242,31 +245,42 @@ func (v *Volume) NextSegment(ctx context.Context, after uint64) (hrl.SegmentInfo
 }
 
 // Ack acknowledges the oldest sealed segment (named by its first seq): the
-// consumer has it durably. The acknowledgement is recorded, the segment
-// deleted, and the regions it changed that no newer write touched are
-// cleared in the bitmap.
+// consumer has it durably. The acknowledgement is recorded durably, then
+// the segment is deleted, and the regions it changed that no newer write
+// touched are cleared in the bitmap at the next checkpoint. Writers are not
+// held up by the fsync or the deletion.
 func (v *Volume) Ack(firstSeq uint64) error {
+	v.ackMu.Lock()
+	defer v.ackMu.Unlock()
 	v.mu.Lock()
-	defer v.mu.Unlock()
+	if v.closed {
+		v.mu.Unlock()
+		return ErrClosed
+	}
 	if len(v.sealed) == 0 || v.sealed[0].info.FirstSeq != firstSeq {
+		v.mu.Unlock()
 		return fmt.Errorf("%w (got %d)", ErrAckOrder, firstSeq)
 	}
-	s := v.sealed[0]
-	st := v.st
-	st.AckedSeq = s.info.LastSeq
-	if err := saveState(v.FS, v.JournalDir, st); err != nil {
+	s := v.sealed[0] // only Ack removes it, and Acks are serialised
+	v.mu.Unlock()
+	if err := v.ackFile.store(s.info.LastSeq); err != nil {
 		return err
 	}
-	v.st = st
+	v.mu.Lock()
+	v.acked = s.info.LastSeq
 	v.sealed = v.sealed[1:]
-	if err := v.FS.Remove(s.info.Path); err != nil {
-		return fmt.Errorf("remove acknowledged segment: %w", err)
-	}
 	for _, r := range s.regions {
 		if last, ok := v.touched[r]; ok && last <= s.info.LastSeq {
 			delete(v.touched, r)
 			v.clearable = append(v.clearable, r)
 		}
+	}
+	v.freeRegion = s.regions[:0]
+	v.mu.Unlock()
+	// Not synced: a segment found again after a crash is at or below the
+	// acked seq and is deleted then.
+	if err := v.FS.Remove(s.info.Path); err != nil {
+		return fmt.Errorf("remove acknowledged segment: %w", err)
 	}
 	return nil
 }
@@ -291,7 +305,7 @@ type Status struct {
 func (v *Volume) Status() Status {
 	v.mu.Lock()
 	s := Status{VolumeID: v.st.VolumeID, Generation: v.st.Generation, Mode: v.st.Mode, ModeReason: v.st.ModeReason, Resync: v.st.Resync,
-		AckedSeq: v.st.AckedSeq, Sealed: len(v.sealed), RegionSize: v.RegionSize, Size: v.size}
+		AckedSeq: v.acked, Sealed: len(v.sealed), RegionSize: v.RegionSize, Size: v.size}
 	if v.w != nil {
 		s.NextSeq = v.w.NextSeq()
 	}
@@ -347,6 +361,9 @@ func (v *Volume) closeFiles() error {
 	}
 	if v.backing != nil {
 		errs = append(errs, v.backing.Close())
+	}
+	if v.ackFile != nil {
+		errs = append(errs, v.ackFile.Close())
 	}
 	if v.unlock != nil {
 		v.unlock()

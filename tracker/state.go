@@ -27,9 +27,6 @@ type state struct {
 	Generation uint64 `json:"generation"`
 	BlockSize  int    `json:"block_size"`
 	RegionSize int64  `json:"region_size"`
-	// AckedSeq is the last seq the consumer acknowledged; seqs never go back
-	// below it, even when every segment has been deleted.
-	AckedSeq   uint64 `json:"acked_seq"`
 	Mode       string `json:"mode"`
 	ModeReason string `json:"mode_reason,omitempty"`
 	// Running is true while a process has the volume open; finding it set

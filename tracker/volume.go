@@ -76,6 +76,8 @@ type Volume struct {
 	st         state
 	touched    map[int64]uint64 // region -> last seq that changed it
 	curRegion  []int64          // regions first touched by the open segment
+	freeRegion []int64          // an acknowledged segment's region list, for reuse
+	wbuf       hrl.Buffers      // the segment writers' scratch space, reused
 	sealing    []*pendingSeg    // handed to the sealer, oldest first
 	sealed     []sealedSeg      // sealed, not acknowledged, oldest first
 	sealCond   sync.Cond
@@ -83,7 +85,10 @@ type Volume struct {
 	closed     bool
 	clearable  []int64 // regions whose changes are all acknowledged, to clear at the next checkpoint
 	resumeSeq  uint64  // next seq when journaling resumes after bitmap mode
-	sealBroken bool    // a seal failed: later segments are not offered until a new generation
+	acked      uint64  // last acknowledged seq; seqs never go back below it
+	ackFile    *ackedFile
+	ackMu      sync.Mutex // serialises Ack
+	sealBroken bool       // a seal failed: later segments are not offered until a new generation
 
 	done   chan struct{}
 	wg     sync.WaitGroup
@@ -200,6 +205,9 @@ func (v *Volume) open() error {
 		v.win = hrl.NewWindow(v.DedupeBlocks)
 	}
 	v.touched = map[int64]uint64{}
+	if v.ackFile, v.acked, err = openAcked(v.FS, v.JournalDir); err != nil {
+		return err
+	}
 	next, err := v.recoverJournal()
 	if err != nil {
 		return err
@@ -248,18 +256,18 @@ func (v *Volume) recoverJournal() (uint64, error) {
 	for _, path := range rec.Removed {
 		v.logger().Warn("removed an unsealed journal segment that never became durable", "file", path)
 	}
-	next := v.st.AckedSeq + 1
+	next := v.acked + 1
 	for _, info := range rec.Segments {
-		if info.Count == 0 || info.LastSeq <= v.st.AckedSeq {
+		if info.Count == 0 || info.LastSeq <= v.acked {
 			// Empty, or acknowledged before a crash interrupted its deletion.
 			if err := v.FS.Remove(info.Path); err != nil {
 				return 0, fmt.Errorf("remove acknowledged segment: %w", err)
 			}
 			continue
 		}
-		if len(v.sealed) == 0 && info.FirstSeq != v.st.AckedSeq+1 {
+		if len(v.sealed) == 0 && info.FirstSeq != v.acked+1 {
 			return v.quarantine(fmt.Errorf("%w: acknowledged through seq %d but the oldest segment %s starts at %d",
-				hrl.ErrGap, v.st.AckedSeq, filepath.Base(info.Path), info.FirstSeq))
+				hrl.ErrGap, v.acked, filepath.Base(info.Path), info.FirstSeq))
 		}
 		if info.Generation > v.st.Generation {
 			v.st.Generation = info.Generation
@@ -320,7 +328,7 @@ func (v *Volume) quarantine(cause error) (uint64, error) {
 	if err := v.FS.MkdirAll(qdir, 0o755); err != nil {
 		return 0, err
 	}
-	next := v.st.AckedSeq + 1
+	next := v.acked + 1
 	for _, s := range seqs {
 		name := hrl.SegmentName(s)
 		if err := v.FS.Rename(filepath.Join(v.JournalDir, name), filepath.Join(qdir, name)); err != nil {
@@ -338,13 +346,16 @@ func (v *Volume) quarantine(cause error) (uint64, error) {
 	if err := v.FS.SyncDir(v.JournalDir); err != nil {
 		return 0, err
 	}
+	if err := v.ackFile.store(next - 1); err != nil {
+		return 0, err
+	}
 	v.st.Generation++
 	v.st.Resync = fmt.Sprintf("journal could not be trusted (%v); segments moved to %s", cause, qdir)
 	clear(v.touched)
 	v.sealed = nil
 	v.logger().Error("journal quarantined, new generation; dirty regions need a resync",
 		"volume", v.Path, "generation", v.st.Generation, "cause", cause, "moved_to", qdir)
-	v.st.AckedSeq = next - 1
+	v.acked = next - 1
 	return next, nil
 }
 
