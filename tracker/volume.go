@@ -69,6 +69,8 @@ type Volume struct {
 	bitmap  *Bitmap
 	locks   rangeLock
 	bufs    sync.Pool
+	jobs    chan *backingJob
+	jobPool sync.Pool
 
 	mu         sync.Mutex // journal, segment lists, state
 	w          *hrl.Writer
@@ -163,6 +165,7 @@ func (v *Volume) Open(ctx context.Context) error {
 	}
 	v.done = make(chan struct{})
 	v.changed = make(chan struct{})
+	v.startBackingWorkers()
 	v.wg.Add(1)
 	go v.sealer()
 	v.wg.Add(1)

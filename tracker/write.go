@@ -81,17 +81,19 @@ func (v *Volume) WriteAt(p []byte, off int64) (int, error) {
 		}
 		data = *bp
 	}
+	job := v.writeBacking(p, off)
 	err := v.journal(a0, a1, func(w *hrl.Writer) (uint64, error) {
 		_, last, err := w.AppendData(hrl.TypeWrite, uint64(a0), data)
 		return last, err
 	})
+	written, werr := v.wait(job)
 	if bp != nil {
 		v.bufs.Put(bp)
 	}
 	if err != nil {
 		return 0, err
 	}
-	return v.backing.WriteAt(p, off)
+	return written, werr
 }
 
 // WriteZeroes makes [off, off+n) read as zeros, keeping it allocated.
