@@ -180,3 +180,20 @@ func (o *osFile) seek(off int64, whence int) (int64, error) {
 	}
 	return n, nil
 }
+
+// Preallocator is implemented by files that can reserve space past their
+// end without changing their size (fallocate KEEP_SIZE). Appending into
+// reserved space is cheaper than allocating as the file grows.
+type Preallocator interface {
+	Preallocate(n int64) error
+}
+
+var _ Preallocator = (*osFile)(nil)
+
+// Preallocate reserves n bytes from offset 0, keeping the size.
+func (o *osFile) Preallocate(n int64) error {
+	if err := unix.Fallocate(int(o.f.Fd()), unix.FALLOC_FL_KEEP_SIZE, 0, n); err != nil {
+		return &os.PathError{Op: "fallocate", Path: o.f.Name(), Err: err}
+	}
+	return nil
+}

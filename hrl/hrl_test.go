@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 
 	"lifeboat/hrl"
@@ -283,5 +284,30 @@ func TestRecoverSealsTornSegment(t *testing.T) {
 	}
 	if _, _, err := readAll(t, path); err != nil {
 		t.Fatalf("after recovery: %v", err)
+	}
+}
+
+// Space reserved for a segment is released when it is sealed.
+func TestPreallocatedSpaceReleasedAtSeal(t *testing.T) {
+	w, err := hrl.Create(hrl.OSFS{}, t.TempDir(), hrl.Header{FirstSeq: 1}, hrl.WriterConfig{Preallocate: 32 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if _, _, err := w.AppendData(hrl.TypeWrite, 0, block(1)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Seal(); err != nil {
+		t.Fatal(err)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(w.Path(), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Blocks*512 > 1<<20 {
+		t.Fatalf("sealed segment of %d bytes still holds %d bytes of disk", w.Size(), st.Blocks*512)
+	}
+	if _, _, err := readAll(t, w.Path()); err != nil {
+		t.Fatal(err)
 	}
 }

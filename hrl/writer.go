@@ -20,6 +20,9 @@ type WriterConfig struct {
 	// Dedupe, when set, is the window that REF records may point into. It is
 	// reset when the writer is created: references never leave a segment.
 	Dedupe *Window
+	// Preallocate, when positive, reserves that many bytes for the segment
+	// where the file system supports it; Seal releases what was not used.
+	Preallocate int64
 	// Buffers, when set, are reused instead of allocating new ones. The
 	// consecutive writers of one journal may share them: a writer stops
 	// using them once its last append returned (Seal does not need them).
@@ -53,24 +56,25 @@ type SegmentInfo struct {
 // Durability: appended records reach the file (and the page cache) before an
 // Append returns; they are durable after Sync or Seal returns.
 type Writer struct {
-	fs      FS
-	f       File
-	path    string
-	hdr     Header
-	off     int64 // end of the last complete record
-	next    uint64
-	count   uint64
-	chain   xxhash.Digest
-	sealed  bool
-	synced  bool // directory entry made durable
-	broken  error
-	win     *Window
-	hash    func([]byte) uint64 // dedupe key; nil means the block's xxhash64 (tests force collisions)
-	buf     *Buffers
-	sum8    [8]byte
-	small   [refPayloadSize + tagFixedSize + MaxTagName]byte // REF and TAG payloads
-	footer  [RecordHeaderSize + footerPayloadSize]byte
-	created time.Time
+	fs       FS
+	f        File
+	path     string
+	hdr      Header
+	off      int64 // end of the last complete record
+	next     uint64
+	count    uint64
+	chain    xxhash.Digest
+	sealed   bool
+	synced   bool // directory entry made durable
+	broken   error
+	win      *Window
+	hash     func([]byte) uint64 // dedupe key; nil means the block's xxhash64 (tests force collisions)
+	buf      *Buffers
+	sum8     [8]byte
+	small    [refPayloadSize + tagFixedSize + MaxTagName]byte // REF and TAG payloads
+	footer   [RecordHeaderSize + footerPayloadSize]byte
+	created  time.Time
+	prealloc bool // space reserved past the end, released by Seal
 }
 
 // Create creates the segment file for h in dir (named by h.FirstSeq) and
@@ -105,6 +109,10 @@ func Create(fsys FS, dir string, h Header, cfg WriterConfig) (*Writer, error) {
 		return nil, fmt.Errorf("write segment header %s: %w", path, err)
 	}
 	w.off = HeaderSize
+	if pa, ok := f.(Preallocator); ok && cfg.Preallocate > 0 {
+		// Best effort: without it appends just allocate as they go.
+		w.prealloc = pa.Preallocate(cfg.Preallocate) == nil
+	}
 	w.chain.Reset()
 	w.chainAdd(le.Uint64(hb[56:]))
 	if w.win != nil {
@@ -292,6 +300,13 @@ func (w *Writer) Seal() (SegmentInfo, error) {
 	if _, err := w.f.WriteAt(b, w.off); err != nil {
 		w.f.Truncate(w.off)
 		return SegmentInfo{}, fmt.Errorf("seal segment %s: %w", w.path, err)
+	}
+	if w.prealloc {
+		// Truncating to the size releases the reserved blocks past it.
+		if err := w.f.Truncate(w.off + int64(len(b))); err != nil {
+			w.broken = fmt.Errorf("seal segment %s: release preallocated space: %w", w.path, err)
+			return SegmentInfo{}, w.broken
+		}
 	}
 	if err := w.f.Sync(); err != nil {
 		w.broken = fmt.Errorf("seal segment %s: sync: %w", w.path, err)

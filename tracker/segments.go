@@ -19,7 +19,7 @@ func (v *Volume) startSegment(next uint64) error {
 		return fmt.Errorf("volume id %q in %s: %w", v.st.VolumeID, stateName, err)
 	}
 	w, err := hrl.Create(v.FS, v.JournalDir, hrl.Header{BlockSize: uint32(v.BlockSize), VolumeID: id,
-		Generation: v.st.Generation, FirstSeq: next}, hrl.WriterConfig{Dedupe: v.win, Buffers: &v.wbuf})
+		Generation: v.st.Generation, FirstSeq: next}, hrl.WriterConfig{Dedupe: v.win, Buffers: &v.wbuf, Preallocate: v.SegmentBytes + 1<<20})
 	if err != nil {
 		return err
 	}
