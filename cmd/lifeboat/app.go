@@ -32,6 +32,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		Action:         unknownCommand,
 		Commands: []*cli.Command{
 			versionCommand(),
+			agentCommand(),
 			journalCommand(),
 			demoCommand(),
 		},

@@ -1,0 +1,235 @@
+// Package fusefs exposes volumes as fixed-size regular files in a FUSE mount,
+// so a host without the kernel nbd module can attach a protected volume as a
+// block device with a loop device over the file:
+//
+//	losetup -f --show MOUNT/NAME
+//
+// Every request is a few lines that call the volume's Backend (a
+// tracker.Volume): read, write, fsync, close and fallocate go through,
+// anything that would resize the file is refused with EPERM.
+//
+// I/O choices, measured with dd (1 MiB, O_DIRECT) and fio through a loop
+// device over a tracker.Volume file on a 2-core machine:
+//   - direct_io (FOPEN_DIRECT_IO) on every open file: the loop device already
+//     caches the block device, so the FUSE page cache would only hold a
+//     second copy of the same data. Without it a write reaches the volume
+//     when the writer's syscall returns, in requests of up to MaxWrite bytes
+//     instead of page-sized pieces. With a default (buffered) loop device,
+//     writes ran about 1.1-1.2x and reads 1.3-1.8x as fast as through the
+//     page cache (about 0.9 and 2.0-2.9 GB/s); with `losetup --direct-io=on`
+//     the two were within noise of each other and of the default loop.
+//   - FOPEN_PARALLEL_DIRECT_WRITES, so writes to one file are not
+//     serialised on the inode lock (tracker.Volume orders overlapping
+//     writes itself);
+//   - 1 MiB requests (MaxWrite; the library default of 128 KiB cost about
+//     40% of the sequential throughput) and up to 64 asynchronous requests
+//     in flight (MaxBackground, used by `losetup --direct-io=on`; no
+//     measurable difference against 12 on 2 cores);
+//   - no extended attributes: the kernel learns once that there are none.
+package fusefs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+)
+
+// Defaults.
+const (
+	DefaultMaxWrite      = 1 << 20 // bytes per READ/WRITE request, the kernel's limit
+	DefaultMaxBackground = 64      // asynchronous requests the kernel keeps in flight
+	DefaultAttrTimeout   = time.Hour
+)
+
+// Errors of this package.
+var (
+	ErrConfig  = errors.New("invalid FUSE mount configuration")
+	ErrMounted = errors.New("already mounted")
+	// ErrBusy is returned by Unmount while a file of the mount is still open.
+	ErrBusy = errors.New("FUSE mount is busy: detach loop devices over its files (losetup -d) and close them, then retry")
+)
+
+// Backend is the volume behind one file of the mount. tracker.Volume
+// implements it.
+//
+// Contract:
+//   - Size is fixed for as long as the file is mounted; requests are always
+//     inside [0, Size) (the mount clamps or refuses the rest).
+//   - ReadAt and WriteAt are called concurrently, also for overlapping
+//     ranges; overlapping writes must take effect in some order, each whole.
+//     A successful WriteAt has written all of p. Offsets and lengths need
+//     not be aligned.
+//   - WriteZeroes makes a range read as zeros and keeps it allocated; Trim
+//     discards a range, which reads as zeros afterwards. Both are safe to
+//     retry.
+//   - Flush makes every write that completed before it durable. It is
+//     called for fsync and for the close of a file handle that was open for
+//     writing.
+//   - An error that wraps syscall.ENOSPC is reported as ENOSPC, any other
+//     error as EIO (and logged).
+type Backend interface {
+	ReadAt(p []byte, off int64) (int, error)
+	WriteAt(p []byte, off int64) (int, error)
+	WriteZeroes(off, n int64) error
+	Trim(off, n int64) error
+	Flush() error
+	Size() int64
+}
+
+// File is one volume shown in the mount root.
+type File struct {
+	Name     string // file name; no "/" and not "." or ".."
+	Backend  Backend
+	ReadOnly bool // mode 0400; opening for writing fails with EROFS
+}
+
+// Mount serves Files in the directory Dir. Set the fields, then call Mount;
+// Unmount when done.
+//
+// Only the user who mounted (root) can open the files (no allow_other).
+// Each file has mode 0600 (0400 when ReadOnly), the size of its backend and
+// the mount time as its times until set with touch/utimes.
+type Mount struct {
+	Dir    string
+	Files  []File
+	Logger *slog.Logger // default slog.Default()
+
+	mu     sync.Mutex
+	server *fuse.Server
+	done   chan struct{}
+}
+
+func (m *Mount) logger() *slog.Logger {
+	if m.Logger == nil {
+		return slog.Default()
+	}
+	return m.Logger
+}
+
+func (m *Mount) check() error {
+	if m.Dir == "" {
+		return fmt.Errorf("%w: no mount directory", ErrConfig)
+	}
+	if len(m.Files) == 0 {
+		return fmt.Errorf("%w: no files to serve in %s", ErrConfig, m.Dir)
+	}
+	seen := map[string]bool{}
+	for _, f := range m.Files {
+		switch {
+		case f.Name == "" || f.Name == "." || f.Name == ".." || strings.ContainsAny(f.Name, "/\x00"):
+			return fmt.Errorf("%w: bad file name %q: use a plain name without /", ErrConfig, f.Name)
+		case seen[f.Name]:
+			return fmt.Errorf("%w: file name %q used twice", ErrConfig, f.Name)
+		case f.Backend == nil:
+			return fmt.Errorf("%w: file %q has no backend", ErrConfig, f.Name)
+		case f.Backend.Size() < 0:
+			return fmt.Errorf("%w: file %q has a negative size", ErrConfig, f.Name)
+		}
+		seen[f.Name] = true
+	}
+	return nil
+}
+
+// Mount mounts the file system on Dir and serves it until Unmount (or an
+// external umount). It mounts with the mount(2) system call and falls back
+// to the fusermount3/fusermount helper when that fails and the helper is
+// installed. ctx bounds only the mount itself.
+func (m *Mount) Mount(ctx context.Context) error {
+	if err := m.check(); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.server != nil {
+		return fmt.Errorf("%s: %w", m.Dir, ErrMounted)
+	}
+	log := m.logger()
+	now := time.Now()
+	root := &fs.Inode{}
+	attrTimeout := DefaultAttrTimeout
+	opts := &fs.Options{
+		MountOptions: fuse.MountOptions{
+			FsName:        "lifeboat",
+			Name:          "lifeboat",
+			DirectMount:   true,
+			MaxWrite:      DefaultMaxWrite,
+			MaxBackground: DefaultMaxBackground,
+			DisableXAttrs: true,
+			Logger:        slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		},
+		// Attributes change only through this mount, which answers
+		// every change with the new attributes.
+		AttrTimeout:  &attrTimeout,
+		EntryTimeout: &attrTimeout,
+		Logger:       slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		OnAdd: func(ctx context.Context) {
+			for i, f := range m.Files {
+				n := newNode(f, log, now)
+				ch := root.NewPersistentInode(ctx, n, fs.StableAttr{Mode: syscall.S_IFREG, Ino: uint64(i) + 2})
+				root.AddChild(f.Name, ch, false)
+			}
+		},
+	}
+	server, err := fs.Mount(m.Dir, root, opts)
+	if err != nil {
+		return fmt.Errorf("mount FUSE on %s: %w (needs root and /dev/fuse, or the fusermount3 helper)", m.Dir, err)
+	}
+	done := make(chan struct{})
+	go func() {
+		server.Wait()
+		close(done)
+	}()
+	m.server, m.done = server, done
+	log.Info("FUSE mount ready", "dir", m.Dir, "files", len(m.Files))
+	return nil
+}
+
+// Done is closed when the mount stops serving: after Unmount, or when it
+// was unmounted from outside (umount, fusermount -u). It is nil before Mount.
+func (m *Mount) Done() <-chan struct{} {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.done
+}
+
+// Unmount unmounts Dir and waits until the requests in flight are answered.
+// While a file is still open (a loop device is attached), it fails with an
+// error wrapping ErrBusy and the mount keeps serving. Unmounting twice, or
+// a mount that went away from outside, is not an error.
+func (m *Mount) Unmount() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.server == nil {
+		return nil
+	}
+	select {
+	case <-m.done: // unmounted from outside
+	default:
+		if err := m.server.Unmount(); err != nil {
+			// The library tried umount(2) and the fusermount helper;
+			// one more umount(2) tells whether the mount is busy.
+			uerr := syscall.Unmount(m.Dir, 0)
+			if errors.Is(uerr, syscall.EBUSY) {
+				return fmt.Errorf("unmount %s: %w", m.Dir, ErrBusy)
+			}
+			if uerr != nil {
+				return fmt.Errorf("unmount %s: %w", m.Dir, err)
+			}
+		}
+		<-m.done
+	}
+	m.server = nil
+	m.logger().Info("FUSE mount removed", "dir", m.Dir)
+	return nil
+}
