@@ -25,7 +25,9 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		Writer:          stdout,
 		ErrWriter:       stderr,
 		HideHelpCommand: true,
-		Suggest:         true,
+		// --volume NAME=PATH,size=SIZE carries commas of its own.
+		DisableSliceFlagSeparator: true,
+		Suggest:                   true,
 		// Errors are returned to run, never turned into os.Exit here.
 		ExitErrHandler: func(*cli.Context, error) {},
 		OnUsageError:   onUsageError,

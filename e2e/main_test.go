@@ -1,0 +1,159 @@
+// Package e2e holds end-to-end tests that run the lifeboat binary as
+// separate processes and drive it with real clients.
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "lifeboat-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binary = filepath.Join(dir, "lifeboat")
+	out, err := exec.Command("go", "build", "-o", binary, "lifeboat/cmd/lifeboat").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "build lifeboat: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// need skips the test when a tool is missing, unless integration tests are
+// required (CI), where that is a failure.
+func need(t *testing.T, tools ...string) {
+	t.Helper()
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err != nil {
+			if os.Getenv("LIFEBOAT_REQUIRE_INTEGRATION") == "1" {
+				t.Fatalf("%s is required (LIFEBOAT_REQUIRE_INTEGRATION=1) but not installed: %v", tool, err)
+			}
+			t.Skipf("%s not installed", tool)
+		}
+	}
+}
+
+// agentProc is a running `lifeboat agent`.
+type agentProc struct {
+	cmd    *exec.Cmd
+	uri    map[string]string // volume name -> nbd URI
+	mu     sync.Mutex
+	output strings.Builder
+	exited chan error
+}
+
+var serving = regexp.MustCompile(`^serving (\S+) \(.*\) at (nbd://\S+)$`)
+
+// startAgent starts an agent and waits until it serves every volume.
+func startAgent(t *testing.T, args ...string) *agentProc {
+	t.Helper()
+	a, err := tryAgent(t, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+func tryAgent(t *testing.T, args ...string) (*agentProc, error) {
+	t.Helper()
+	a := &agentProc{uri: map[string]string{}, exited: make(chan error, 1)}
+	a.cmd = exec.Command(binary, append([]string{"agent", "--nbd", "127.0.0.1:0"}, args...)...)
+	stdout, _ := a.cmd.StdoutPipe()
+	a.cmd.Stderr = &lockedWriter{a}
+	if err := a.cmd.Start(); err != nil {
+		return nil, err
+	}
+	t.Cleanup(func() {
+		if a.cmd.ProcessState == nil {
+			a.cmd.Process.Kill()
+			<-a.exited
+		}
+	})
+	want := strings.Count(strings.Join(args, " "), "--volume")
+	ready := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			line := sc.Text()
+			fmt.Fprintln(&lockedWriter{a}, line)
+			if m := serving.FindStringSubmatch(line); m != nil {
+				a.mu.Lock()
+				a.uri[m[1]] = m[2]
+				if len(a.uri) == want {
+					close(ready)
+				}
+				a.mu.Unlock()
+			}
+		}
+		io.Copy(io.Discard, stdout)
+		a.exited <- a.cmd.Wait()
+	}()
+	select {
+	case <-ready:
+		return a, nil
+	case err := <-a.exited:
+		a.exited <- err
+		return a, fmt.Errorf("agent exited before serving: %v\n%s", err, a.Output())
+	case <-time.After(20 * time.Second):
+		return a, fmt.Errorf("agent did not start serving in 20s:\n%s", a.Output())
+	}
+}
+
+type lockedWriter struct{ a *agentProc }
+
+func (w *lockedWriter) Write(p []byte) (int, error) {
+	w.a.mu.Lock()
+	defer w.a.mu.Unlock()
+	return w.a.output.Write(p)
+}
+
+// Output is everything the agent printed so far.
+func (a *agentProc) Output() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.output.String()
+}
+
+// stop sends sig and waits for the exit.
+func (a *agentProc) stop(t *testing.T, sig syscall.Signal) error {
+	t.Helper()
+	a.cmd.Process.Signal(sig)
+	select {
+	case err := <-a.exited:
+		return err
+	case <-time.After(60 * time.Second):
+		a.cmd.Process.Kill()
+		t.Fatalf("agent did not exit within 60s of %v:\n%s", sig, a.Output())
+		return nil
+	}
+}
+
+// run runs a command and fails the test with its output on error.
+func run(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
