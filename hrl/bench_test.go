@@ -1,17 +1,14 @@
 package hrl_test
 
 import (
-	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"runtime"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/cespare/xxhash/v2"
-
 	"lifeboat/hrl"
+	"lifeboat/hrl/hrltest"
 )
 
 // Journal append benchmarks (BENCHMARKS.md, "Journal and intercepting
@@ -43,53 +40,18 @@ var benchSizes = []struct {
 
 var (
 	poolOnce sync.Once
-	pool     []byte
-	poolErr  string
+	poolData []byte
+	poolErr  error
 )
 
-// benchPool returns benchPoolBytes of random, incompressible data in which
-// no 4 KiB block is all zeros and no two blocks are equal.
+// benchPool returns random, incompressible data in which no 4 KiB block
+// is all zeros and no two blocks are equal.
 func benchPool(b *testing.B) []byte {
-	poolOnce.Do(func() {
-		p := make([]byte, benchPoolBytes)
-		rng := rand.NewChaCha8([32]byte{'l', 'i', 'f', 'e', 'b', 'o', 'a', 't'})
-		rng.Read(p)
-		seen := make(map[uint64]struct{}, len(p)/hrl.DefaultBlockSize)
-		for i := 0; i < len(p); i += hrl.DefaultBlockSize {
-			blk := p[i : i+hrl.DefaultBlockSize]
-			if hrl.IsZero(blk) {
-				poolErr = "random pool has an all-zero block"
-				return
-			}
-			sum := xxhash.Sum64(blk)
-			if _, dup := seen[sum]; dup {
-				poolErr = "random pool has a repeated block"
-				return
-			}
-			seen[sum] = struct{}{}
-		}
-		pool = p
-	})
-	if poolErr != "" {
+	poolOnce.Do(func() { poolData, poolErr = hrltest.UniqueBlocks(benchPoolBytes, "lifeboat") })
+	if poolErr != nil {
 		b.Fatal(poolErr)
 	}
-	return pool
-}
-
-// mallocs returns the number of heap allocations so far.
-func mallocs() uint64 {
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	return ms.Mallocs
-}
-
-// reportMallocs reports heap allocations per op since m0 as a fraction:
-// -benchmem's allocs/op is rounded down to an integer, which hides an
-// allocation made once per segment.
-func reportMallocs(b *testing.B, m0 uint64) {
-	if b.N > 0 {
-		b.ReportMetric(float64(mallocs()-m0)/float64(b.N), "mallocs/op")
-	}
+	return poolData
 }
 
 // appendBench journals size-byte writes into segments in a fresh directory.
@@ -130,7 +92,7 @@ func (a *appendBench) roll() {
 
 func (a *appendBench) finish() {
 	a.b.StopTimer()
-	reportMallocs(a.b, a.m0)
+	hrltest.ReportMallocs(a.b, a.m0)
 	if a.sealDur > 0 { // no roll, no metric (the dup case rarely rolls)
 		a.b.ReportMetric(float64(a.sealDur.Nanoseconds())/float64(a.b.N), "seal-ns/op")
 	}
@@ -169,7 +131,7 @@ func benchAppend(b *testing.B, size int, mode string) {
 	a.create(1)
 	b.SetBytes(int64(size))
 	b.ReportAllocs()
-	a.m0 = mallocs()
+	a.m0 = hrltest.Mallocs()
 	b.ResetTimer()
 	pos := 0
 	for range b.N {
@@ -202,7 +164,7 @@ func BenchmarkBaselineWriteAt(b *testing.B) {
 			defer f.Close()
 			b.SetBytes(int64(sz.n))
 			b.ReportAllocs()
-			m0 := mallocs()
+			m0 := hrltest.Mallocs()
 			b.ResetTimer()
 			pos := 0
 			for range b.N {
@@ -214,7 +176,7 @@ func BenchmarkBaselineWriteAt(b *testing.B) {
 				}
 			}
 			b.StopTimer()
-			reportMallocs(b, m0)
+			hrltest.ReportMallocs(b, m0)
 		})
 	}
 }
@@ -243,7 +205,7 @@ func BenchmarkBaselineAppendFile(b *testing.B) {
 			f := create()
 			b.SetBytes(int64(sz.n))
 			b.ReportAllocs()
-			m0 := mallocs()
+			m0 := hrltest.Mallocs()
 			b.ResetTimer()
 			pos, off := 0, int64(0)
 			for range b.N {
@@ -271,7 +233,7 @@ func BenchmarkBaselineAppendFile(b *testing.B) {
 				}
 			}
 			b.StopTimer()
-			reportMallocs(b, m0)
+			hrltest.ReportMallocs(b, m0)
 			if sealDur > 0 {
 				b.ReportMetric(float64(sealDur.Nanoseconds())/float64(b.N), "seal-ns/op")
 			}

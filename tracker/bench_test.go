@@ -4,16 +4,12 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"runtime"
 	"sync"
 	"testing"
 
-	"github.com/cespare/xxhash/v2"
-
-	"lifeboat/hrl"
+	"lifeboat/hrl/hrltest"
 	"lifeboat/tracker"
 )
 
@@ -43,53 +39,19 @@ var benchSizes = []struct {
 }
 
 var (
-	benchPoolOnce sync.Once
-	benchPoolData []byte
-	benchPoolErr  string
+	poolOnce sync.Once
+	poolData []byte
+	poolErr  error
 )
 
-// benchPool returns random, incompressible data in which no 4 KiB block is
-// all zeros and no two blocks are equal.
+// benchPool returns random, incompressible data in which no 4 KiB block
+// is all zeros and no two blocks are equal.
 func benchPool(b *testing.B) []byte {
-	benchPoolOnce.Do(func() {
-		p := make([]byte, benchPoolBytes)
-		rand.NewChaCha8([32]byte{'t', 'r', 'a', 'c', 'k', 'e', 'r'}).Read(p)
-		seen := make(map[uint64]struct{}, len(p)/hrl.DefaultBlockSize)
-		for i := 0; i < len(p); i += hrl.DefaultBlockSize {
-			blk := p[i : i+hrl.DefaultBlockSize]
-			if hrl.IsZero(blk) {
-				benchPoolErr = "random pool has an all-zero block"
-				return
-			}
-			sum := xxhash.Sum64(blk)
-			if _, dup := seen[sum]; dup {
-				benchPoolErr = "random pool has a repeated block"
-				return
-			}
-			seen[sum] = struct{}{}
-		}
-		benchPoolData = p
-	})
-	if benchPoolErr != "" {
-		b.Fatal(benchPoolErr)
+	poolOnce.Do(func() { poolData, poolErr = hrltest.UniqueBlocks(benchPoolBytes, "tracker") })
+	if poolErr != nil {
+		b.Fatal(poolErr)
 	}
-	return benchPoolData
-}
-
-// mallocs returns the number of heap allocations so far.
-func mallocs() uint64 {
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	return ms.Mallocs
-}
-
-// reportMallocs reports heap allocations per op since m0 as a fraction:
-// -benchmem's allocs/op is rounded down to an integer, which hides an
-// allocation made once per segment.
-func reportMallocs(b *testing.B, m0 uint64) {
-	if b.N > 0 {
-		b.ReportMetric(float64(mallocs()-m0)/float64(b.N), "mallocs/op")
-	}
+	return poolData
 }
 
 // backingFile creates a sparse file of benchVolumeBytes in b.TempDir() and
@@ -174,7 +136,7 @@ func BenchmarkVolumeWriteAt(b *testing.B) {
 
 			b.SetBytes(int64(sz.n))
 			b.ReportAllocs()
-			m0 := mallocs()
+			m0 := hrltest.Mallocs()
 			b.ResetTimer()
 			off, pos := int64(0), 0
 			for range b.N {
@@ -189,7 +151,7 @@ func BenchmarkVolumeWriteAt(b *testing.B) {
 				}
 			}
 			b.StopTimer()
-			reportMallocs(b, m0)
+			hrltest.ReportMallocs(b, m0)
 
 			cancel()
 			wg.Wait()
@@ -224,7 +186,7 @@ func BenchmarkBaselineWriteAt(b *testing.B) {
 			defer f.Close()
 			b.SetBytes(int64(sz.n))
 			b.ReportAllocs()
-			m0 := mallocs()
+			m0 := hrltest.Mallocs()
 			b.ResetTimer()
 			off, pos := int64(0), 0
 			for range b.N {
@@ -239,7 +201,7 @@ func BenchmarkBaselineWriteAt(b *testing.B) {
 				}
 			}
 			b.StopTimer()
-			reportMallocs(b, m0)
+			hrltest.ReportMallocs(b, m0)
 			// Leave the pages clean, as Volume.Close does, so that every
 			// run of either benchmark starts from the same state.
 			if err := f.Sync(); err != nil {
