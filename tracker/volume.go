@@ -30,7 +30,7 @@ const (
 // Errors of this package.
 var (
 	ErrOutOfRange = errors.New("request outside the volume")
-	ErrClosed     = errors.New("volume closed")
+	ErrClosed     = fmt.Errorf("volume closed: %w", os.ErrClosed)
 	ErrResync     = errors.New("dirty regions need a resync before a consistent recovery point can be taken")
 	ErrAckOrder   = errors.New("ack out of order: only the oldest sealed segment can be acknowledged")
 	ErrLocked     = errors.New("journal directory is in use by another process")

@@ -1,0 +1,290 @@
+// Package nbd is an NBD server (fixed newstyle handshake, structured
+// replies, base:allocation block status) in front of a Backend such as
+// tracker.Volume. It is the protocol only: every request becomes one
+// Backend call.
+//
+// Per connection, one goroutine reads requests and up to MaxInFlight
+// workers run them concurrently; replies go out as requests complete.
+// Errors a client can cause are answered with an NBD error and the
+// connection stays up; a protocol violation (a bad magic, a write payload
+// too large to skip) closes that connection only.
+package nbd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// Defaults and limits.
+const (
+	DefaultMaxInFlight      = 16
+	DefaultHandshakeTimeout = 30 * time.Second
+
+	// MinBlockSize, PreferredBlockSize and MaxPayload are advertised with
+	// NBD_INFO_BLOCK_SIZE. READ and WRITE requests longer than MaxPayload
+	// get EINVAL; a WRITE payload longer than maxDiscard closes the
+	// connection instead of being read and discarded.
+	MinBlockSize       = 512
+	PreferredBlockSize = 4096
+	MaxPayload         = 32 << 20
+	maxDiscard         = 64 << 20
+
+	maxNameLen = 4096 // NBD strings: export names, descriptions
+)
+
+// Errors of this package.
+var (
+	ErrServerClosed = errors.New("nbd: server closed")
+	ErrNoExports    = errors.New("nbd: no exports configured; add at least one Export")
+)
+
+// Export is one named volume served over NBD.
+type Export struct {
+	Name        string // what clients put in the URI: nbd://host:port/NAME
+	Description string // shown by nbdinfo; optional
+	Backend     Backend
+	ReadOnly    bool // writes, trims and zeroes get EPERM
+}
+
+// Server serves Exports. Set the exported fields after NewServer and
+// before the first Serve; later changes are not seen.
+type Server struct {
+	Exports []Export
+	// DefaultExport names the export a client gets when it asks for the
+	// empty name "" (nbd://host:port/ without a name). When it is empty,
+	// "" selects the only export if there is exactly one.
+	DefaultExport string
+	Logger        *slog.Logger
+	// MaxInFlight bounds the requests of one connection processed at the
+	// same time; more wait in the socket. Default DefaultMaxInFlight.
+	MaxInFlight int
+	// HandshakeTimeout bounds option haggling; negative disables it.
+	HandshakeTimeout time.Duration
+
+	initOnce sync.Once
+	initErr  error
+	exports  map[string]*export
+	list     []*export // in configuration order, for NBD_OPT_LIST
+	deflt    *export
+
+	closing   atomic.Bool
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	conns     map[*conn]struct{}
+	connWG    sync.WaitGroup
+}
+
+type export struct {
+	Export
+	extents Extenter // nil: everything is data
+}
+
+// NewServer returns a Server with default settings and no exports.
+func NewServer() *Server {
+	return &Server{MaxInFlight: DefaultMaxInFlight, HandshakeTimeout: DefaultHandshakeTimeout}
+}
+
+func (s *Server) logger() *slog.Logger {
+	if s.Logger == nil {
+		return slog.Default()
+	}
+	return s.Logger
+}
+
+func (s *Server) init() error {
+	s.initOnce.Do(func() { s.initErr = s.buildExports() })
+	return s.initErr
+}
+
+func (s *Server) buildExports() error {
+	if len(s.Exports) == 0 {
+		return ErrNoExports
+	}
+	if s.MaxInFlight <= 0 {
+		s.MaxInFlight = DefaultMaxInFlight
+	}
+	if s.HandshakeTimeout == 0 {
+		s.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	s.exports = make(map[string]*export, len(s.Exports))
+	for i := range s.Exports {
+		e := &export{Export: s.Exports[i]}
+		switch {
+		case e.Backend == nil:
+			return fmt.Errorf("nbd: export %q has no backend", e.Name)
+		case len(e.Name) > maxNameLen || len(e.Description) > maxNameLen:
+			return fmt.Errorf("nbd: export %q: name and description must be at most %d bytes", e.Name, maxNameLen)
+		case e.Backend.Size() < 0:
+			return fmt.Errorf("nbd: export %q: negative size %d", e.Name, e.Backend.Size())
+		}
+		if _, dup := s.exports[e.Name]; dup {
+			return fmt.Errorf("nbd: two exports are named %q; export names must be unique", e.Name)
+		}
+		e.extents, _ = e.Backend.(Extenter)
+		s.exports[e.Name] = e
+		s.list = append(s.list, e)
+	}
+	switch {
+	case s.DefaultExport != "":
+		if s.deflt = s.exports[s.DefaultExport]; s.deflt == nil {
+			return fmt.Errorf("nbd: default export %q is not among the exports", s.DefaultExport)
+		}
+	case len(s.list) == 1:
+		s.deflt = s.list[0]
+	}
+	return nil
+}
+
+// lookup resolves a client's export name; "" is the default export.
+func (s *Server) lookup(name string) *export {
+	if e, ok := s.exports[name]; ok {
+		return e
+	}
+	if name == "" {
+		return s.deflt
+	}
+	return nil
+}
+
+// Serve accepts connections on ln and serves them until ctx is done, ln
+// fails or Shutdown is called; it closes ln. Then it stops its connections
+// as Shutdown does: no new requests are read, the ones received are
+// answered, and the connections are closed. It returns when all of them
+// have ended, with ctx.Err(), the accept error, or ErrServerClosed after
+// Shutdown. The drain is not bounded here; bound it with Shutdown and a
+// deadline (cancel ctx, then call Shutdown).
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	if err := s.init(); err != nil {
+		ln.Close()
+		return err
+	}
+	if !s.track(ln, nil, true) {
+		ln.Close()
+		return ErrServerClosed
+	}
+	connCtx, stopConns := context.WithCancel(ctx)
+	defer stopConns()
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	var wg sync.WaitGroup
+	err := s.accept(connCtx, ln, &wg)
+	stop()
+	ln.Close()
+	s.track(ln, nil, false)
+	switch {
+	case s.closing.Load():
+		err = ErrServerClosed
+	case ctx.Err() != nil:
+		err = ctx.Err()
+	}
+	stopConns() // drain this listener's connections
+	wg.Wait()
+	return err
+}
+
+func (s *Server) accept(ctx context.Context, ln net.Listener, wg *sync.WaitGroup) error {
+	var delay time.Duration
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil || s.closing.Load() {
+				return nil
+			}
+			if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
+				errors.Is(err, syscall.ECONNABORTED) || errors.Is(err, syscall.ENOBUFS) {
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				s.logger().Warn("nbd: accept failed, retrying", "err", err, "delay", delay)
+				time.Sleep(delay)
+				continue
+			}
+			return fmt.Errorf("nbd: accept: %w", err)
+		}
+		delay = 0
+		c := newConn(ctx, s, nc)
+		if !s.track(nil, c, true) {
+			nc.Close()
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer s.track(nil, c, false)
+			stop := context.AfterFunc(ctx, c.interrupt)
+			defer stop()
+			c.serve()
+		}()
+	}
+}
+
+// track adds or removes a listener or connection; adding fails once
+// Shutdown has begun.
+func (s *Server) track(ln net.Listener, c *conn, add bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if add && s.closing.Load() {
+		return false
+	}
+	if s.listeners == nil {
+		s.listeners = map[net.Listener]struct{}{}
+		s.conns = map[*conn]struct{}{}
+	}
+	switch {
+	case ln != nil && add:
+		s.listeners[ln] = struct{}{}
+	case ln != nil:
+		delete(s.listeners, ln)
+	case add:
+		s.connWG.Add(1)
+		s.conns[c] = struct{}{}
+	default:
+		if _, ok := s.conns[c]; ok {
+			delete(s.conns, c)
+			s.connWG.Done()
+		}
+	}
+	return true
+}
+
+// Shutdown stops the server gracefully: it stops accepting, stops reading
+// new requests, answers every request already received, then closes the
+// connections. Connections still in the handshake are closed at once. If
+// ctx ends first, the remaining connections are closed without waiting
+// and ctx.Err() is returned; their in-flight backend calls may still be
+// running.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing.Store(true)
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.interrupt()
+	}
+	done := make(chan struct{})
+	go func() {
+		s.connWG.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		s.mu.Lock()
+		for c := range s.conns {
+			c.nc.Close()
+		}
+		s.mu.Unlock()
+		return ctx.Err()
+	}
+}
