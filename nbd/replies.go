@@ -220,13 +220,48 @@ func putChunkHeader(b []byte, flags, typ uint16, handle uint64, length uint32) {
 	binary.BigEndian.PutUint32(b[16:], length)
 }
 
-// send writes one whole reply. A failed write closes the connection: the
+// corkMax is the largest reply that is queued and written together with
+// the replies of other requests; larger ones (READ data) are written
+// directly.
+const corkMax = 16 << 10
+
+// send writes one whole reply. Small replies are group-committed: a sender
+// that finds no write in progress writes everything queued until the queue
+// is empty, so at a high queue depth many replies share one write(2)
+// instead of paying one system call each. Replies of different requests
+// may reach the client in any order (handles match them); the bytes of one
+// reply are always contiguous. A failed write closes the connection: the
 // client cannot resynchronise after a partial reply.
 func (c *conn) send(b []byte) {
-	c.wmu.Lock()
-	_, err := c.nc.Write(b)
-	c.wmu.Unlock()
-	if err != nil && c.broken.CompareAndSwap(false, true) {
+	if len(b) > corkMax {
+		c.wmu.Lock()
+		c.write(b)
+		c.wmu.Unlock()
+		return
+	}
+	c.pmu.Lock()
+	c.pending = append(c.pending, b...)
+	if c.flushing {
+		c.pmu.Unlock()
+		return // the sender that is writing will pick it up
+	}
+	c.flushing = true
+	for len(c.pending) > 0 {
+		out := c.pending
+		c.pending = c.spare[:0]
+		c.pmu.Unlock()
+		c.wmu.Lock()
+		c.write(out)
+		c.wmu.Unlock()
+		c.pmu.Lock()
+		c.spare = out[:0]
+	}
+	c.flushing = false
+	c.pmu.Unlock()
+}
+
+func (c *conn) write(b []byte) {
+	if _, err := c.nc.Write(b); err != nil && c.broken.CompareAndSwap(false, true) {
 		c.log.Debug("nbd: reply failed; closing the connection", "err", err)
 		c.nc.Close()
 	}

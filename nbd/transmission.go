@@ -45,9 +45,14 @@ type conn struct {
 	strict     bool // the client asked for block sizes: enforce alignment
 	allocation bool // BLOCK_STATUS allowed
 
-	wmu    sync.Mutex // serializes replies
-	broken atomic.Bool
-	work   chan request
+	wmu sync.Mutex // serializes writes to the socket
+	// Small replies queued for a group write (see send).
+	pmu      sync.Mutex
+	pending  []byte
+	spare    []byte
+	flushing bool
+	broken   atomic.Bool
+	work     chan request
 }
 
 // request is one transmission request, decoded and checked.
