@@ -171,3 +171,44 @@ func TestKill9DuringFio(t *testing.T) {
 		t.Fatalf("restarted agent: %v\n%s", err, a2.Output())
 	}
 }
+
+// With --fuse-mount, SIGTERM unmounts: the volume file is gone from the
+// mount point and the journal is sealed.
+func TestAgentFuseMountStopsCleanly(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("LIFEBOAT_REQUIRE_INTEGRATION") == "1" {
+			t.Fatal("FUSE tests need root (LIFEBOAT_REQUIRE_INTEGRATION=1)")
+		}
+		t.Skip("FUSE needs root")
+	}
+	dir := t.TempDir()
+	mnt := filepath.Join(dir, "mnt")
+	img, jroot := filepath.Join(dir, "disk.img"), filepath.Join(dir, "journal")
+	a := startAgent(t, "--nbd", "", "--fuse-mount", mnt, "--volume", "disk="+img+",size=16MiB", "--journal-dir", jroot)
+	t.Cleanup(func() { exec.Command("umount", mnt).Run() })
+	f, err := os.OpenFile(a.uri["disk"], os.O_RDWR, 0)
+	if err != nil {
+		t.Fatalf("open the FUSE file: %v\n%s", err, a.Output())
+	}
+	if _, err := f.WriteAt(bytes.Repeat([]byte{0x7e}, 1<<20), 3<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if err := a.stop(t, syscall.SIGTERM); err != nil {
+		t.Fatalf("agent exit: %v\n%s", err, a.Output())
+	}
+	if _, err := os.Stat(a.uri["disk"]); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("after SIGTERM the mount still shows the volume: %v", err)
+	}
+	v := openJournal(t, img, filepath.Join(jroot, "disk"))
+	defer v.Close()
+	if v.Status().Resync != "" {
+		t.Fatal("unclean stop")
+	}
+	if got := replay(t, v); !bytes.Equal(got[3<<20:4<<20], bytes.Repeat([]byte{0x7e}, 1<<20)) {
+		t.Fatal("the write through the FUSE file is not in the journal")
+	}
+}

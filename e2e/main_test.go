@@ -60,7 +60,7 @@ type agentProc struct {
 	exited chan error
 }
 
-var serving = regexp.MustCompile(`^serving (\S+) \(.*\) at (nbd://\S+)$`)
+var serving = regexp.MustCompile(`^serving (\S+) \(.*\) (?:at|as) (\S+)$`)
 
 // startAgent starts an agent and waits until it serves every volume.
 func startAgent(t *testing.T, args ...string) *agentProc {
@@ -75,7 +75,10 @@ func startAgent(t *testing.T, args ...string) *agentProc {
 func tryAgent(t *testing.T, args ...string) (*agentProc, error) {
 	t.Helper()
 	a := &agentProc{uri: map[string]string{}, exited: make(chan error, 1)}
-	a.cmd = exec.Command(binary, append([]string{"agent", "--nbd", "127.0.0.1:0"}, args...)...)
+	if !strings.Contains(strings.Join(args, " "), "--nbd") {
+		args = append([]string{"--nbd", "127.0.0.1:0"}, args...)
+	}
+	a.cmd = exec.Command(binary, append([]string{"agent"}, args...)...)
 	stdout, _ := a.cmd.StdoutPipe()
 	a.cmd.Stderr = &lockedWriter{a}
 	if err := a.cmd.Start(); err != nil {
