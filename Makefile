@@ -8,7 +8,7 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -X main.version=$(VERSION)
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: all demo test unit fuzz bench lint build clean
+.PHONY: all demo test deps unit fuzz bench lint build clean
 
 all: lint test build
 
@@ -16,8 +16,12 @@ all: lint test build
 demo:
 	$(GO) run ./cmd/lifeboat demo
 
-## test: go vet, the unit and integration tests with -race, then a short run of every fuzz target
-test: unit fuzz
+## test: install the integration tools if missing (.ci/deps), go vet, every test with -race, then a short run of every fuzz target
+test: deps unit fuzz
+
+## deps: install what the integration tests need, only what is missing (needs root or sudo)
+deps:
+	@.ci/deps
 
 unit:
 	$(GO) vet ./...
