@@ -14,23 +14,33 @@ type infoRequest struct {
 	wantBlockSize   bool
 }
 
+// parseExportName decodes the 32-bit length and the export name that start
+// the data of INFO, GO and the meta-context options, and returns what
+// follows, which must be at least trailer bytes.
+func parseExportName(data []byte, trailer int) (string, []byte, error) {
+	if len(data) < 4+trailer {
+		return "", nil, fmt.Errorf("option data shorter than %d bytes", 4+trailer)
+	}
+	nameLen := binary.BigEndian.Uint32(data)
+	if uint64(nameLen) > uint64(len(data)-4-trailer) {
+		return "", nil, fmt.Errorf("name length %d does not fit in %d bytes of option data", nameLen, len(data))
+	}
+	if nameLen > maxNameLen {
+		return "", nil, fmt.Errorf("export name of %d bytes is longer than %d", nameLen, maxNameLen)
+	}
+	return string(data[4 : 4+nameLen]), data[4+nameLen:], nil
+}
+
 // parseInfoRequest decodes
 //
 //	32 bits name length, name, 16 bits count n, n x 16 bits NBD_INFO type.
 func parseInfoRequest(data []byte) (infoRequest, error) {
 	var r infoRequest
-	if len(data) < 6 {
-		return r, errors.New("option data shorter than 6 bytes")
+	name, rest, err := parseExportName(data, 2)
+	if err != nil {
+		return r, err
 	}
-	nameLen := binary.BigEndian.Uint32(data)
-	if uint64(nameLen) > uint64(len(data)-6) {
-		return r, fmt.Errorf("name length %d does not fit in %d bytes of option data", nameLen, len(data))
-	}
-	if nameLen > maxNameLen {
-		return r, fmt.Errorf("export name of %d bytes is longer than %d", nameLen, maxNameLen)
-	}
-	r.name = string(data[4 : 4+nameLen])
-	rest := data[4+nameLen:]
+	r.name = name
 	n := int(binary.BigEndian.Uint16(rest))
 	rest = rest[2:]
 	if len(rest) != 2*n {
@@ -61,18 +71,11 @@ type metaContextRequest struct {
 //	32 bits name length, name, 32 bits count n, n x (32 bits length, query).
 func parseMetaContextRequest(data []byte) (metaContextRequest, error) {
 	var r metaContextRequest
-	if len(data) < 8 {
-		return r, errors.New("option data shorter than 8 bytes")
+	name, rest, err := parseExportName(data, 4)
+	if err != nil {
+		return r, err
 	}
-	nameLen := binary.BigEndian.Uint32(data)
-	if uint64(nameLen) > uint64(len(data)-8) {
-		return r, fmt.Errorf("name length %d does not fit in %d bytes of option data", nameLen, len(data))
-	}
-	if nameLen > maxNameLen {
-		return r, fmt.Errorf("export name of %d bytes is longer than %d", nameLen, maxNameLen)
-	}
-	r.name = string(data[4 : 4+nameLen])
-	rest := data[4+nameLen:]
+	r.name = name
 	n := binary.BigEndian.Uint32(rest)
 	rest = rest[4:]
 	if uint64(n) > uint64(len(rest)/4) {
