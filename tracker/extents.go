@@ -14,10 +14,15 @@ type Extent struct {
 	Hole           bool
 }
 
+// maxExtents bounds one Extents call, so that a badly fragmented file does
+// not cost a system call per 4 KiB of a large range.
+const maxExtents = 4096
+
 // Extents describes the allocation of [off, off+n) in order, from the
 // backing store's SEEK_DATA/SEEK_HOLE; a backing store that cannot tell
 // reports everything as data. Adjacent extents alternate between data and
-// holes.
+// holes. It may stop before off+n (after maxExtents extents); callers ask
+// again from where it stopped.
 func (v *Volume) Extents(off, n int64) ([]Extent, error) {
 	if err := v.checkRange(off, n); err != nil || n == 0 {
 		return nil, err
@@ -28,7 +33,7 @@ func (v *Volume) Extents(off, n int64) ([]Extent, error) {
 		return []Extent{{Offset: off, Length: n}}, nil
 	}
 	var out []Extent
-	for pos := off; pos < end; {
+	for pos := off; pos < end && len(out) < maxExtents; {
 		data, err := sk.SeekData(pos)
 		if errors.Is(err, io.EOF) {
 			data = end
