@@ -330,3 +330,37 @@ func TestExtentsShowHolesAfterTrim(t *testing.T) {
 		}
 	}
 }
+
+// On a fragmented file Extents stops early, and asking again from where it
+// stopped continues seamlessly to the end.
+func TestExtentsStopEarlyOnFragmentedFiles(t *testing.T) {
+	dir := t.TempDir()
+	img := filepath.Join(dir, "disk.img")
+	f, _ := os.Create(img)
+	f.Truncate(40 << 20)
+	for off := int64(0); off < 40<<20; off += 8192 {
+		f.WriteAt(fill(4096, 1), off) // data, hole, data, hole, ...
+	}
+	f.Close()
+	v := tracker.NewVolume(img, filepath.Join(dir, "j"))
+	v.Logger = quiet
+	openVolume(t, v)
+	defer v.Close()
+	var all []tracker.Extent
+	for pos := int64(0); pos < v.Size(); {
+		ext, err := v.Extents(pos, v.Size()-pos)
+		if err != nil || len(ext) == 0 || len(ext) > 4096 {
+			t.Fatalf("Extents(%d): %d extents, %v", pos, len(ext), err)
+		}
+		for _, e := range ext {
+			if e.Offset != pos {
+				t.Fatalf("extent at %d, want %d", e.Offset, pos)
+			}
+			pos += e.Length
+		}
+		all = append(all, ext...)
+	}
+	if len(all) != 10240 || all[0].Hole || !all[1].Hole {
+		t.Fatalf("%d extents (first hole=%v), want 10240 alternating from data", len(all), all[0].Hole)
+	}
+}
