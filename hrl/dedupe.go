@@ -174,6 +174,9 @@ func (s *splitter) flush() error {
 
 // confirm compares blk with the block at segment offset off, byte for byte.
 func (w *Writer) confirm(off uint64, blk []byte) (bool, error) {
+	if p, ok := w.pendingBlock(off, len(blk)); ok {
+		return bytes.Equal(p, blk), nil
+	}
 	c := w.win.cand[:len(blk)]
 	if _, err := w.f.ReadAt(c, int64(off)); err != nil {
 		return false, fmt.Errorf("dedupe: read back %s at %d: %w", w.path, off, err)

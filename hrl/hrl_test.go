@@ -311,3 +311,33 @@ func TestPreallocatedSpaceReleasedAtSeal(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// In batch mode records wait in memory until FlushPending: a REF can point
+// at a block that is not in the file yet (confirmed from memory), and
+// nothing reaches the file before the flush.
+func TestBatchMode(t *testing.T) {
+	dir := t.TempDir()
+	w, err := hrl.Create(hrl.OSFS{}, dir, hrl.Header{FirstSeq: 1}, hrl.WriterConfig{Dedupe: hrl.NewWindow(0), Batch: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	b := block(3)
+	for _, off := range []uint64{0, 8192} {
+		if _, _, err := w.AppendData(hrl.TypeWrite, off, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st, _ := os.Stat(w.Path()); st.Size() != hrl.HeaderSize || !w.Pending() {
+		t.Fatalf("before FlushPending the file has %d bytes (pending=%v), want only the header", st.Size(), w.Pending())
+	}
+	if err := w.FlushPending(); err != nil {
+		t.Fatal(err)
+	}
+	if got := countTypes(t, w.Path()); got[hrl.TypeWrite] != 1 || got[hrl.TypeRef] != 1 {
+		t.Fatalf("types = %v, want one WRITE and one REF", got)
+	}
+	if img := replayToBytes(t, w.Path(), 3*4096); !bytes.Equal(img[8192:], b) {
+		t.Fatal("REF to a batched block does not replay")
+	}
+}

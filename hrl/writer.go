@@ -23,6 +23,9 @@ type WriterConfig struct {
 	// Preallocate, when positive, reserves that many bytes for the segment
 	// where the file system supports it; Seal releases what was not used.
 	Preallocate int64
+	// Batch collects small records in memory until FlushPending (see
+	// batch.go).
+	Batch bool
 	// Buffers, when set, are reused instead of allocating new ones. The
 	// consecutive writers of one journal may share them: a writer stops
 	// using them once its last append returned (Seal does not need them).
@@ -34,6 +37,7 @@ type Buffers struct {
 	scratch []byte
 	sums    []uint64
 	sumBuf  []byte
+	pend    []byte // array for batched records; a writer's batch is empty when it hands over
 }
 
 // SegmentInfo describes a segment file.
@@ -75,6 +79,12 @@ type Writer struct {
 	footer   [RecordHeaderSize + footerPayloadSize]byte
 	created  time.Time
 	prealloc bool // space reserved past the end, released by Seal
+	batch    bool
+	pend     []byte // batched records not yet written (its own slice of buf.pend's array)
+	// the state before the pending batch, restored if it cannot be written
+	pstart        int64
+	pnext, pcount uint64
+	pchain        xxhash.Digest
 }
 
 // Create creates the segment file for h in dir (named by h.FirstSeq) and
@@ -100,7 +110,7 @@ func Create(fsys FS, dir string, h Header, cfg WriterConfig) (*Writer, error) {
 		buf.scratch = make([]byte, RecordHeaderSize+smallRecord)
 	}
 	w := &Writer{fs: fsys, f: f, path: path, hdr: h, next: h.FirstSeq, win: cfg.Dedupe,
-		buf: buf, created: h.Created}
+		buf: buf, created: h.Created, batch: cfg.Batch, pend: buf.pend[:0]}
 	var hb [HeaderSize]byte
 	MarshalHeader(hb[:], h)
 	if _, err := f.WriteAt(hb[:], 0); err != nil {
@@ -169,7 +179,11 @@ func (w *Writer) append(h *RecordHeader, payload []byte, sums []uint64) error {
 	}
 	var err error
 	sc := w.buf.scratch
-	if len(payload) <= smallRecord {
+	if w.batch && len(payload) <= smallRecord && len(w.buf.pend) < maxBatch {
+		w.appendBatched(h, payload)
+	} else if err = w.FlushPending(); err != nil {
+		return err
+	} else if len(payload) <= smallRecord {
 		n := RecordHeaderSize + len(payload)
 		MarshalRecordHeader(sc, h)
 		copy(sc[RecordHeaderSize:], payload)
@@ -263,6 +277,9 @@ func (w *Writer) Sync() error {
 	if w.broken != nil {
 		return w.broken
 	}
+	if err := w.FlushPending(); err != nil {
+		return err
+	}
 	if err := w.f.Sync(); err != nil {
 		return fmt.Errorf("sync segment %s: %w", w.path, err)
 	}
@@ -284,6 +301,9 @@ func (w *Writer) syncDir() error {
 // segment accepts no more records.
 func (w *Writer) Seal() (SegmentInfo, error) {
 	if err := w.usable(); err != nil {
+		return SegmentInfo{}, err
+	}
+	if err := w.FlushPending(); err != nil {
 		return SegmentInfo{}, err
 	}
 	// Records first, footer second: a valid footer then proves that every

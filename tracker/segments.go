@@ -19,7 +19,7 @@ func (v *Volume) startSegment(next uint64) error {
 		return fmt.Errorf("volume id %q in %s: %w", v.st.VolumeID, stateName, err)
 	}
 	w, err := hrl.Create(v.FS, v.JournalDir, hrl.Header{BlockSize: uint32(v.BlockSize), VolumeID: id,
-		Generation: v.st.Generation, FirstSeq: next}, hrl.WriterConfig{Dedupe: v.win, Buffers: &v.wbuf, Preallocate: v.SegmentBytes + 1<<20})
+		Generation: v.st.Generation, FirstSeq: next}, hrl.WriterConfig{Dedupe: v.win, Buffers: &v.wbuf, Preallocate: v.SegmentBytes + 1<<20, Batch: true})
 	if err != nil {
 		return err
 	}
@@ -34,6 +34,15 @@ func (v *Volume) startSegment(next uint64) error {
 // rollLocked hands the open segment to the sealer and, in journal mode,
 // opens the next one. Empty segments are not rolled.
 func (v *Volume) rollLocked() *pendingSeg {
+	if v.w == nil || v.w.Count() == 0 {
+		return nil
+	}
+	// The writers share their buffers: the batch is written before the
+	// segment is handed over.
+	if err := v.w.FlushPending(); err != nil {
+		v.suspendLocked(fmt.Errorf("journal append: %w", err))
+		return nil
+	}
 	if v.w == nil || v.w.Count() == 0 {
 		return nil
 	}

@@ -64,13 +64,14 @@ type Volume struct {
 	CheckpointInterval time.Duration
 	Logger             *slog.Logger
 
-	backing hrl.File
-	size    int64
-	bitmap  *Bitmap
-	locks   rangeLock
-	bufs    sync.Pool
-	jobs    chan *backingJob
-	jobPool sync.Pool
+	backing  hrl.File
+	size     int64
+	bitmap   *Bitmap
+	locks    rangeLock
+	bufs     sync.Pool
+	jreqs    chan *journalReq
+	jmu      sync.Mutex // held while a batch (or an inline append) is journaled
+	jreqPool sync.Pool
 
 	mu         sync.Mutex // journal, segment lists, state
 	w          *hrl.Writer
@@ -165,7 +166,7 @@ func (v *Volume) Open(ctx context.Context) error {
 	}
 	v.done = make(chan struct{})
 	v.changed = make(chan struct{})
-	v.startBackingWorkers()
+	v.startJournaler()
 	v.wg.Add(1)
 	go v.sealer()
 	v.wg.Add(1)

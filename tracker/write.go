@@ -7,6 +7,11 @@ import (
 	"lifeboat/hrl"
 )
 
+// parallelWrite is the smallest write whose journal append always goes to
+// the journaler, to run in parallel with the backing write; smaller ones
+// are journaled inline when the journaler is idle.
+const parallelWrite = 64 << 10
+
 func (v *Volume) checkRange(off, n int64) error {
 	if off < 0 || n < 0 || off+n > v.size || off+n < off {
 		return fmt.Errorf("%w: [%d, %d) on a volume of %d bytes", ErrOutOfRange, off, off+n, v.size)
@@ -81,12 +86,22 @@ func (v *Volume) WriteAt(p []byte, off int64) (int, error) {
 		}
 		data = *bp
 	}
-	job := v.writeBacking(p, off)
-	err := v.journal(a0, a1, func(w *hrl.Writer) (uint64, error) {
-		_, last, err := w.AppendData(hrl.TypeWrite, uint64(a0), data)
-		return last, err
-	})
-	written, werr := v.wait(job)
+	var err error
+	var written int
+	var werr error
+	inline := false
+	if len(data) < parallelWrite {
+		inline, err = v.journalInline(a0, a1, data)
+	}
+	if inline {
+		written, werr = v.backing.WriteAt(p, off)
+	} else {
+		// The journaler appends the record (with those of other writers)
+		// while this goroutine writes the backing store.
+		req := v.submit(a0, a1, data, nil)
+		written, werr = v.backing.WriteAt(p, off)
+		err = v.await(req)
+	}
 	if bp != nil {
 		v.bufs.Put(bp)
 	}
@@ -172,13 +187,11 @@ func (v *Volume) journalZeroedBlock(w *hrl.Writer, s, e int64) (uint64, error) {
 	return last, err
 }
 
-// journal runs appendFn on the open segment, records the regions of
+// journalLocked runs appendFn on the open segment, records the regions of
 // [a0, a1) as touched by the seqs it used and rolls the segment when it is
 // full. If the journal cannot take the record the volume switches to bitmap
 // mode: the write still succeeds, its regions are already dirty.
-func (v *Volume) journal(a0, a1 int64, appendFn func(*hrl.Writer) (uint64, error)) error {
-	v.mu.Lock()
-	defer v.mu.Unlock()
+func (v *Volume) journalLocked(a0, a1 int64, appendFn func(*hrl.Writer) (uint64, error)) error {
 	if v.closed {
 		return ErrClosed
 	}
