@@ -269,9 +269,18 @@ func (b *Bitmap) Regions() int64 { return regionCount(b.volumeSize, b.regionSize
 // DirtyRanges calls fn for each maximal run of dirty regions, as a byte
 // range clamped to the volume size, in ascending order.
 func (b *Bitmap) DirtyRanges(fn func(off, n int64) error) error {
+	return b.ranges(b.snapshot(), fn)
+}
+
+// snapshot copies the dirty bits.
+func (b *Bitmap) snapshot() regionSet {
 	b.mu.Lock()
-	words := append([]uint64(nil), b.words...)
-	b.mu.Unlock()
+	defer b.mu.Unlock()
+	return append(regionSet(nil), b.words...)
+}
+
+// ranges is DirtyRanges over a snapshot.
+func (b *Bitmap) ranges(words regionSet, fn func(off, n int64) error) error {
 	n := regionCount(b.volumeSize, b.regionSize)
 	for r := int64(0); r < n; {
 		if words[r/64]&(1<<(r%64)) == 0 {

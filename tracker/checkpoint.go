@@ -29,7 +29,7 @@ func (v *Volume) checkpoint() error {
 		off, end := r*v.RegionSize, min((r+1)*v.RegionSize, v.size)
 		v.locks.lock(off, end)
 		v.mu.Lock()
-		if _, again := v.touched[r]; !again {
+		if _, again := v.touched[r]; !again && !v.pinned.has(r) {
 			v.bitmap.Clear(r)
 		}
 		v.mu.Unlock()

@@ -27,12 +27,13 @@ type crashRun struct {
 	replSeq  uint64           // last seq applied to the replica
 	dirty    map[int64]uint64 // regions written since their last clear -> last seq
 	log      []string
+	sparse   bool // the backing file reports all-zero blocks as holes
 }
 
-func newCrashRun(t *testing.T, seed uint64) *crashRun {
+func newCrashRun(t *testing.T, seed uint64, sparse bool) *crashRun {
 	t.Helper()
 	size := 512 << 10
-	c := &crashRun{fsys: hrltest.New(), initial: initialImage(size, seed), dirty: map[int64]uint64{}}
+	c := &crashRun{fsys: hrltest.New(), initial: initialImage(size, seed), dirty: map[int64]uint64{}, sparse: sparse}
 	c.fsys.MkdirAll("/vol", 0o755)
 	c.fsys.WriteFile(backingPath, c.initial)
 	// Baseline: a volume whose replica is complete (bitmap clean), closed
@@ -53,6 +54,9 @@ func newCrashRun(t *testing.T, seed uint64) *crashRun {
 func (c *crashRun) volume() *tracker.Volume {
 	v := tracker.NewVolume(backingPath, journalDir)
 	v.FS = c.fsys
+	if c.sparse {
+		v.FS = &holeFS{CrashFS: c.fsys}
+	}
 	v.SegmentBytes = 64 << 10
 	v.SegmentAge = 0
 	v.Logger = quiet
@@ -165,8 +169,19 @@ func replayInto(fsys hrl.FS, s hrl.SegmentInfo, img image, last uint64) error {
 // the backing store differs from replica+journal is dirty; and a resync
 // makes replica+journal equal to the backing store again.
 func TestCrashAtEveryOperation(t *testing.T) {
+	crashAtEveryOperation(t, false, 1)
+}
+
+// TestCrashAtEveryOperationSparse is TestCrashAtEveryOperation on a backing
+// file that reports its zero blocks as holes, so that the resync after each
+// crash journals holes as trimmed ZERO records. Every 5th operation.
+func TestCrashAtEveryOperationSparse(t *testing.T) {
+	crashAtEveryOperation(t, true, 5)
+}
+
+func crashAtEveryOperation(t *testing.T, sparse bool, step int) {
 	const seed = 7
-	probe := newCrashRun(t, seed)
+	probe := newCrashRun(t, seed, sparse)
 	start := probe.fsys.Ops()
 	v := probe.volume()
 	openVolume(t, v)
@@ -174,16 +189,15 @@ func TestCrashAtEveryOperation(t *testing.T) {
 		t.Fatal(err)
 	}
 	total := probe.fsys.Ops() - start
-	step := 1
 	if testing.Short() {
-		step = 7
+		step *= 7
 	}
 	modes := []hrltest.CrashMode{hrltest.DropUnsynced, hrltest.KeepPrefix, hrltest.KeepRandom}
 	for n := 0; n <= total+2; n += step {
 		for _, mode := range modes {
 			t.Run(fmt.Sprintf("op%d/%v", n, mode), func(t *testing.T) {
 				t.Parallel()
-				c := newCrashRun(t, seed)
+				c := newCrashRun(t, seed, sparse)
 				c.fsys.CrashAfter(n)
 				v := c.volume()
 				opened := false

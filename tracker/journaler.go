@@ -20,11 +20,13 @@ type journalReq struct {
 	a0, a1 int64
 	data   []byte                            // WRITE record content for [a0, a1), when fn is nil
 	fn     func(*hrl.Writer) (uint64, error) // any other append
+	need   int64                             // the most journal bytes the records can take
+	resync bool                              // a resync's record: waits for quota instead of suspending
 	err    error
 	done   chan struct{}
 }
 
-// appendWrite is the append of a journalReq without fn.
+// append appends the request's records.
 func (r *journalReq) append(w *hrl.Writer) (uint64, error) {
 	if r.fn != nil {
 		return r.fn(w)
@@ -40,11 +42,12 @@ func (v *Volume) startJournaler() {
 	go v.journaler()
 }
 
-// submit hands a record to the journaler; await returns its result. With
-// fn nil the record is a WRITE of data at a0.
-func (v *Volume) submit(a0, a1 int64, data []byte, fn func(*hrl.Writer) (uint64, error)) *journalReq {
+// submit hands the records described by q (its a0, a1, data, fn, need and
+// resync) to the journaler; await returns the result. With fn nil the
+// record is a WRITE of data at a0.
+func (v *Volume) submit(q journalReq) *journalReq {
 	r := v.jreqPool.Get().(*journalReq)
-	r.a0, r.a1, r.data, r.fn, r.err = a0, a1, data, fn, nil
+	r.a0, r.a1, r.data, r.fn, r.need, r.resync, r.err = q.a0, q.a1, q.data, q.fn, q.need, q.resync, nil
 	select {
 	case v.jreqs <- r:
 	case <-v.done:
@@ -62,10 +65,10 @@ func (v *Volume) await(r *journalReq) error {
 	return err
 }
 
-// journal appends a record through the journaler and waits until it is in
+// journal appends records through the journaler and waits until they are in
 // the segment file (or the volume switched to bitmap mode).
-func (v *Volume) journal(a0, a1 int64, fn func(*hrl.Writer) (uint64, error)) error {
-	return v.await(v.submit(a0, a1, nil, fn))
+func (v *Volume) journal(q journalReq) error {
+	return v.await(v.submit(q))
 }
 
 // journalInline appends a WRITE record in the calling goroutine when the
@@ -76,9 +79,9 @@ func (v *Volume) journalInline(a0, a1 int64, data []byte) (bool, error) {
 		return false, nil
 	}
 	defer v.jmu.Unlock()
-	r := journalReq{a0: a0, a1: a1, data: data}
+	r := journalReq{a0: a0, a1: a1, data: data, need: dataNeed(int64(len(data)), v.blockSize())}
 	v.mu.Lock()
-	err := v.journalLocked(a0, a1, r.append)
+	err := v.journalLocked(&r)
 	v.flushLocked()
 	v.mu.Unlock()
 	return true, err
@@ -86,13 +89,16 @@ func (v *Volume) journalInline(a0, a1 int64, data []byte) (bool, error) {
 
 // flushLocked writes the batched records of the open segment.
 func (v *Volume) flushLocked() {
-	if v.w != nil {
-		if err := v.w.FlushPending(); err != nil {
-			// The batch's records are not in the journal; their regions
-			// are dirty, so the writes themselves succeed.
-			v.suspendLocked(fmt.Errorf("journal append: %w", err))
-		}
+	if v.w == nil {
+		return
 	}
+	if err := v.w.FlushPending(); err != nil {
+		// The batch's records are not in the journal; their regions
+		// are dirty (and now pinned), so the writes themselves succeed.
+		v.failLocked(fmt.Errorf("journal append: %w", err))
+		return
+	}
+	v.unflushed = v.unflushed[:0]
 }
 
 func (v *Volume) journaler() {
@@ -117,7 +123,7 @@ func (v *Volume) journaler() {
 		}
 		v.mu.Lock()
 		for _, r := range batch {
-			r.err = v.journalLocked(r.a0, r.a1, r.append)
+			r.err = v.journalLocked(r)
 		}
 		v.flushLocked()
 		v.mu.Unlock()

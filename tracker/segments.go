@@ -1,7 +1,6 @@
 package tracker
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -40,13 +39,15 @@ func (v *Volume) rollLocked() *pendingSeg {
 	// The writers share their buffers: the batch is written before the
 	// segment is handed over.
 	if err := v.w.FlushPending(); err != nil {
-		v.suspendLocked(fmt.Errorf("journal append: %w", err))
+		v.failLocked(fmt.Errorf("journal append: %w", err))
 		return nil
 	}
+	v.unflushed = v.unflushed[:0]
 	if v.w == nil || v.w.Count() == 0 {
 		return nil
 	}
-	p := &pendingSeg{w: v.w, regions: v.curRegion, done: make(chan struct{})}
+	p := &pendingSeg{w: v.w, size: v.w.Size(), regions: v.curRegion, done: make(chan struct{})}
+	v.closedBytes += p.size
 	v.sealing = append(v.sealing, p)
 	v.sealCond.Signal()
 	next := v.w.NextSeq()
@@ -96,6 +97,7 @@ func (v *Volume) sealer() {
 			p.err = fmt.Errorf("segment %s follows a segment that failed to seal", filepath.Base(p.w.Path()))
 			v.dropUnsealed(p)
 		default:
+			v.closedBytes += info.Size - p.size // the footer
 			v.sealed = append(v.sealed, sealedSeg{info: info, regions: p.regions})
 			close(v.changed)
 			v.changed = make(chan struct{})
@@ -105,10 +107,15 @@ func (v *Volume) sealer() {
 }
 
 // dropUnsealed removes a segment that could not be sealed. It was never
-// offered to the consumer, and its regions stay dirty until the resync that
-// the failure requires, so nothing is lost; left on disk it would break the
-// journal's continuity at the next open.
+// offered to the consumer, and its regions stay dirty (pinned) until the
+// resync that the failure requires, so nothing is lost; left on disk it
+// would break the journal's continuity at the next open.
 func (v *Volume) dropUnsealed(p *pendingSeg) {
+	v.closedBytes -= p.size
+	for _, r := range p.regions {
+		v.pinned.set(r, r+1)
+	}
+	v.wakeLocked()
 	if err := v.FS.Remove(p.w.Path()); err != nil {
 		v.logger().Error("could not remove a segment that failed to seal", "file", p.w.Path(), "err", err)
 	}
@@ -203,6 +210,10 @@ func (v *Volume) Tag(kind hrl.TagKind, name string) (uint64, error) {
 	}
 	p := v.rollLocked()
 	v.mu.Unlock()
+	if p == nil {
+		// The tag's batch could not be written: bitmap mode now.
+		return 0, fmt.Errorf("tag %q: %w (%s)", name, ErrResync, v.Status().Resync)
+	}
 	<-p.done
 	return seq, p.err
 }
@@ -215,112 +226,6 @@ func (v *Volume) Seal() error {
 	v.rollLocked()
 	v.mu.Unlock()
 	return v.waitSealed()
-}
-
-// Segments returns the sealed segments not yet acknowledged, oldest first.
-func (v *Volume) Segments() []hrl.SegmentInfo {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	out := make([]hrl.SegmentInfo, len(v.sealed))
-	for i, s := range v.sealed {
-		out[i] = s.info
-	}
-	return out
-}
-
-// NextSegment waits for the oldest sealed segment whose first seq is above
-// after and returns it.
-func (v *Volume) NextSegment(ctx context.Context, after uint64) (hrl.SegmentInfo, error) {
-	for {
-		v.mu.Lock()
-		if v.closed {
-			v.mu.Unlock()
-			return hrl.SegmentInfo{}, ErrClosed
-		}
-		for _, s := range v.sealed {
-			if s.info.FirstSeq > after {
-				v.mu.Unlock()
-				return s.info, nil
-			}
-		}
-		ch := v.changed
-		v.mu.Unlock()
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return hrl.SegmentInfo{}, ctx.Err()
-		}
-	}
-}
-
-// Ack acknowledges the oldest sealed segment (named by its first seq): the
-// consumer has it durably. The acknowledgement is recorded durably, then
-// the segment is deleted, and the regions it changed that no newer write
-// touched are cleared in the bitmap at the next checkpoint. Writers are not
-// held up by the fsync or the deletion.
-func (v *Volume) Ack(firstSeq uint64) error {
-	v.ackMu.Lock()
-	defer v.ackMu.Unlock()
-	v.mu.Lock()
-	if v.closed {
-		v.mu.Unlock()
-		return ErrClosed
-	}
-	if len(v.sealed) == 0 || v.sealed[0].info.FirstSeq != firstSeq {
-		v.mu.Unlock()
-		return fmt.Errorf("%w (got %d)", ErrAckOrder, firstSeq)
-	}
-	s := v.sealed[0] // only Ack removes it, and Acks are serialised
-	v.mu.Unlock()
-	if err := v.ackFile.store(s.info.LastSeq); err != nil {
-		return err
-	}
-	v.mu.Lock()
-	v.acked = s.info.LastSeq
-	v.sealed = v.sealed[1:]
-	for _, r := range s.regions {
-		if last, ok := v.touched[r]; ok && last <= s.info.LastSeq {
-			delete(v.touched, r)
-			v.clearable = append(v.clearable, r)
-		}
-	}
-	v.freeRegion = s.regions[:0]
-	v.mu.Unlock()
-	// Not synced: a segment found again after a crash is at or below the
-	// acked seq and is deleted then.
-	if err := v.FS.Remove(s.info.Path); err != nil {
-		return fmt.Errorf("remove acknowledged segment: %w", err)
-	}
-	return nil
-}
-
-// Status describes the tracking state of a volume.
-type Status struct {
-	VolumeID     string
-	Generation   uint64
-	Mode         string
-	ModeReason   string
-	Resync       string // why a resync is needed; empty when none is
-	NextSeq      uint64
-	AckedSeq     uint64
-	Sealed       int
-	DirtyRegions int64
-	Regions      int64
-	RegionSize   int64
-	Size         int64
-}
-
-// Status returns the current tracking state.
-func (v *Volume) Status() Status {
-	v.mu.Lock()
-	s := Status{VolumeID: v.st.VolumeID, Generation: v.st.Generation, Mode: v.st.Mode, ModeReason: v.st.ModeReason, Resync: v.st.Resync,
-		AckedSeq: v.acked, Sealed: len(v.sealed), RegionSize: v.RegionSize, Size: v.size}
-	if v.w != nil {
-		s.NextSeq = v.w.NextSeq()
-	}
-	v.mu.Unlock()
-	s.DirtyRegions, s.Regions = v.bitmap.Dirty(), v.bitmap.Regions()
-	return s
 }
 
 // Close seals the open segment, makes everything durable and releases the
@@ -338,6 +243,7 @@ func (v *Volume) Close() error {
 	v.w = nil
 	close(v.done)
 	v.sealCond.Broadcast()
+	v.wakeLocked()
 	v.mu.Unlock()
 	var errs []error
 	if p != nil {

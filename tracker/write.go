@@ -2,7 +2,6 @@ package tracker
 
 import (
 	"fmt"
-	"math"
 
 	"lifeboat/hrl"
 )
@@ -98,7 +97,7 @@ func (v *Volume) WriteAt(p []byte, off int64) (int, error) {
 	} else {
 		// The journaler appends the record (with those of other writers)
 		// while this goroutine writes the backing store.
-		req := v.submit(a0, a1, data, nil)
+		req := v.submit(journalReq{a0: a0, a1: a1, data: data, need: dataNeed(int64(len(data)), v.blockSize())})
 		written, werr = v.backing.WriteAt(p, off)
 		err = v.await(req)
 	}
@@ -138,7 +137,9 @@ func (v *Volume) zero(off, n int64, trim bool) error {
 	if e%bs != 0 && e != v.size {
 		ts = max(e/bs*bs, he)
 	}
-	err := v.journal(a0, a1, func(w *hrl.Writer) (uint64, error) {
+	// At most a WRITE of a block at either end and a ZERO in between.
+	need := 2*(bs+hrl.RecordHeaderSize) + hrl.RecordHeaderSize
+	err := v.journal(journalReq{a0: a0, a1: a1, need: need, fn: func(w *hrl.Writer) (uint64, error) {
 		var last uint64
 		var err error
 		if s < he && s%bs != 0 {
@@ -155,7 +156,7 @@ func (v *Volume) zero(off, n int64, trim bool) error {
 			last, err = v.journalZeroedBlock(w, ts, e)
 		}
 		return last, err
-	})
+	}})
 	if err != nil {
 		return err
 	}
@@ -187,48 +188,78 @@ func (v *Volume) journalZeroedBlock(w *hrl.Writer, s, e int64) (uint64, error) {
 	return last, err
 }
 
-// journalLocked runs appendFn on the open segment, records the regions of
-// [a0, a1) as touched by the seqs it used and rolls the segment when it is
-// full. If the journal cannot take the record the volume switches to bitmap
-// mode: the write still succeeds, its regions are already dirty.
-func (v *Volume) journalLocked(a0, a1 int64, appendFn func(*hrl.Writer) (uint64, error)) error {
+// journalLocked appends r's records to the open segment, records the
+// regions of [r.a0, r.a1) as touched by the seqs they used and rolls the
+// segment when it is full. When the records cannot be journaled (the
+// journal fails, or they could take it above JournalQuota) the volume
+// switches to bitmap mode and pins the regions: the write still succeeds,
+// its regions are already dirty. A resync's record is instead refused with
+// errQuotaWait when over the quota, and the resync waits for room.
+func (v *Volume) journalLocked(r *journalReq) error {
 	if v.closed {
 		return ErrClosed
 	}
-	if v.st.Mode != ModeJournal {
-		// Unjournaled: no acknowledgement may clear these regions before
-		// a resync has journaled them.
-		r0, r1 := v.bitmap.regions(a0, a1-a0)
-		for r := r0; r < r1; r++ {
-			v.touched[r] = math.MaxUint64
-		}
-		return nil
-	}
-	first := v.w.NextSeq()
-	last, err := appendFn(v.w)
-	if err != nil {
-		return v.suspendLocked(fmt.Errorf("journal append: %w", err))
-	}
-	if last >= first {
-		r0, r1 := v.bitmap.regions(a0, a1-a0)
-		segFirst := v.w.Info().FirstSeq
-		for r := r0; r < r1; r++ {
-			if prev, ok := v.touched[r]; !ok || prev < segFirst {
-				v.curRegion = append(v.curRegion, r)
+	if v.st.Mode == ModeJournal {
+		if err := v.overQuotaLocked(r.need); err != nil {
+			if r.resync {
+				return errQuotaWait
 			}
-			v.touched[r] = last
+			v.suspendLocked(err)
 		}
+	}
+	if v.st.Mode == ModeJournal {
+		first := v.w.NextSeq()
+		last, err := r.append(v.w)
+		if err == nil {
+			v.trackLocked(r, first, last)
+			return nil
+		}
+		v.failLocked(fmt.Errorf("journal append: %w", err))
+	}
+	// Unjournaled: no acknowledgement may clear these regions before a
+	// resync has journaled them.
+	v.pinLocked(r.a0, r.a1)
+	return nil
+}
+
+// trackLocked does the bookkeeping of records r appended with seqs
+// [first, last], and rolls the segment when it is full.
+func (v *Volume) trackLocked(r *journalReq, first, last uint64) {
+	if last >= first {
+		r0, r1 := v.bitmap.regions(r.a0, r.a1-r.a0)
+		segFirst := v.w.Info().FirstSeq
+		for reg := r0; reg < r1; reg++ {
+			if prev, ok := v.touched[reg]; !ok || prev < segFirst {
+				v.curRegion = append(v.curRegion, reg)
+			}
+			v.touched[reg] = last
+		}
+		if r.resync {
+			v.unpinCoveredLocked(r.a0, r.a1)
+		}
+	}
+	if v.w.Pending() {
+		v.unflushed = append(v.unflushed, span{r.a0, r.a1})
+	} else {
+		v.unflushed = v.unflushed[:0] // every record so far is in the file
 	}
 	if v.w.Size() >= v.SegmentBytes {
 		v.rollLocked()
 	}
-	return nil
 }
 
-// suspendLocked switches to bitmap mode after the journal failed. The
-// records already written stay valid and are sealed; from now on only the
-// bitmap tracks changes, until Resync.
-func (v *Volume) suspendLocked(cause error) error {
+// failLocked switches to bitmap mode after a write to the journal failed:
+// the records still in the batch were lost with it, so their regions are
+// pinned.
+func (v *Volume) failLocked(cause error) {
+	v.lostLocked()
+	v.suspendLocked(cause)
+}
+
+// suspendLocked switches to bitmap mode. The records already written stay
+// valid and are sealed; from now on only the bitmap tracks changes, until
+// Resync.
+func (v *Volume) suspendLocked(cause error) {
 	v.st.Mode = ModeBitmap
 	v.st.ModeReason = cause.Error()
 	v.st.Resync = "journal suspended: " + cause.Error()
@@ -244,8 +275,8 @@ func (v *Volume) suspendLocked(cause error) error {
 		}
 		v.w = nil
 	}
+	v.wakeLocked()
 	if err := saveState(v.FS, v.JournalDir, v.st); err != nil {
 		v.logger().Error("could not persist bitmap mode", "err", err)
 	}
-	return nil
 }

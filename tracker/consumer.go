@@ -1,0 +1,127 @@
+package tracker
+
+import (
+	"context"
+	"fmt"
+
+	"lifeboat/hrl"
+)
+
+// The consumer API: a shipper takes sealed segments in order (NextSegment,
+// Segments), and acknowledges each once it holds it durably (Ack).
+
+// Segments returns the sealed segments not yet acknowledged, oldest first.
+func (v *Volume) Segments() []hrl.SegmentInfo {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	out := make([]hrl.SegmentInfo, len(v.sealed))
+	for i, s := range v.sealed {
+		out[i] = s.info
+	}
+	return out
+}
+
+// NextSegment waits for the oldest sealed segment whose first seq is above
+// after and returns it.
+func (v *Volume) NextSegment(ctx context.Context, after uint64) (hrl.SegmentInfo, error) {
+	for {
+		v.mu.Lock()
+		if v.closed {
+			v.mu.Unlock()
+			return hrl.SegmentInfo{}, ErrClosed
+		}
+		for _, s := range v.sealed {
+			if s.info.FirstSeq > after {
+				v.mu.Unlock()
+				return s.info, nil
+			}
+		}
+		ch := v.changed
+		v.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return hrl.SegmentInfo{}, ctx.Err()
+		}
+	}
+}
+
+// Ack acknowledges the oldest sealed segment (named by its first seq): the
+// consumer has it durably. The acknowledgement is recorded durably, then
+// the segment is deleted, and the regions it changed that no newer write
+// touched (and that are not pinned for a resync) are cleared in the bitmap
+// at the next checkpoint. Its bytes no longer count against JournalQuota.
+// Writers are not held up by the fsync or the deletion.
+func (v *Volume) Ack(firstSeq uint64) error {
+	v.ackMu.Lock()
+	defer v.ackMu.Unlock()
+	v.mu.Lock()
+	if v.closed {
+		v.mu.Unlock()
+		return ErrClosed
+	}
+	if len(v.sealed) == 0 || v.sealed[0].info.FirstSeq != firstSeq {
+		v.mu.Unlock()
+		return fmt.Errorf("%w (got %d)", ErrAckOrder, firstSeq)
+	}
+	s := v.sealed[0] // only Ack removes it, and Acks are serialised
+	v.mu.Unlock()
+	if err := v.ackFile.store(s.info.LastSeq); err != nil {
+		return err
+	}
+	v.mu.Lock()
+	v.acked = s.info.LastSeq
+	v.sealed = v.sealed[1:]
+	v.closedBytes -= s.info.Size
+	for _, r := range s.regions {
+		if last, ok := v.touched[r]; ok && last <= s.info.LastSeq {
+			delete(v.touched, r)
+			if !v.pinned.has(r) {
+				v.clearable = append(v.clearable, r)
+			}
+		}
+	}
+	v.freeRegion = s.regions[:0]
+	v.wakeLocked()
+	v.mu.Unlock()
+	// Not synced: a segment found again after a crash is at or below the
+	// acked seq and is deleted then.
+	if err := v.FS.Remove(s.info.Path); err != nil {
+		return fmt.Errorf("remove acknowledged segment: %w", err)
+	}
+	return nil
+}
+
+// Status describes the tracking state of a volume.
+type Status struct {
+	VolumeID   string
+	Generation uint64
+	Mode       string
+	ModeReason string
+	Resync     string // why a resync is needed; empty when none is
+	NextSeq    uint64
+	AckedSeq   uint64
+	Sealed     int
+	// JournalBytes is the unacknowledged journal: segments sealed or being
+	// sealed and not yet acknowledged, and the open segment.
+	JournalBytes int64
+	JournalQuota int64 // Volume.JournalQuota; 0 for none
+	DirtyRegions int64
+	Regions      int64
+	RegionSize   int64
+	Size         int64
+}
+
+// Status returns the current tracking state.
+func (v *Volume) Status() Status {
+	v.mu.Lock()
+	s := Status{VolumeID: v.st.VolumeID, Generation: v.st.Generation, Mode: v.st.Mode, ModeReason: v.st.ModeReason, Resync: v.st.Resync,
+		AckedSeq: v.acked, Sealed: len(v.sealed), RegionSize: v.RegionSize, Size: v.size,
+		JournalBytes: v.journalBytesLocked(), JournalQuota: v.JournalQuota}
+	if v.w != nil {
+		s.NextSeq = v.w.NextSeq()
+	}
+	v.mu.Unlock()
+	s.DirtyRegions, s.Regions = v.bitmap.Dirty(), v.bitmap.Regions()
+	return s
+}
