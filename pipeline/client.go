@@ -1,0 +1,125 @@
+package pipeline
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/cespare/xxhash/v2"
+
+	"lifeboat/hrl"
+)
+
+// send ships one segment and returns nil once the server has it durably.
+// Errors wrap ErrChecksum (resend), ErrGap (ask where the server is),
+// ErrSlowDown or ErrPermanent; anything else is a transport error.
+func (s *Shipper) send(ctx context.Context, seg hrl.SegmentInfo) error {
+	raw, err := s.readSegment(seg)
+	if err != nil {
+		return err
+	}
+	body, encoding := raw, contentEncodingPlain
+	if s.enc != nil {
+		s.wire = s.enc.EncodeAll(raw, s.wire[:0])
+		body, encoding = s.wire, contentEncodingZstd
+	}
+	st := s.Volume.Status()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.volumeURL(st.VolumeID)+"/segments", bytes.NewReader(body))
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrPermanent, err)
+	}
+	h := req.Header
+	h.Set("Content-Type", contentTypeSegment)
+	h.Set("Content-Encoding", encoding)
+	h.Set(hdrVolumeName, s.Name)
+	h.Set(hdrVolumeSize, strconv.FormatInt(st.Size, 10))
+	h.Set(hdrBlockSize, strconv.FormatUint(uint64(seg.BlockSize), 10))
+	h.Set(hdrGeneration, strconv.FormatUint(seg.Generation, 10))
+	h.Set(hdrFirstSeq, strconv.FormatUint(seg.FirstSeq, 10))
+	h.Set(hdrLastSeq, strconv.FormatUint(seg.LastSeq, 10))
+	h.Set(hdrSegmentSize, strconv.Itoa(len(raw)))
+	h.Set(hdrSegmentSum, fmt.Sprintf("%016x", xxhash.Sum64(raw)))
+	resp, err := s.Client.Do(req)
+	if err != nil {
+		return fmt.Errorf("send segment %d..%d to %s: %w", seg.FirstSeq, seg.LastSeq, s.URL, err)
+	}
+	defer resp.Body.Close()
+	var reply SegmentReply
+	if err := decodeReply(resp, &reply); err != nil {
+		return fmt.Errorf("segment %d..%d: %w", seg.FirstSeq, seg.LastSeq, err)
+	}
+	s.mu.Lock()
+	s.status.SegmentsSent++
+	s.status.BytesRaw += int64(len(raw))
+	s.status.BytesWire += int64(len(body))
+	s.mu.Unlock()
+	s.acked(seg)
+	s.setConnected(nil)
+	return nil
+}
+
+// decodeReply turns an answer into nil (200, body decoded into v) or an
+// error wrapping the package error its status code stands for.
+func decodeReply(resp *http.Response, v any) error {
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return fmt.Errorf("read answer: %w", err)
+	}
+	if resp.StatusCode == http.StatusOK {
+		if err := json.Unmarshal(b, v); err != nil {
+			return fmt.Errorf("answer: %w", err)
+		}
+		return nil
+	}
+	var e SegmentReply
+	msg := strings.TrimSpace(string(b))
+	if json.Unmarshal(b, &e) == nil && e.Error != "" {
+		msg = e.Error
+	}
+	var kind error
+	switch resp.StatusCode {
+	case http.StatusUnprocessableEntity:
+		kind = ErrChecksum
+	case http.StatusConflict:
+		kind = ErrGap
+	case http.StatusServiceUnavailable, http.StatusTooManyRequests:
+		kind = ErrSlowDown
+	case http.StatusNotFound:
+		kind = ErrNoReplica
+	case http.StatusBadRequest, http.StatusForbidden, http.StatusUnauthorized:
+		kind = ErrPermanent
+	default:
+		return fmt.Errorf("process server answered %s: %s", resp.Status, msg)
+	}
+	return fmt.Errorf("%w: %s (%s)", kind, msg, resp.Status)
+}
+
+func (s *Shipper) volumeURL(id string) string {
+	return strings.TrimRight(s.URL, "/") + "/v1/volumes/" + id
+}
+
+// remoteStatus asks the server for the volume's progress; a volume the
+// server has never seen is at seq 0.
+func (s *Shipper) remoteStatus(ctx context.Context) (VolumeStatus, error) {
+	var st VolumeStatus
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.volumeURL(s.Volume.VolumeID()), nil)
+	if err != nil {
+		return st, err
+	}
+	resp, err := s.Client.Do(req)
+	if err != nil {
+		return st, fmt.Errorf("reach process server %s: %w", s.URL, err)
+	}
+	defer resp.Body.Close()
+	err = decodeReply(resp, &st)
+	if errors.Is(err, ErrNoReplica) {
+		return VolumeStatus{}, nil
+	}
+	return st, err
+}

@@ -1,0 +1,242 @@
+package pipeline_test
+
+import (
+	"crypto/tls"
+	"math/rand/v2"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"lifeboat/pipeline"
+	"lifeboat/pipeline/pki"
+	"lifeboat/targets/memory"
+)
+
+func TestPointsEqualSourceAtEachTag(t *testing.T) {
+	s := newSite(t, memory.New())
+	a := newAgentVol(t, s, 8<<20+512*3, 0, s.client("agent1", pki.RoleAgent))
+	rng := rand.New(rand.NewPCG(1, 2))
+	a.writeRandom(rng, 20) // before and during the initial replication
+	a.waitSynced()
+	want := map[uint64]string{}
+	for i := range 4 {
+		a.writeRandom(rng, 30)
+		if i == 2 {
+			if err := a.vol.Trim(1<<20, 1<<20); err != nil {
+				t.Fatal(err)
+			}
+		}
+		seq, sum := a.tag("t")
+		want[seq] = sum
+	}
+	var last uint64
+	for seq := range want {
+		last = max(last, seq)
+	}
+	s.waitApplied(a.vol.VolumeID(), last)
+	admin := s.client("admin1", pki.RoleAdmin)
+	pts := s.points(admin, "vol")
+	got := 0
+	for _, p := range pts {
+		w, ok := want[p.Seq]
+		if !ok {
+			continue // the "resync complete" point
+		}
+		got++
+		if sum := s.pointSum(admin, "vol", p.Seq); sum != w {
+			t.Errorf("point %d: sha256 %s, source at the tag %s", p.Seq, sum, w)
+		}
+	}
+	if got != len(want) {
+		t.Fatalf("server has %d of the %d tagged points: %+v", got, len(want), pts)
+	}
+	if st := a.ship.Status(); st.Resends != 0 || !st.Connected {
+		t.Errorf("shipper status %+v", st)
+	}
+}
+
+func TestCorruptSegmentIsRefusedAndResent(t *testing.T) {
+	target := memory.New()
+	s := &site{t: t, dir: t.TempDir(), target: target, wrap: corruptFirst(3)}
+	if _, err := pki.Init(s.dir, nil); err != nil {
+		t.Fatal(err)
+	}
+	s.start("127.0.0.1:0")
+	t.Cleanup(s.stop)
+	a := newAgentVol(t, s, 4<<20, 0, s.client("agent1", pki.RoleAgent))
+	a.waitSynced()
+	a.writeRandom(rand.New(rand.NewPCG(3, 4)), 20)
+	seq, sum := a.tag("after corruption")
+	s.waitApplied(a.vol.VolumeID(), seq)
+	if got := s.pointSum(s.client("admin", pki.RoleAdmin), "vol", seq); got != sum {
+		t.Fatalf("point after resends: %s, want %s", got, sum)
+	}
+	st := a.ship.Status()
+	if st.Resends != 3 {
+		t.Fatalf("resends = %d, want 3 (one per corrupted upload)", st.Resends)
+	}
+}
+
+func TestServerRestartMidStreamAppliesEachRecordOnce(t *testing.T) {
+	s := newSite(t, memory.New())
+	a := newAgentVol(t, s, 8<<20, 0, s.client("agent1", pki.RoleAgent))
+	a.waitSynced()
+	rng := rand.New(rand.NewPCG(5, 6))
+	want := map[uint64]string{}
+	for i := range 6 {
+		a.writeRandom(rng, 25)
+		seq, sum := a.tag("t")
+		want[seq] = sum
+		if i%2 == 1 {
+			s.restart() // the shipper sees connection errors and resumes
+		}
+	}
+	var last uint64
+	for seq := range want {
+		last = max(last, seq)
+	}
+	s.waitApplied(a.vol.VolumeID(), last)
+	admin := s.client("admin", pki.RoleAdmin)
+	for seq, w := range want {
+		if got := s.pointSum(admin, "vol", seq); got != w {
+			t.Errorf("point %d: %s, want %s", seq, got, w)
+		}
+	}
+	if st := a.vol.Status(); st.Generation != 1 || st.Mode != "journal" {
+		t.Errorf("restarts caused a resync or bitmap mode: %+v", st)
+	}
+}
+
+func TestAgentWithoutValidCertificateIsRefused(t *testing.T) {
+	s := newSite(t, memory.New())
+	other := newSite(t, memory.New()) // a different CA
+	for name, client := range map[string]*http.Client{
+		"other CA": other.client("intruder", pki.RoleAgent),
+		"no certificate": {Transport: &http.Transport{TLSClientConfig: func() *tls.Config {
+			c := s.client("x", pki.RoleAgent).Transport.(*http.Transport).TLSClientConfig.Clone()
+			c.Certificates = nil
+			return c
+		}()}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := client.Get(s.url + "/v1/volumes")
+			if err == nil {
+				t.Fatal("request succeeded without a valid client certificate")
+			}
+			if !strings.Contains(err.Error(), "certificate") && !strings.Contains(err.Error(), "tls") {
+				t.Fatalf("error does not point at the certificate: %v", err)
+			}
+		})
+	}
+}
+
+func TestAdminOnlyPointAccess(t *testing.T) {
+	s := newSite(t, memory.New())
+	agent := s.client("agent1", pki.RoleAgent)
+	a := newAgentVol(t, s, 1<<20, 0, agent)
+	a.waitSynced()
+	resp, err := agent.Get(s.url + "/v1/volumes/vol/points")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("agent reading points: %s, want 403", resp.Status)
+	}
+}
+
+func TestJournalQuotaFallsBackToBitmapAndResyncsOnlyDirtyRegions(t *testing.T) {
+	s := newSite(t, memory.New())
+	const size = 32 << 20
+	a := newAgentVol(t, s, size, 2<<20, s.client("agent1", pki.RoleAgent))
+	a.waitSynced()
+	seq0, _ := a.tag("synced")
+	s.waitApplied(a.vol.VolumeID(), seq0)
+	// The server goes away; writes go on beyond the journal quota.
+	s.stop()
+	rng := rand.New(rand.NewPCG(7, 8))
+	for i := range 48 { // 48 x 64 KiB in distinct 256 KiB-spaced places: 3 MiB > 2 MiB quota
+		b := make([]byte, 64<<10)
+		for j := range b {
+			b[j] = byte(rng.Uint32())
+		}
+		if _, err := a.vol.WriteAt(b, int64(i)*512<<10); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st := a.vol.Status()
+	if st.Mode != "bitmap" || !strings.Contains(st.ModeReason, "quota") {
+		t.Fatalf("after exceeding the quota: mode %q (%s), want bitmap for the quota", st.Mode, st.ModeReason)
+	}
+	dirty := st.DirtyRegions * st.RegionSize
+	before := a.ship.Status().BytesRaw
+	s.start(s.addr)
+	a.waitSynced()
+	seq, sum := a.tag("after resync")
+	s.waitApplied(a.vol.VolumeID(), seq)
+	if got := s.pointSum(s.client("admin", pki.RoleAdmin), "vol", seq); got != sum {
+		t.Fatalf("replica after resync %s, source %s", got, sum)
+	}
+	sent := a.ship.Status().BytesRaw - before
+	// Everything journaled before the switch (< quota) plus the dirty
+	// regions and record overhead; far from the 32 MiB volume.
+	if limit := 2<<20 + dirty + dirty/8 + 256<<10; sent > limit {
+		t.Fatalf("sent %d bytes after the outage, want at most %d (dirty regions %d bytes)", sent, limit, dirty)
+	}
+	if g := a.vol.Status().Generation; g != 2 {
+		t.Fatalf("generation %d after the resync, want 2", g)
+	}
+}
+
+func TestOutageKeepsJournalAndCatchesUp(t *testing.T) {
+	s := newSite(t, memory.New())
+	a := newAgentVol(t, s, 8<<20, 64<<20, s.client("agent1", pki.RoleAgent))
+	a.waitSynced()
+	s.stop()
+	rng := rand.New(rand.NewPCG(9, 10))
+	want := map[uint64]string{}
+	for range 3 {
+		a.writeRandom(rng, 20)
+		seq, sum := a.tag("during outage")
+		want[seq] = sum
+		time.Sleep(300 * time.Millisecond)
+	}
+	if st := a.ship.Status(); st.Connected || st.LastError == "" {
+		t.Fatalf("shipper thinks it is connected during the outage: %+v", st)
+	}
+	s.start(s.addr)
+	var last uint64
+	for seq := range want {
+		last = max(last, seq)
+	}
+	s.waitApplied(a.vol.VolumeID(), last)
+	admin := s.client("admin", pki.RoleAdmin)
+	for seq, w := range want {
+		if got := s.pointSum(admin, "vol", seq); got != w {
+			t.Errorf("point %d: %s, want %s", seq, got, w)
+		}
+	}
+	if st := a.vol.Status(); st.Generation != 1 || st.Resync != "" {
+		t.Fatalf("outage caused a resync: %+v", st)
+	}
+}
+
+func TestSpoolQuotaThrottles(t *testing.T) {
+	s := &site{t: t, dir: t.TempDir(), target: memory.New(),
+		configure: func(srv *pipeline.Server) { srv.SpoolQuota = 1 }} // every segment gets "slow down"
+	if _, err := pki.Init(s.dir, nil); err != nil {
+		t.Fatal(err)
+	}
+	s.start("127.0.0.1:0")
+	t.Cleanup(s.stop)
+	a := newAgentVol(t, s, 1<<20, 0, s.client("agent1", pki.RoleAgent))
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if st := a.ship.Status(); strings.Contains(st.LastError, "throttling") {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("shipper never saw the slow-down answer: %+v", a.ship.Status())
+}

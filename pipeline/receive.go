@@ -1,0 +1,232 @@
+package pipeline
+
+import (
+	"bytes"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+
+	"github.com/cespare/xxhash/v2"
+	"github.com/google/uuid"
+
+	"lifeboat/hrl"
+	"lifeboat/targets"
+)
+
+// segmentHeaders is what the shipper says about a segment.
+type segmentHeaders struct {
+	info       targets.VolumeInfo
+	generation uint64
+	first      uint64
+	last       uint64
+	size       int64
+	sum        uint64
+	encoding   string
+}
+
+func parseSegmentHeaders(r *http.Request) (segmentHeaders, error) {
+	var h segmentHeaders
+	var err error
+	num := func(name string) uint64 {
+		if err != nil {
+			return 0
+		}
+		var n uint64
+		n, err = strconv.ParseUint(r.Header.Get(name), 10, 64)
+		if err != nil {
+			err = fmt.Errorf("header %s: %w", name, err)
+		}
+		return n
+	}
+	h.info.ID = r.PathValue("id")
+	h.info.Name = r.Header.Get(hdrVolumeName)
+	h.info.Size = int64(num(hdrVolumeSize))
+	h.info.BlockSize = int(num(hdrBlockSize))
+	h.generation = num(hdrGeneration)
+	h.first = num(hdrFirstSeq)
+	h.last = num(hdrLastSeq)
+	h.size = int64(num(hdrSegmentSize))
+	if err != nil {
+		return h, err
+	}
+	if _, perr := uuid.Parse(h.info.ID); perr != nil {
+		return h, fmt.Errorf("volume id %q: %w", h.info.ID, perr)
+	}
+	sum, perr := hex.DecodeString(r.Header.Get(hdrSegmentSum))
+	if perr != nil || len(sum) != 8 {
+		return h, fmt.Errorf("header %s: want 16 hex digits", hdrSegmentSum)
+	}
+	for _, b := range sum {
+		h.sum = h.sum<<8 | uint64(b)
+	}
+	switch h.encoding = r.Header.Get("Content-Encoding"); h.encoding {
+	case contentEncodingZstd, contentEncodingPlain, "":
+	default:
+		return h, fmt.Errorf("content encoding %q: want zstd or identity", h.encoding)
+	}
+	switch {
+	case h.info.Name == "":
+		return h, fmt.Errorf("header %s missing", hdrVolumeName)
+	case h.info.Size <= 0 || h.info.Size%512 != 0:
+		return h, fmt.Errorf("volume size %d: want a positive multiple of 512", h.info.Size)
+	case h.info.BlockSize <= 0 || h.info.BlockSize%512 != 0:
+		return h, fmt.Errorf("block size %d: want a positive multiple of 512", h.info.BlockSize)
+	case h.size < hrl.HeaderSize || h.size > maxSegmentWireBytes:
+		return h, fmt.Errorf("segment size %d out of range", h.size)
+	case h.first == 0 || h.last+1 < h.first:
+		return h, fmt.Errorf("seq range %d..%d invalid", h.first, h.last)
+	}
+	return h, nil
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(v)
+}
+
+func httpError(w http.ResponseWriter, code int, err error) {
+	writeJSON(w, code, SegmentReply{Error: err.Error()})
+}
+
+// handleSegment receives one segment: continuity, throttling, decode,
+// verify every checksum, spool durably, then answer.
+func (s *Server) handleSegment(w http.ResponseWriter, r *http.Request) {
+	h, err := parseSegmentHeaders(r)
+	if err != nil {
+		httpError(w, http.StatusBadRequest, err)
+		return
+	}
+	log := s.logger().With("volume", h.info.Name, "generation", h.generation, "first_seq", h.first, "last_seq", h.last)
+	v, err := s.volumeFor(r, h.info)
+	if err != nil {
+		log.Error("segment refused", "err", err)
+		httpError(w, http.StatusInternalServerError, err)
+		return
+	}
+	v.recvMu.Lock()
+	defer v.recvMu.Unlock()
+	gen, seq := v.spooled()
+	switch {
+	case h.last <= seq && h.last >= h.first:
+		// Already here (a resend after a lost answer): acknowledge again.
+		writeJSON(w, http.StatusOK, SegmentReply{SpooledGeneration: gen, SpooledSeq: seq})
+		return
+	case h.generation == gen && h.first == seq+1,
+		h.generation > gen && h.first > seq,
+		seq == 0 && h.first == 1:
+	default:
+		err := fmt.Errorf("%w: replica has generation %d up to seq %d, segment is generation %d seqs %d..%d",
+			ErrGap, gen, seq, h.generation, h.first, h.last)
+		log.Warn("segment refused", "err", err)
+		writeJSON(w, http.StatusConflict, SegmentReply{SpooledGeneration: gen, SpooledSeq: seq, Error: err.Error()})
+		return
+	}
+	if free := s.SpoolQuota - s.spoolUsed.Load() - h.size; float64(free) < s.ThrottleFree*float64(s.SpoolQuota) {
+		w.Header().Set("Retry-After", "1")
+		httpError(w, http.StatusServiceUnavailable, fmt.Errorf("%w (%d of %d bytes used)", ErrSlowDown, s.spoolUsed.Load(), s.SpoolQuota))
+		return
+	}
+	bp := s.getBuf(h.size)
+	defer s.bufs.Put(bp)
+	data, err := s.readSegment(r.Body, h, *bp)
+	if err == nil {
+		err = verifySegment(data, h)
+	}
+	if err != nil {
+		log.Warn("segment refused; the agent will resend it", "err", err)
+		httpError(w, http.StatusUnprocessableEntity, err)
+		return
+	}
+	seg, err := s.spool.put(h.info.ID, spooledSeg{generation: h.generation, first: h.first, last: h.last}, data)
+	if err != nil {
+		log.Error("spool write failed", "err", err)
+		httpError(w, http.StatusInternalServerError, err)
+		return
+	}
+	s.spoolUsed.Add(seg.size)
+	v.push(seg)
+	log.Debug("segment spooled", "bytes", seg.size)
+	writeJSON(w, http.StatusOK, SegmentReply{SpooledGeneration: h.generation, SpooledSeq: h.last})
+}
+
+// volumeFor returns the volume the segment belongs to, opening its replica
+// the first time a volume is seen.
+func (s *Server) volumeFor(r *http.Request, info targets.VolumeInfo) (*volume, error) {
+	s.mu.Lock()
+	v := s.vols[info.ID]
+	s.mu.Unlock()
+	if v != nil {
+		if v.info.Size != info.Size || v.info.BlockSize != info.BlockSize {
+			return nil, fmt.Errorf("%w: volume %s changed geometry (size %d→%d, block size %d→%d); resizing a protected volume is not supported yet",
+				ErrPermanent, info.Name, v.info.Size, info.Size, v.info.BlockSize, info.BlockSize)
+		}
+		return v, nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if v := s.vols[info.ID]; v != nil {
+		return v, nil
+	}
+	if err := s.spool.saveInfo(info); err != nil {
+		return nil, err
+	}
+	s.mu.Unlock()
+	v, err := s.openVolume(r.Context(), info)
+	s.mu.Lock()
+	return v, err
+}
+
+// readSegment reads the body, decompressing it, into buf; the result must
+// be exactly the announced size.
+func (s *Server) readSegment(body io.Reader, h segmentHeaders, buf []byte) ([]byte, error) {
+	src := body
+	if h.encoding == contentEncodingZstd {
+		d, err := s.decoder()
+		if err != nil {
+			return nil, err
+		}
+		defer s.decoders.Put(d)
+		if err := d.Reset(body); err != nil {
+			return nil, fmt.Errorf("zstd: %w", err)
+		}
+		src = d
+	}
+	n, err := io.ReadFull(src, buf)
+	if err != nil {
+		return nil, fmt.Errorf("%w: read %d of %d bytes: %v", ErrChecksum, n, len(buf), err)
+	}
+	var one [1]byte
+	if m, _ := src.Read(one[:]); m != 0 {
+		return nil, fmt.Errorf("%w: body longer than the announced %d bytes", ErrChecksum, len(buf))
+	}
+	return buf, nil
+}
+
+// verifySegment checks the whole-segment checksum, then every record and
+// the footer, and that the segment is what the headers say.
+func verifySegment(data []byte, h segmentHeaders) error {
+	if got := xxhash.Sum64(data); got != h.sum {
+		return fmt.Errorf("%w: segment %d..%d hashes to %016x, the agent sent %016x", ErrChecksum, h.first, h.last, got, h.sum)
+	}
+	info, err := hrl.Scan(bytes.NewReader(data), int64(len(data)), spoolName(h.first, h.last))
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrChecksum, err)
+	}
+	id, _ := uuid.Parse(h.info.ID)
+	switch {
+	case !info.Sealed:
+		return fmt.Errorf("%w: segment %d..%d is not sealed", ErrChecksum, h.first, h.last)
+	case info.VolumeID != id:
+		return fmt.Errorf("segment belongs to volume %s, not %s", uuid.UUID(info.VolumeID), h.info.ID)
+	case info.Generation != h.generation || info.FirstSeq != h.first || info.LastSeq != h.last:
+		return fmt.Errorf("segment is generation %d seqs %d..%d, headers say %d seqs %d..%d",
+			info.Generation, info.FirstSeq, info.LastSeq, h.generation, h.first, h.last)
+	case int(info.BlockSize) != h.info.BlockSize:
+		return fmt.Errorf("segment block size %d, headers say %d", info.BlockSize, h.info.BlockSize)
+	}
+	return nil
+}

@@ -1,0 +1,261 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+
+	"lifeboat/hrl"
+	"lifeboat/tracker"
+)
+
+// Shipper is the agent side of the pipeline for one volume: it streams
+// sealed segments in seq order to the process server and acknowledges them
+// to the tracker once the server has them durably, runs the initial
+// replication and every resync the tracker asks for, and takes a
+// crash-consistent tag every TagInterval. Set the exported fields after
+// NewShipper and before Run.
+type Shipper struct {
+	Volume *tracker.Volume
+	Name   string       // the volume's name at the recovery site
+	URL    string       // the process server, https://HOST:PORT
+	Client *http.Client // with the agent's client certificate (pki.ClientTLS)
+	// Compression is the zstd level; zstd.SpeedFastest by default. 0 sends
+	// segments uncompressed.
+	Compression zstd.EncoderLevel
+	TagInterval time.Duration // crash-consistent tags; 0 disables, at least MinTagInterval
+	MaxBackoff  time.Duration
+	Logger      *slog.Logger
+
+	mu      sync.Mutex
+	status  ShipperStatus
+	enc     *zstd.Encoder
+	raw     []byte
+	wire    []byte
+	lastTag uint64
+	tagTime time.Time
+}
+
+// ShipperStatus is what an admin sees of a volume's replication.
+type ShipperStatus struct {
+	Volume       string         `json:"volume"`
+	Server       string         `json:"server"`
+	Connected    bool           `json:"connected"`
+	LastError    string         `json:"last_error,omitempty"`
+	LastAck      time.Time      `json:"last_ack,omitzero"`
+	AckedSeq     uint64         `json:"acked_seq"`
+	SegmentsSent int64          `json:"segments_sent"`
+	BytesRaw     int64          `json:"bytes_raw"`  // segment bytes shipped
+	BytesWire    int64          `json:"bytes_wire"` // after compression
+	Resends      int64          `json:"resends"`
+	LastTagSeq   uint64         `json:"last_tag_seq"`
+	LastTagAcked time.Time      `json:"last_tag_acked,omitzero"` // time of the newest tag the server has
+	RPOSeconds   float64        `json:"rpo_seconds"`
+	Resync       *Progress      `json:"resync,omitempty"`
+	Tracker      tracker.Status `json:"tracker"`
+}
+
+// Progress of a resync or initial replication.
+type Progress struct {
+	Reason     string    `json:"reason"`
+	Started    time.Time `json:"started"`
+	Done       int64     `json:"done"`
+	Total      int64     `json:"total"`
+	RateBps    float64   `json:"rate_bytes_per_second"`
+	ETASeconds float64   `json:"eta_seconds"`
+}
+
+// NewShipper returns a Shipper with default settings.
+func NewShipper(v *tracker.Volume, name, url string, client *http.Client) *Shipper {
+	return &Shipper{Volume: v, Name: name, URL: url, Client: client, Compression: zstd.SpeedFastest,
+		TagInterval: DefaultTagInterval, MaxBackoff: DefaultMaxBackoff}
+}
+
+func (s *Shipper) logger() *slog.Logger {
+	l := s.Logger
+	if l == nil {
+		l = slog.Default()
+	}
+	return l.With("volume", s.Name)
+}
+
+// Status returns the current replication status.
+func (s *Shipper) Status() ShipperStatus {
+	ts := s.Volume.Status()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.status
+	st.Volume, st.Server, st.Tracker = s.Name, s.URL, ts
+	if st.Resync != nil {
+		p := *st.Resync
+		st.Resync = &p
+	}
+	if !st.LastTagAcked.IsZero() && ts.NextSeq > st.LastTagSeq+1 {
+		st.RPOSeconds = time.Since(st.LastTagAcked).Seconds()
+	}
+	return st
+}
+
+// Run ships until ctx ends. It returns nil then, or a configuration error.
+func (s *Shipper) Run(ctx context.Context) error {
+	if s.Volume == nil || s.Client == nil || s.URL == "" || s.Name == "" {
+		return errors.New("shipper: volume, name, server URL and HTTP client are required")
+	}
+	if s.TagInterval != 0 && s.TagInterval < MinTagInterval {
+		return fmt.Errorf("shipper: tag interval %v is below the minimum %v", s.TagInterval, MinTagInterval)
+	}
+	if s.Compression != 0 {
+		enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(s.Compression), zstd.WithEncoderConcurrency(1))
+		if err != nil {
+			return fmt.Errorf("shipper: %w", err)
+		}
+		s.enc = enc
+		defer enc.Close()
+	}
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); s.resyncLoop(ctx) }()
+	go func() { defer wg.Done(); s.tagLoop(ctx) }()
+	s.sendLoop(ctx)
+	wg.Wait()
+	return nil
+}
+
+// sendLoop resumes where the server is, then ships every sealed segment.
+func (s *Shipper) sendLoop(ctx context.Context) {
+	log := s.logger()
+	var backoff time.Duration
+	resumed := false
+	for ctx.Err() == nil {
+		if !resumed {
+			if err := s.resume(ctx); err != nil {
+				backoff = s.failed(ctx, backoff, err)
+				continue
+			}
+			resumed = true
+		}
+		seg, err := s.Volume.NextSegment(ctx, 0)
+		if err != nil {
+			if ctx.Err() == nil && !errors.Is(err, tracker.ErrClosed) {
+				log.Error("waiting for a segment", "err", err)
+			}
+			return
+		}
+		err = s.send(ctx, seg)
+		switch {
+		case err == nil:
+			backoff = 0
+			if err := s.Volume.Ack(seg.FirstSeq); err != nil {
+				log.Error("ack segment", "first_seq", seg.FirstSeq, "err", err)
+				resumed = false
+			}
+		case errors.Is(err, ErrChecksum):
+			s.mu.Lock()
+			s.status.Resends++
+			s.mu.Unlock()
+			log.Warn("process server refused a damaged segment; resending", "first_seq", seg.FirstSeq, "err", err)
+			backoff = s.failed(ctx, min(backoff, 100*time.Millisecond), err)
+		case errors.Is(err, ErrGap):
+			resumed = false // ask the server where it is
+			backoff = s.failed(ctx, backoff, err)
+		default:
+			backoff = s.failed(ctx, backoff, err)
+		}
+	}
+}
+
+// resume asks the server how far it has the volume and acknowledges the
+// local segments it already holds (a restart after the server spooled a
+// segment but before the agent recorded the acknowledgement).
+func (s *Shipper) resume(ctx context.Context) error {
+	st, err := s.remoteStatus(ctx)
+	if err != nil {
+		return err
+	}
+	for _, seg := range s.Volume.Segments() {
+		if seg.LastSeq > st.SpooledSeq {
+			break
+		}
+		if err := s.Volume.Ack(seg.FirstSeq); err != nil {
+			return err
+		}
+		s.acked(seg)
+		s.logger().Info("segment already at the process server", "first_seq", seg.FirstSeq, "last_seq", seg.LastSeq)
+	}
+	s.setConnected(nil)
+	return nil
+}
+
+// failed records err, sleeps the next backoff (exponential with jitter,
+// capped) and returns it.
+func (s *Shipper) failed(ctx context.Context, backoff time.Duration, err error) time.Duration {
+	s.setConnected(err)
+	next := min(max(2*backoff, 250*time.Millisecond), s.maxBackoff())
+	if errors.Is(err, ErrSlowDown) {
+		next = max(next, time.Second)
+	}
+	d := next/2 + rand.N(next/2+1)
+	s.logger().Warn("shipping paused", "retry_in", d.Round(time.Millisecond), "err", err)
+	sleepCtx(ctx, d)
+	return next
+}
+
+func (s *Shipper) maxBackoff() time.Duration {
+	if s.MaxBackoff <= 0 {
+		return DefaultMaxBackoff
+	}
+	return s.MaxBackoff
+}
+
+func (s *Shipper) setConnected(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.status.Connected = err == nil
+	if err != nil {
+		s.status.LastError = err.Error()
+	} else {
+		s.status.LastError = ""
+	}
+}
+
+func (s *Shipper) connected() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.status.Connected
+}
+
+// acked records a segment the server has.
+func (s *Shipper) acked(seg hrl.SegmentInfo) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.status.AckedSeq = seg.LastSeq
+	s.status.LastAck = time.Now()
+	if s.lastTag != 0 && s.lastTag >= seg.FirstSeq && s.lastTag <= seg.LastSeq {
+		s.status.LastTagSeq, s.status.LastTagAcked = s.lastTag, s.tagTime
+	}
+}
+
+// readSegment loads a sealed segment file.
+func (s *Shipper) readSegment(seg hrl.SegmentInfo) ([]byte, error) {
+	f, err := os.Open(seg.Path)
+	if err != nil {
+		return nil, fmt.Errorf("read segment: %w", err)
+	}
+	defer f.Close()
+	if int64(cap(s.raw)) < seg.Size {
+		s.raw = make([]byte, seg.Size)
+	}
+	b := s.raw[:seg.Size]
+	if _, err := f.ReadAt(b, 0); err != nil {
+		return nil, fmt.Errorf("read segment %s: %w", seg.Path, err)
+	}
+	return b, nil
+}
