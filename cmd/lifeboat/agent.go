@@ -26,6 +26,8 @@ type agentOptions struct {
 	FuseMount  string
 	SegmentAge time.Duration
 	DrainTime  time.Duration
+	// Replication ships the journal to a process server when Server is set.
+	Replication replicationOptions
 }
 
 func agentCommand() *cli.Command {
@@ -38,12 +40,18 @@ func agentCommand() *cli.Command {
 			"kernel has no nbd module, with a loop device over the FUSE file (losetup -f --show MOUNT/NAME).\n\n" +
 			"SIGTERM or SIGINT drains the requests in flight, flushes, seals the journal and unmounts.\n" +
 			"Only one agent may use a journal directory at a time.\n\n" +
+			"With --server, each volume is replicated: sealed segments go to the process server over HTTPS\n" +
+			"with this agent's certificate, a volume seen for the first time is copied whole (holes and zero\n" +
+			"regions skipped) before its first recovery point, and a crash-consistent point is taken every\n" +
+			"--tag-interval. 'lifeboat status' shows progress and RPO.\n\n" +
 			"Examples:\n" +
 			"   lifeboat agent --volume db=/dev/sdb --journal-dir /var/lib/lifeboat/journal\n" +
 			"   lifeboat agent --volume scratch=/srv/scratch.img,size=10GiB --fuse-mount /run/lifeboat \\\n" +
 			"                  --journal-dir /var/lib/lifeboat/journal\n" +
-			"   losetup -f --show /run/lifeboat/scratch",
-		Flags: []cli.Flag{
+			"   losetup -f --show /run/lifeboat/scratch\n" +
+			"   lifeboat agent --volume db=/dev/sdb --server https://dr.example:9443 \\\n" +
+			"                  --cert web01.crt --key web01.key --ca ca.crt --tag-interval 10s",
+		Flags: append([]cli.Flag{
 			&cli.StringSliceFlag{Name: "volume", Required: true,
 				Usage: "`NAME=PATH[,size=SIZE][,ro]`: a block device or file to protect (repeatable); size= creates a sparse file when PATH does not exist; ro serves it read-only"},
 			&cli.StringFlag{Name: "journal-dir", Value: "/var/lib/lifeboat/journal",
@@ -55,7 +63,7 @@ func agentCommand() *cli.Command {
 				Usage: "seal a journal segment at this `AGE` so that it can be shipped"},
 			&cli.DurationFlag{Name: "drain-timeout", Value: 30 * time.Second,
 				Usage: "on shutdown, wait at most this `LONG` for NBD requests in flight"},
-		},
+		}, replicationFlags()...),
 		OnUsageError: onUsageError,
 		Action: func(c *cli.Context) error {
 			if c.Args().Present() {
@@ -75,6 +83,11 @@ func agentCommand() *cli.Command {
 				seen[v.Name] = true
 				o.Volumes = append(o.Volumes, v)
 			}
+			r, err := parseReplicationOptions(c)
+			if err != nil {
+				return err
+			}
+			o.Replication = r
 			if o.NBD == "" && o.FuseMount == "" {
 				return usageError("nothing to serve: give --nbd ADDR and/or --fuse-mount DIR")
 			}
@@ -105,6 +118,11 @@ func runAgent(ctx context.Context, out io.Writer, o agentOptions) error {
 		a.stop(o.DrainTime)
 		return err
 	}
+	stopShippers, err := a.startShippers(ctx, o)
+	if err != nil {
+		a.stop(o.DrainTime)
+		return err
+	}
 	var fuseGone <-chan struct{}
 	if a.mount != nil {
 		fuseGone = a.mount.Done()
@@ -118,6 +136,7 @@ func runAgent(ctx context.Context, out io.Writer, o agentOptions) error {
 	case <-fuseGone:
 		cause = errors.New("the FUSE mount was unmounted from outside; stopping")
 	}
+	stopShippers()
 	if err := a.stop(o.DrainTime); err != nil {
 		return errors.Join(cause, err)
 	}
@@ -135,6 +154,12 @@ func (a *agent) openVolumes(ctx context.Context, o agentOptions) error {
 		}
 		v := tracker.NewVolume(s.Path, filepath.Join(o.JournalDir, s.Name))
 		v.SegmentAge = o.SegmentAge
+		if o.Replication.Server != "" {
+			// A volume seen for the first time is copied whole before its
+			// first recovery point; the journal may not outgrow the quota.
+			v.InitialSync = true
+			v.JournalQuota = o.Replication.JournalQuota
+		}
 		v.Logger = a.log.With("volume", s.Name)
 		if err := v.Open(ctx); err != nil {
 			if errors.Is(err, tracker.ErrLocked) {

@@ -35,6 +35,11 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		Commands: []*cli.Command{
 			versionCommand(),
 			agentCommand(),
+			statusCommand(),
+			serverCommand(),
+			processServerCommand(),
+			certsCommand(),
+			pointsCommand(),
 			journalCommand(),
 			demoCommand(),
 		},

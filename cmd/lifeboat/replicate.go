@@ -1,0 +1,223 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/urfave/cli/v2"
+
+	"lifeboat/pipeline"
+	"lifeboat/pipeline/pki"
+)
+
+// replicationOptions are the agent's flags for shipping to a process server.
+type replicationOptions struct {
+	Server       string
+	Cert         string
+	Key          string
+	CA           string
+	TagInterval  time.Duration
+	JournalQuota int64
+	Compression  zstd.EncoderLevel
+}
+
+const statusFileName = "status.json"
+
+func replicationFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "server", Usage: "`URL` of the process server, https://HOST[:9443]; without it the agent only journals"},
+		&cli.StringFlag{Name: "cert", Usage: "`FILE` with this agent's certificate (lifeboat certs issue)"},
+		&cli.StringFlag{Name: "key", Usage: "`FILE` with this agent's private key"},
+		&cli.StringFlag{Name: "ca", Usage: "`FILE` with the site's CA certificate"},
+		&cli.DurationFlag{Name: "tag-interval", Value: pipeline.DefaultTagInterval,
+			Usage: "take a crash-consistent recovery point this `OFTEN` (at least 1s) while the volume changes"},
+		&cli.StringFlag{Name: "journal-quota", Value: "4GiB",
+			Usage: "`SIZE` of unshipped journal per volume; beyond it the agent tracks dirty regions only and resyncs them later"},
+		&cli.StringFlag{Name: "compression", Value: "fastest", Usage: "zstd `LEVEL` on the wire: fastest, default, better, best or none"},
+	}
+}
+
+func parseReplicationOptions(c *cli.Context) (replicationOptions, error) {
+	o := replicationOptions{Server: c.String("server"), Cert: c.String("cert"), Key: c.String("key"), CA: c.String("ca"),
+		TagInterval: c.Duration("tag-interval")}
+	q, err := parseSize(c.String("journal-quota"))
+	if err != nil {
+		return o, usageError("--journal-quota: %v", err)
+	}
+	o.JournalQuota = q
+	switch lvl := c.String("compression"); lvl {
+	case "none":
+	default:
+		ok, l := zstd.EncoderLevelFromString(lvl)
+		if !ok {
+			return o, usageError("--compression %q: want fastest, default, better, best or none", lvl)
+		}
+		o.Compression = l
+	}
+	if o.Server == "" {
+		for _, f := range []string{"cert", "key", "ca"} {
+			if c.IsSet(f) {
+				return o, usageError("--%s needs --server", f)
+			}
+		}
+		return o, nil
+	}
+	u, err := url.Parse(o.Server)
+	if err != nil || u.Scheme != "https" || u.Host == "" || (u.Path != "" && u.Path != "/") {
+		return o, usageError("--server %q: want https://HOST[:PORT] (there is no plaintext port)", o.Server)
+	}
+	u.Host = hostPort(u.Host)
+	o.Server = "https://" + u.Host
+	if o.Cert == "" || o.Key == "" || o.CA == "" {
+		return o, usageError("--server needs --cert, --key and --ca (issue them with 'lifeboat certs issue')")
+	}
+	if o.TagInterval != 0 && o.TagInterval < pipeline.MinTagInterval {
+		return o, usageError("--tag-interval %v: at least %v, or 0 to take no periodic tags", o.TagInterval, pipeline.MinTagInterval)
+	}
+	return o, nil
+}
+
+// httpClient is the agent's mutually authenticated client.
+func httpClient(cert, key, ca string) (*http.Client, error) {
+	conf, err := pki.ClientTLS(cert, key, ca)
+	if err != nil {
+		return nil, err
+	}
+	tr := &http.Transport{TLSClientConfig: conf, ForceAttemptHTTP2: true, MaxIdleConnsPerHost: 4,
+		IdleConnTimeout: 90 * time.Second, TLSHandshakeTimeout: 15 * time.Second, ResponseHeaderTimeout: 5 * time.Minute}
+	return &http.Client{Transport: tr}, nil
+}
+
+// startShippers starts one shipper per volume and a goroutine that writes
+// their status to JOURNAL-DIR/NAME/status.json every second. The returned
+// function stops them and waits.
+func (a *agent) startShippers(ctx context.Context, o agentOptions) (func(), error) {
+	if o.Replication.Server == "" {
+		return func() {}, nil
+	}
+	client, err := httpClient(o.Replication.Cert, o.Replication.Key, o.Replication.CA)
+	if err != nil {
+		return nil, usageError("%v", err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	var shippers []*pipeline.Shipper
+	for i, v := range a.vols {
+		s := pipeline.NewShipper(v, a.specs[i].Name, o.Replication.Server, client)
+		s.TagInterval, s.Compression, s.Logger = o.Replication.TagInterval, o.Replication.Compression, a.log
+		shippers = append(shippers, s)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.Run(ctx); err != nil {
+				a.log.Error("shipper stopped", "volume", s.Name, "err", err)
+			}
+		}()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			for i, s := range shippers {
+				writeStatus(filepath.Join(o.JournalDir, a.specs[i].Name, statusFileName), s.Status())
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return func() { cancel(); wg.Wait() }, nil
+}
+
+// writeStatus replaces a status file atomically; errors only cost freshness.
+func writeStatus(path string, st pipeline.ShipperStatus) {
+	b, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return
+	}
+	tmp := path + ".tmp"
+	if os.WriteFile(tmp, append(b, '\n'), 0o644) == nil {
+		os.Rename(tmp, path)
+	}
+}
+
+func statusCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "status",
+		Usage: "show the replication status of the agent's volumes",
+		Description: "Reads the status the running agent writes every second beside each volume's journal:\n" +
+			"connection, shipped bytes, RPO, tracking mode and resync progress.\n\n" +
+			"Example:\n" +
+			"   lifeboat status --journal-dir /var/lib/lifeboat/journal --output json",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "journal-dir", Value: "/var/lib/lifeboat/journal", Usage: "the agent's `DIR`"},
+			outputFlag(),
+		},
+		OnUsageError: onUsageError,
+		Action: func(c *cli.Context) error {
+			dir := c.String("journal-dir")
+			files, _ := filepath.Glob(filepath.Join(dir, "*", statusFileName))
+			if len(files) == 0 {
+				return failure("no status in %s: is an agent with --server running there?", dir)
+			}
+			var all []pipeline.ShipperStatus
+			for _, f := range files {
+				b, err := os.ReadFile(f)
+				if err != nil {
+					return err
+				}
+				var st pipeline.ShipperStatus
+				if err := json.Unmarshal(b, &st); err != nil {
+					return fmt.Errorf("%s: %w", f, err)
+				}
+				all = append(all, st)
+			}
+			if c.String("output") == "json" {
+				enc := json.NewEncoder(c.App.Writer)
+				enc.SetIndent("", "  ")
+				return enc.Encode(all)
+			}
+			for _, st := range all {
+				printStatus(c.App.Writer, st)
+			}
+			return nil
+		},
+	}
+}
+
+func printStatus(w io.Writer, st pipeline.ShipperStatus) {
+	conn := "connected"
+	if !st.Connected {
+		conn = "NOT connected: " + st.LastError
+	}
+	fmt.Fprintf(w, "%s → %s (%s)\n", st.Volume, st.Server, conn)
+	fmt.Fprintf(w, "  tracking: %s generation %d", st.Tracker.Mode, st.Tracker.Generation)
+	if st.Tracker.ModeReason != "" {
+		fmt.Fprintf(w, " (%s)", st.Tracker.ModeReason)
+	}
+	fmt.Fprintf(w, "\n  shipped: %d segments, %s (%s on the wire), acked seq %d, RPO %.1fs\n",
+		st.SegmentsSent, humanBytes(uint64(st.BytesRaw)), humanBytes(uint64(st.BytesWire)), st.AckedSeq, st.RPOSeconds)
+	if p := st.Resync; p != nil {
+		pct := 0.0
+		if p.Total > 0 {
+			pct = 100 * float64(p.Done) / float64(p.Total)
+		}
+		fmt.Fprintf(w, "  resync: %s: %.0f%% %s of %s, %s/s, ETA %s\n", p.Reason, pct, humanBytes(uint64(p.Done)),
+			humanBytes(uint64(p.Total)), humanBytes(uint64(int64(p.RateBps))), (time.Duration(p.ETASeconds) * time.Second).String())
+	} else if st.Tracker.Resync != "" {
+		fmt.Fprintf(w, "  resync pending: %s\n", st.Tracker.Resync)
+	}
+}

@@ -1,0 +1,175 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"lifeboat/pipeline"
+	"lifeboat/pipeline/pki"
+	"lifeboat/targets"
+	"lifeboat/targets/file"
+)
+
+// serverOptions are the flags of `lifeboat server` and `lifeboat process-server`.
+type serverOptions struct {
+	DataDir      string
+	Listen       string
+	Target       string
+	SpoolQuota   int64
+	ThrottleFree float64
+	Retention    time.Duration
+}
+
+func serverFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "data-dir", Value: "/var/lib/lifeboat/server",
+			Usage: "`DIR` with the site's CA (from 'server init'), the spool and, by default, the replicas"},
+		&cli.StringFlag{Name: "listen", Value: pipeline.DefaultAddr,
+			Usage: "`ADDR` for the data port (HTTPS with client certificates; there is no plaintext port)"},
+		&cli.StringFlag{Name: "target", Usage: "`URL` where replicas live: file:///DIR (default file://DATA-DIR/replicas)"},
+		&cli.StringFlag{Name: "spool-quota", Value: "8GiB", Usage: "`SIZE` the spool may hold before agents are throttled"},
+		&cli.Float64Flag{Name: "throttle-free", Value: pipeline.DefaultThrottleFree,
+			Usage: "throttle agents when less than this `FRACTION` of the spool quota is free"},
+		&cli.DurationFlag{Name: "retention", Value: targets.DefaultRetentionWindow,
+			Usage: "keep recovery points for this `WINDOW` (at most 360h), thinned on a tiered schedule"},
+	}
+}
+
+func parseServerOptions(c *cli.Context) (serverOptions, error) {
+	o := serverOptions{DataDir: c.String("data-dir"), Listen: c.String("listen"), Target: c.String("target"),
+		ThrottleFree: c.Float64("throttle-free"), Retention: c.Duration("retention")}
+	if c.Args().Present() {
+		return o, usageError("%s takes no arguments, got %q", c.Command.Name, c.Args().Slice())
+	}
+	q, err := parseSize(c.String("spool-quota"))
+	if err != nil {
+		return o, usageError("--spool-quota: %v", err)
+	}
+	o.SpoolQuota = q
+	if o.ThrottleFree < 0 || o.ThrottleFree >= 1 {
+		return o, usageError("--throttle-free %v: want a fraction in [0, 1), e.g. 0.2", o.ThrottleFree)
+	}
+	if err := (targets.Retention{Window: o.Retention}).Validate(); err != nil {
+		return o, usageError("--retention: %v", err)
+	}
+	if o.Target == "" {
+		o.Target = "file://" + filepath.Join(o.DataDir, "replicas")
+	}
+	return o, nil
+}
+
+func serverCommand() *cli.Command {
+	cmd := processServerCommand()
+	cmd.Name = "server"
+	cmd.Usage = "run the recovery site: process server and target (run 'server init' once first)"
+	cmd.Description = "Receives journal segments from agents over HTTPS with client certificates (TLS 1.3), spools\n" +
+		"them durably, applies them in order to the target and turns every tag into a recovery point.\n" +
+		"The configuration server and master target will join this process in later releases.\n\n" +
+		"Examples:\n" +
+		"   lifeboat server init --data-dir /var/lib/lifeboat/server\n" +
+		"   lifeboat certs issue --data-dir /var/lib/lifeboat/server --name web01 --out /tmp/web01\n" +
+		"   lifeboat server --data-dir /var/lib/lifeboat/server --target file:///srv/replicas"
+	cmd.Subcommands = []*cli.Command{serverInitCommand()}
+	return cmd
+}
+
+func processServerCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "process-server",
+		Usage: "run a scale-out process server: receive, spool and apply journal segments",
+		Description: "A process server on its own, for sites that spread agents over several of them. It uses the\n" +
+			"CA in --data-dir (copy DATA-DIR/pki from the main server) and its own spool.\n\n" +
+			"Example:\n" +
+			"   lifeboat process-server --data-dir /var/lib/lifeboat/ps2 --listen :9443 --target file:///srv/replicas",
+		Flags:        serverFlags(),
+		OnUsageError: onUsageError,
+		Action: func(c *cli.Context) error {
+			o, err := parseServerOptions(c)
+			if err != nil {
+				return err
+			}
+			return runServer(c.Context, c.App.Writer, o)
+		},
+	}
+}
+
+// openTarget opens the target a --target URL names.
+func openTarget(raw string) (targets.Target, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return nil, usageError("--target %q: %v", raw, err)
+	}
+	switch u.Scheme {
+	case "file":
+		dir := u.Path
+		if u.Host != "" || dir == "" {
+			return nil, usageError("--target %q: want file:///ABSOLUTE/DIR", raw)
+		}
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, failure("--target %s: %v", raw, err)
+		}
+		t := file.New(dir)
+		t.Logger = slog.Default()
+		return t, nil
+	case "":
+		return nil, usageError("--target %q: want a URL such as file:///srv/replicas", raw)
+	default:
+		return nil, usageError("--target %q: unknown scheme %q; supported: file", raw, u.Scheme)
+	}
+}
+
+func runServer(ctx context.Context, out io.Writer, o serverOptions) error {
+	tlsConf, err := pki.ServerTLS(o.DataDir)
+	if err != nil {
+		if errors.Is(err, pki.ErrNoCA) {
+			return failure("%v", err)
+		}
+		return err
+	}
+	target, err := openTarget(o.Target)
+	if err != nil {
+		return err
+	}
+	defer target.Close()
+	if _, err := target.Volumes(ctx); err != nil {
+		return failure("--target %s is not usable: %v", o.Target, err)
+	}
+	srv := pipeline.NewServer(o.DataDir, target, tlsConf)
+	srv.SpoolQuota, srv.ThrottleFree = o.SpoolQuota, o.ThrottleFree
+	srv.Retention = targets.Retention{Window: o.Retention}
+	srv.Logger = slog.Default()
+	if err := srv.Open(ctx); err != nil {
+		return err
+	}
+	defer srv.Close()
+	ln, err := net.Listen("tcp", o.Listen)
+	if err != nil {
+		return usageError("--listen %s: %v", o.Listen, err)
+	}
+	fmt.Fprintf(out, "process server listening on https://%s (target %s, spool %s)\n", ln.Addr(), o.Target,
+		filepath.Join(o.DataDir, "spool"))
+	err = srv.Serve(ctx, ln)
+	if err == nil && ctx.Err() != nil {
+		fmt.Fprintln(out, "lifeboat server stopped")
+	}
+	return err
+}
+
+// hostPort adds the default data port to an address without one.
+func hostPort(addr string) string {
+	if _, _, err := net.SplitHostPort(addr); err != nil && !strings.Contains(addr, "]") {
+		return net.JoinHostPort(addr, fmt.Sprint(pki.DefaultDataPort))
+	}
+	return addr
+}
