@@ -56,7 +56,7 @@ func (s *Shipper) resyncLoop(ctx context.Context) {
 			continue
 		}
 		backoff = 0
-		log.Info("resync complete", "reason", p.Reason, "bytes", p.Total, "took", time.Since(p.Started).Round(time.Millisecond))
+		log.Info("resync complete", "reason", p.Reason, "dirty_bytes", p.Total, "took", time.Since(p.Started).Round(time.Millisecond))
 		// The replica is consistent as soon as this tag is applied.
 		s.tag(ctx, "resync complete")
 	}

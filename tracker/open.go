@@ -73,7 +73,7 @@ func (v *Volume) open() error {
 	}
 	v.bitmap = bm
 	if reason != "" {
-		v.logger().Info("dirty bitmap initialised", "volume", v.Path, "reason", reason, "dirty_regions", bm.Dirty())
+		v.logger().Info("dirty bitmap initialised", "path", v.Path, "reason", reason, "dirty_regions", bm.Dirty())
 	}
 	switch {
 	case !found && v.InitialSync:
@@ -84,7 +84,7 @@ func (v *Volume) open() error {
 		}
 		v.st.Resync = initialSyncReason
 		v.logger().Info("initial replication needed; recovery points wait for a resync of every region",
-			"volume", v.Path, "regions", bm.Regions())
+			"path", v.Path, "regions", bm.Regions())
 	case found && reason != "" && v.st.Resync == "":
 		// The old bitmap's record of what the replica lacks is gone.
 		v.st.Resync = "dirty bitmap reinitialised: " + reason
@@ -106,7 +106,7 @@ func (v *Volume) open() error {
 		// the dirty regions makes the replica whole again.
 		v.st.Resync = "unclean shutdown: writes after the last flush may be missing from the journal"
 		v.logger().Warn("volume was not closed cleanly; dirty regions need a resync before the next recovery point",
-			"volume", v.Path, "dirty_regions", v.bitmap.Dirty())
+			"path", v.Path, "dirty_regions", v.bitmap.Dirty())
 	}
 	v.st.Running = true
 	if err := saveState(v.FS, v.JournalDir, v.st); err != nil {
@@ -127,7 +127,7 @@ func (v *Volume) open() error {
 		}
 		return nil
 	}
-	v.logger().Warn("volume is in bitmap mode; journaling stays suspended until a resync", "volume", v.Path, "reason", v.st.ModeReason)
+	v.logger().Warn("volume is in bitmap mode; journaling stays suspended until a resync", "path", v.Path, "reason", v.st.ModeReason)
 	return nil
 }
 
@@ -144,7 +144,7 @@ func (v *Volume) recoverJournal() (uint64, error) {
 		return v.quarantine(err)
 	}
 	if rec.Truncated != nil {
-		v.logger().Warn("journal torn tail truncated after a crash", "volume", v.Path, "file", rec.Truncated.File,
+		v.logger().Warn("journal torn tail truncated after a crash", "path", v.Path, "file", rec.Truncated.File,
 			"offset", rec.Truncated.Offset, "last_good_seq", rec.Truncated.Seq, "reason", rec.Truncated.Reason)
 	}
 	for _, path := range rec.Removed {
@@ -250,7 +250,7 @@ func (v *Volume) quarantine(cause error) (uint64, error) {
 	v.sealed = nil
 	v.closedBytes = 0
 	v.logger().Error("journal quarantined, new generation; dirty regions need a resync",
-		"volume", v.Path, "generation", v.st.Generation, "cause", cause, "moved_to", qdir)
+		"path", v.Path, "generation", v.st.Generation, "cause", cause, "moved_to", qdir)
 	v.acked = next - 1
 	return next, nil
 }

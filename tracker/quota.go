@@ -97,7 +97,7 @@ func (v *Volume) waitRoom(ctx context.Context, need int64) error {
 		if !logged {
 			logged = true
 			v.logger().Debug("resync waits for the consumer to acknowledge journal segments",
-				"volume", v.Path, "journal_bytes", v.journalBytesLocked(), "quota", v.JournalQuota)
+				"path", v.Path, "journal_bytes", v.journalBytesLocked(), "quota", v.JournalQuota)
 		}
 		ch := v.freed
 		v.mu.Unlock()

@@ -81,7 +81,7 @@ func (v *Volume) resumeJournal() (string, error) {
 		if err := saveState(v.FS, v.JournalDir, v.st); err != nil {
 			return "", err
 		}
-		v.logger().Info("journaling resumed in a new generation", "volume", v.Path, "generation", v.st.Generation)
+		v.logger().Info("journaling resumed in a new generation", "path", v.Path, "generation", v.st.Generation)
 	}
 	return v.st.Resync, nil
 }

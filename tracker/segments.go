@@ -148,7 +148,7 @@ func (v *Volume) background() {
 		if v.CheckpointInterval > 0 && time.Since(lastCheckpoint) >= v.CheckpointInterval {
 			lastCheckpoint = time.Now()
 			if err := v.checkpoint(); err != nil {
-				v.logger().Error("checkpoint of the dirty bitmap failed", "volume", v.Path, "err", err)
+				v.logger().Error("checkpoint of the dirty bitmap failed", "path", v.Path, "err", err)
 			}
 		}
 	}

@@ -264,7 +264,7 @@ func (v *Volume) suspendLocked(cause error) {
 	v.st.ModeReason = cause.Error()
 	v.st.Resync = "journal suspended: " + cause.Error()
 	v.logger().Error("journal suspended, tracking dirty regions only; a resync will be needed",
-		"volume", v.Path, "reason", cause)
+		"path", v.Path, "reason", cause)
 	if w := v.w; w != nil {
 		v.resumeSeq = w.NextSeq()
 		if w.Count() > 0 {
