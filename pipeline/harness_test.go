@@ -1,7 +1,6 @@
 package pipeline_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -14,7 +13,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -318,26 +316,4 @@ func fileSum(t *testing.T, path string) string {
 	}
 	h := sha256.Sum256(b)
 	return hex.EncodeToString(h[:])
-}
-
-// corruptFirst flips one byte in the body of the first n segment uploads.
-func corruptFirst(n int) func(http.Handler) http.Handler {
-	var mu sync.Mutex
-	left := n
-	return func(next http.Handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			mu.Lock()
-			hit := left > 0 && r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/segments")
-			if hit {
-				left--
-			}
-			mu.Unlock()
-			if hit {
-				b, _ := io.ReadAll(r.Body)
-				b[len(b)/2] ^= 0x40
-				r.Body = io.NopCloser(bytes.NewReader(b))
-			}
-			next.ServeHTTP(w, r)
-		})
-	}
 }

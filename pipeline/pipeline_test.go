@@ -58,7 +58,7 @@ func TestPointsEqualSourceAtEachTag(t *testing.T) {
 
 func TestCorruptSegmentIsRefusedAndResent(t *testing.T) {
 	target := memory.New()
-	s := &site{t: t, dir: t.TempDir(), target: target, wrap: corruptFirst(3)}
+	s := &site{t: t, dir: t.TempDir(), target: target, wrap: pipeline.CorruptSegments(3)}
 	if _, err := pki.Init(s.dir, nil); err != nil {
 		t.Fatal(err)
 	}

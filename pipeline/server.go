@@ -34,6 +34,9 @@ type Server struct {
 	Retention    targets.Retention
 	Logger       *slog.Logger
 	Now          func() time.Time // clock for retention; default time.Now
+	// Middleware, if set, wraps the HTTP handler Serve uses (fault
+	// injection in tests; see CorruptSegments).
+	Middleware func(http.Handler) http.Handler
 
 	spool     spool
 	mu        sync.Mutex
@@ -165,9 +168,15 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	if conf.ClientAuth != tls.RequireAndVerifyClientCert {
 		return errors.New("process server: the TLS configuration must require client certificates")
 	}
+	h := s.Handler()
+	if s.Middleware != nil {
+		h = s.Middleware(h)
+	}
 	s.mu.Lock()
-	s.http = &http.Server{Handler: s.Handler(), TLSConfig: conf, ReadHeaderTimeout: 30 * time.Second,
-		ErrorLog: slog.NewLogLogger(s.logger().Handler(), slog.LevelDebug)}
+	// The error log carries refused TLS handshakes (an agent without a
+	// valid certificate): an admin needs to see those.
+	s.http = &http.Server{Handler: h, TLSConfig: conf, ReadHeaderTimeout: 30 * time.Second,
+		ErrorLog: slog.NewLogLogger(s.logger().Handler(), slog.LevelWarn)}
 	hs := s.http
 	s.mu.Unlock()
 	go func() {
