@@ -28,6 +28,7 @@ type replicationOptions struct {
 	TagInterval  time.Duration
 	JournalQuota int64
 	Compression  zstd.EncoderLevel
+	MaxBackoff   time.Duration
 }
 
 const statusFileName = "status.json"
@@ -43,12 +44,14 @@ func replicationFlags() []cli.Flag {
 		&cli.StringFlag{Name: "journal-quota", Value: "4GiB",
 			Usage: "`SIZE` of unshipped journal per volume; beyond it the agent tracks dirty regions only and resyncs them later"},
 		&cli.StringFlag{Name: "compression", Value: "fastest", Usage: "zstd `LEVEL` on the wire: fastest, default, better, best or none"},
+		&cli.DurationFlag{Name: "max-backoff", Value: pipeline.DefaultMaxBackoff,
+			Usage: "when the server is unreachable, retry at least this `OFTEN` (backoff doubles from 1s up to it, with jitter)"},
 	}
 }
 
 func parseReplicationOptions(c *cli.Context) (replicationOptions, error) {
 	o := replicationOptions{Server: c.String("server"), Cert: c.String("cert"), Key: c.String("key"), CA: c.String("ca"),
-		TagInterval: c.Duration("tag-interval")}
+		TagInterval: c.Duration("tag-interval"), MaxBackoff: c.Duration("max-backoff")}
 	q, err := parseSize(c.String("journal-quota"))
 	if err != nil {
 		return o, usageError("--journal-quota: %v", err)
@@ -79,6 +82,9 @@ func parseReplicationOptions(c *cli.Context) (replicationOptions, error) {
 	o.Server = "https://" + u.Host
 	if o.Cert == "" || o.Key == "" || o.CA == "" {
 		return o, usageError("--server needs --cert, --key and --ca (issue them with 'lifeboat certs issue')")
+	}
+	if o.MaxBackoff < time.Second {
+		return o, usageError("--max-backoff %v: at least 1s", o.MaxBackoff)
 	}
 	if o.TagInterval != 0 && o.TagInterval < pipeline.MinTagInterval {
 		return o, usageError("--tag-interval %v: at least %v, or 0 to take no periodic tags", o.TagInterval, pipeline.MinTagInterval)
@@ -114,6 +120,7 @@ func (a *agent) startShippers(ctx context.Context, o agentOptions) (func(), erro
 	for i, v := range a.vols {
 		s := pipeline.NewShipper(v, a.specs[i].Name, o.Replication.Server, client)
 		s.TagInterval, s.Compression, s.Logger = o.Replication.TagInterval, o.Replication.Compression, a.log
+		s.MaxBackoff = o.Replication.MaxBackoff
 		shippers = append(shippers, s)
 		wg.Add(1)
 		go func() {
