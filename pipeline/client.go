@@ -97,7 +97,7 @@ func decodeReply(resp *http.Response, v any) error {
 	default:
 		return fmt.Errorf("process server answered %s: %s", resp.Status, msg)
 	}
-	return fmt.Errorf("%w: %s (%s)", kind, msg, resp.Status)
+	return fmt.Errorf("%w: %s (%s)", kind, strings.TrimPrefix(msg, kind.Error()+": "), resp.Status)
 }
 
 func (s *Shipper) volumeURL(id string) string {

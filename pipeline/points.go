@@ -23,13 +23,7 @@ func (s *Server) Status() []VolumeStatus {
 	out := make([]VolumeStatus, 0, len(vols))
 	for _, v := range vols {
 		st := v.status()
-		if points, err := v.rep.Points(s.ctx); err == nil {
-			st.Points = len(points)
-			if len(points) > 0 {
-				p := apiPoint(points[len(points)-1])
-				st.LatestPoint = &p
-			}
-		}
+		s.addPoints(v, &st)
 		out = append(out, st)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Info.Name < out[j].Info.Name })
@@ -38,6 +32,19 @@ func (s *Server) Status() []VolumeStatus {
 
 func (s *Server) handleVolumes(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, s.Status())
+}
+
+// addPoints adds the point count and the newest point to st.
+func (s *Server) addPoints(v *volume, st *VolumeStatus) {
+	points, err := v.rep.Points(s.ctx)
+	if err != nil {
+		return
+	}
+	st.Points = len(points)
+	if len(points) > 0 {
+		p := apiPoint(points[len(points)-1])
+		st.LatestPoint = &p
+	}
 }
 
 // lookup finds a volume by id or by name.
@@ -64,6 +71,7 @@ func (s *Server) handleVolume(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	st := v.status()
+	s.addPoints(v, &st)
 	writeJSON(w, http.StatusOK, st)
 }
 
