@@ -51,7 +51,7 @@ func need(t *testing.T, tools ...string) {
 	}
 }
 
-// agentProc is a running `lifeboat agent`.
+// agentProc is a running lifeboat process (agent or server).
 type agentProc struct {
 	cmd    *exec.Cmd
 	uri    map[string]string // volume name -> nbd URI
@@ -74,11 +74,34 @@ func startAgent(t *testing.T, args ...string) *agentProc {
 
 func tryAgent(t *testing.T, args ...string) (*agentProc, error) {
 	t.Helper()
-	a := &agentProc{uri: map[string]string{}, exited: make(chan error, 1)}
 	if !strings.Contains(strings.Join(args, " "), "--nbd") {
 		args = append([]string{"--nbd", "127.0.0.1:0"}, args...)
 	}
-	a.cmd = exec.Command(binary, append([]string{"agent"}, args...)...)
+	want := strings.Count(strings.Join(args, " "), "--volume")
+	a, err := startProc(t, nil, func(a *agentProc, line string) bool {
+		if m := serving.FindStringSubmatch(line); m != nil {
+			a.mu.Lock()
+			defer a.mu.Unlock()
+			a.uri[m[1]] = m[2]
+			return len(a.uri) == want
+		}
+		return false
+	}, append([]string{"agent"}, args...)...)
+	if err != nil {
+		return a, fmt.Errorf("agent: %w", err)
+	}
+	return a, nil
+}
+
+// startProc starts the lifeboat binary with args (and env added to the
+// test's environment) and waits until ready returns true for a line of its
+// standard output. Everything it prints is kept (Output); the process is
+// killed at the end of the test if it is still running.
+func startProc(t *testing.T, env []string, ready func(p *agentProc, line string) bool, args ...string) (*agentProc, error) {
+	t.Helper()
+	a := &agentProc{uri: map[string]string{}, exited: make(chan error, 1)}
+	a.cmd = exec.Command(binary, args...)
+	a.cmd.Env = append(os.Environ(), env...)
 	stdout, _ := a.cmd.StdoutPipe()
 	a.cmd.Stderr = &lockedWriter{a}
 	if err := a.cmd.Start(); err != nil {
@@ -90,33 +113,29 @@ func tryAgent(t *testing.T, args ...string) (*agentProc, error) {
 			<-a.exited
 		}
 	})
-	want := strings.Count(strings.Join(args, " "), "--volume")
-	ready := make(chan struct{})
+	readyc := make(chan struct{})
 	go func() {
 		sc := bufio.NewScanner(stdout)
+		done := false
 		for sc.Scan() {
 			line := sc.Text()
 			fmt.Fprintln(&lockedWriter{a}, line)
-			if m := serving.FindStringSubmatch(line); m != nil {
-				a.mu.Lock()
-				a.uri[m[1]] = m[2]
-				if len(a.uri) == want {
-					close(ready)
-				}
-				a.mu.Unlock()
+			if !done && ready(a, line) {
+				done = true
+				close(readyc)
 			}
 		}
 		io.Copy(io.Discard, stdout)
 		a.exited <- a.cmd.Wait()
 	}()
 	select {
-	case <-ready:
+	case <-readyc:
 		return a, nil
 	case err := <-a.exited:
 		a.exited <- err
-		return a, fmt.Errorf("agent exited before serving: %v\n%s", err, a.Output())
+		return a, fmt.Errorf("%s exited before it was ready: %v\n%s", args[0], err, a.Output())
 	case <-time.After(20 * time.Second):
-		return a, fmt.Errorf("agent did not start serving in 20s:\n%s", a.Output())
+		return a, fmt.Errorf("%s was not ready in 20s:\n%s", args[0], a.Output())
 	}
 }
 
