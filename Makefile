@@ -12,7 +12,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
 all: lint test build
 
-## demo: journal a workload on a scratch volume and prove it replays (a few seconds, no root)
+## demo: replicate a scratch volume to a recovery site on this machine (NBD in, TLS out, file target), then prove its latest recovery point is byte-exact (~5 s after the build, no root)
 demo:
 	$(GO) run ./cmd/lifeboat demo
 

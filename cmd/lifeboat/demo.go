@@ -11,46 +11,53 @@ import (
 	"time"
 
 	"github.com/urfave/cli/v2"
-
-	"lifeboat/hrl"
-	"lifeboat/tracker"
 )
 
 // demoOptions are the flags of `lifeboat demo`.
 type demoOptions struct {
-	Dir  string // "" for a new temporary directory
-	Size int64
-	Keep bool
-	Seed uint64
+	Dir     string // "" for a new temporary directory
+	Size    int64
+	Rounds  int
+	Keep    bool
+	Seed    uint64
+	Verbose bool
 }
 
-// demoPaths are the files a demo creates.
-type demoPaths struct {
-	dir, volume, initial, journal, replayed string
-}
+const demoMinSize = 16 << 20
 
 func demoCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "demo",
-		Usage: "journal a workload on a scratch volume, then prove the journal replays to the same bytes",
-		Description: "Until the replication pipeline exists, this shows what the agent does, on a sparse file, without root:\n" +
-			"  1. creates a volume file of --size with some initial data, and a copy of it (what the initial\n" +
-			"     replication leaves on the recovery site);\n" +
-			"  2. opens it through the intercepting volume (tracker.Volume) and writes a workload: random 4 KiB and\n" +
-			"     1 MiB writes, unaligned writes, one block repeated (dedupe), zeros, write-zeroes and a trim,\n" +
-			"     taking a crash-consistent and an app-consistent recovery point (journal tags);\n" +
-			"  3. prints the journal like 'lifeboat journal inspect' and verifies it;\n" +
-			"  4. replays every segment onto the copy, checks each recovery point against the volume as it was\n" +
-			"     when tagged, and compares the sha256 of the replayed copy with the volume: MATCH or exit 1.\n" +
-			"The directory is removed at the end unless --keep (it is also kept when the check fails).\n\n" +
+		Usage: "replicate a volume to a recovery site on this machine and prove a recovery point is exact",
+		Description: "Runs a whole site in this process, on 127.0.0.1 with ephemeral ports, in a temporary directory:\n" +
+			"no root, no kernel NBD, no cloud, nothing to install.\n" +
+			"  1. the recovery site: a CA (like 'lifeboat server init'), a process server over mutual TLS and a\n" +
+			"     file target (the replicas are files in the directory);\n" +
+			"  2. the protected server: a sparse volume of --size that already holds some data, opened through\n" +
+			"     the intercepting volume (tracker.Volume), served over NBD, with a shipper that streams the\n" +
+			"     journal to the process server and takes a crash-consistent recovery point every second;\n" +
+			"  3. the initial replication: the site has nothing of the volume yet, so it is copied whole (holes\n" +
+			"     skipped) before its first recovery point; progress, rate and ETA are shown;\n" +
+			"  4. --rounds of workload through NBD with lifeboat's own NBD client (random 4 KiB writes, 1 MiB\n" +
+			"     writes, unaligned writes, a repeated block, a trim, a write-zeroes, a flush); after each round\n" +
+			"     the writes pause until the next recovery point is on the site, and the sha256 of the volume at\n" +
+			"     that moment is recorded; the RPO is shown;\n" +
+			"  5. the recovery points, as 'lifeboat points list' shows them;\n" +
+			"  6. the latest point (and the first) is read back through the admin API, as 'lifeboat points\n" +
+			"     export' does, and its sha256 compared with the source at that tag: MATCH, or exit 1.\n" +
+			"Then a summary. Everything is stopped cleanly and the directory removed, unless --keep (it is also\n" +
+			"kept when the check fails, for analysis).\n\n" +
 			"Examples:\n" +
 			"   lifeboat demo\n" +
-			"   lifeboat demo --size 256MiB --dir /tmp/lb-demo --keep && lifeboat journal inspect /tmp/lb-demo/journal",
+			"   lifeboat demo --size 1GiB --rounds 5 --verbose\n" +
+			"   lifeboat demo --dir /tmp/lb-demo --keep && lifeboat server --data-dir /tmp/lb-demo/server --listen 127.0.0.1:19443",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "dir", Usage: "work in `DIR` (created if missing) instead of a new temporary directory"},
-			&cli.StringFlag{Name: "size", Value: "64MiB", Usage: "size of the scratch volume (sparse), at least 8MiB, a multiple of 4KiB"},
-			&cli.BoolFlag{Name: "keep", Usage: "keep the volume, its copies and the journal afterwards, to explore them"},
-			&cli.Uint64Flag{Name: "seed", Value: 1, Usage: "seed of the random workload (the same seed writes the same bytes)"},
+			&cli.StringFlag{Name: "size", Value: "256MiB", Usage: "`SIZE` of the demo volume (sparse), at least 16MiB, in whole MiB"},
+			&cli.IntFlag{Name: "rounds", Value: 3, Usage: "`N` rounds of workload, each followed by a recovery point (1 to 20)"},
+			&cli.BoolFlag{Name: "keep", Usage: "keep the site's and the agent's directories afterwards, to explore them"},
+			&cli.Uint64Flag{Name: "seed", Value: 1, Usage: "seed of the random data (the same seed writes the same bytes)"},
+			&cli.BoolFlag{Name: "verbose", Usage: "also show the server's, shipper's and tracker's log lines (stderr)"},
 		},
 		OnUsageError: onUsageError,
 		Action: func(c *cli.Context) error {
@@ -61,118 +68,96 @@ func demoCommand() *cli.Command {
 			if err != nil {
 				return usageError("--size: %v", err)
 			}
-			if size < 8<<20 || size%4096 != 0 {
-				return usageError("--size %s: the demo needs at least 8MiB, in whole 4KiB blocks", c.String("size"))
+			if size < demoMinSize || size%(1<<20) != 0 {
+				return usageError("--size %s: the demo needs at least 16MiB, in whole MiB", c.String("size"))
 			}
-			return runDemo(c.Context, c.App.Writer, c.App.ErrWriter,
-				demoOptions{Dir: c.String("dir"), Size: size, Keep: c.Bool("keep"), Seed: c.Uint64("seed")})
+			rounds := c.Int("rounds")
+			if rounds < 1 || rounds > 20 {
+				return usageError("--rounds %d: want 1 to 20", rounds)
+			}
+			return runDemo(c.Context, c.App.Writer, c.App.ErrWriter, demoOptions{Dir: c.String("dir"), Size: size,
+				Rounds: rounds, Keep: c.Bool("keep"), Seed: c.Uint64("seed"), Verbose: c.Bool("verbose")})
 		},
 	}
 }
 
-// runDemo runs the demo and cleans up after it.
+// runDemo runs the demo, stops everything and cleans up after it.
 func runDemo(ctx context.Context, w, errw io.Writer, o demoOptions) (err error) {
-	start := time.Now()
-	p, err := demoSetup(o.Dir)
+	dir, ownDir, err := demoDir(o.Dir)
 	if err != nil {
 		return err
 	}
+	level := slog.LevelWarn
+	if o.Verbose {
+		level = slog.LevelInfo
+	}
+	site := &demoSite{log: slog.New(slog.NewTextHandler(errw, &slog.HandlerOptions{Level: level})),
+		serverDir: filepath.Join(dir, "server"), agentDir: filepath.Join(dir, "agent")}
+	site.volPath = filepath.Join(site.agentDir, demoVolumeName+".img")
+	r := &demoRun{o: o, w: w, site: site, start: time.Now(), dir: dir,
+		hashes: map[uint64]string{}, labels: map[uint64]string{}}
 	defer func() {
-		fmt.Fprintf(w, "demo took %s\n", time.Since(start).Round(10*time.Millisecond))
-		switch {
-		case o.Keep:
-			fmt.Fprintf(w, "\nkept %s:\n  volume.img   the protected volume\n  initial.img  its content before the workload\n"+
-				"  replayed.img initial.img with the journal replayed\n  journal/     the segments; try: lifeboat journal inspect %s\n",
-				p.dir, p.journal)
-		case err != nil && ctx.Err() == nil:
-			fmt.Fprintf(errw, "kept %s for analysis (remove it when done)\n", p.dir)
-		default:
-			if rerr := p.remove(o.Dir == ""); rerr != nil && err == nil {
-				err = fmt.Errorf("clean up %s: %w (remove it by hand)", p.dir, rerr)
-			}
+		if serr := site.stop(); serr != nil && err == nil {
+			err = fmt.Errorf("stop the demo: %w", serr)
 		}
+		err = r.finish(errw, ownDir, err, ctx.Err() != nil)
 	}()
-	fmt.Fprintf(w, "==> scratch volume %s (%s, sparse), journal %s\n", p.volume, humanBytes(uint64(o.Size)), p.journal)
-	if err := makeVolume(p, o.Size, o.Seed); err != nil {
-		return err
-	}
-	v := tracker.NewVolume(p.volume, p.journal)
-	v.SegmentAge = 0         // seal on size and tags only, so the output is the same every run
-	v.SegmentBytes = 4 << 20 // small segments, so the demo shows several
-	v.Logger = slog.New(slog.NewTextHandler(errw, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	if err := v.Open(ctx); err != nil {
-		return fmt.Errorf("open the scratch volume: %w", err)
-	}
-	fmt.Fprintf(w, "==> writing the workload through the intercepting volume (seed %d)\n", o.Seed)
-	points, werr := runWorkload(ctx, w, v, p.volume, o.Seed)
-	if cerr := v.Close(); werr == nil && cerr != nil {
-		werr = fmt.Errorf("close the scratch volume: %w", cerr)
-	}
-	if werr != nil {
-		return werr
-	}
-	rep, err := inspectPath(p.journal, false)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(w, "\n==> journal %s\n", p.journal)
-	if err := writeDemoSummary(w, &rep); err != nil {
-		return err
-	}
-	if _, err := hrl.Check(hrl.OSFS{}, p.journal); err != nil {
-		return failure("the demo journal does not verify:\n  %v\nthis is a bug: please report it with the output above", err)
-	}
-	fmt.Fprintf(w, "verify:      ok (every checksum, every segment sealed, continuity)\n")
-	fmt.Fprintf(w, "\n==> replaying the journal onto initial.img (what the recovery site holds)\n")
-	return replayAndCompare(w, p, &rep, points)
+	fmt.Fprintf(w, "Lifeboat demo: protect a volume, replicate it to a recovery site, prove a recovery point is exact.\n"+
+		"Everything runs in this process on 127.0.0.1, in %s (no root, no kernel NBD, no cloud).\n", dir)
+	return r.run(ctx)
 }
 
-// demoSetup creates the working directory and names the files in it.
-func demoSetup(dir string) (demoPaths, error) {
-	var err error
+// demoDir returns the working directory and whether the demo created it.
+// A given --dir must not hold an earlier demo's server/ or agent/.
+func demoDir(dir string) (string, bool, error) {
 	if dir == "" {
-		if dir, err = os.MkdirTemp("", "lifeboat-demo-"); err != nil {
-			return demoPaths{}, usageError("create a temporary directory: %v; set TMPDIR or pass --dir", err)
+		d, err := os.MkdirTemp("", "lifeboat-demo-")
+		if err != nil {
+			return "", false, usageError("create a temporary directory: %v; set TMPDIR or pass --dir", err)
 		}
-	} else if err = os.MkdirAll(dir, 0o755); err != nil {
-		return demoPaths{}, usageError("--dir: %v", err)
+		return d, true, nil
 	}
-	p := demoPaths{dir: dir, volume: filepath.Join(dir, "volume.img"), initial: filepath.Join(dir, "initial.img"),
-		journal: filepath.Join(dir, "journal"), replayed: filepath.Join(dir, "replayed.img")}
-	for _, f := range []string{p.volume, p.initial, p.journal, p.replayed} {
-		if _, err := os.Lstat(f); err == nil {
-			return p, usageError("--dir %s already holds %s from an earlier demo; remove it or pick another --dir", dir, filepath.Base(f))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", false, usageError("--dir: %v", err)
+	}
+	for _, sub := range []string{"server", "agent"} {
+		if _, err := os.Lstat(filepath.Join(dir, sub)); err == nil {
+			return "", false, usageError("--dir %s already holds %s/ from an earlier demo; remove it or pick another --dir", dir, sub)
 		} else if !errors.Is(err, os.ErrNotExist) {
-			return p, usageError("--dir: %v", err)
+			return "", false, usageError("--dir: %v", err)
 		}
 	}
-	return p, nil
+	return dir, false, nil
 }
 
-// remove deletes what the demo created (the whole directory if it made it).
-func (p demoPaths) remove(ownDir bool) error {
-	if ownDir {
-		return os.RemoveAll(p.dir)
-	}
-	var errs []error
-	for _, f := range []string{p.volume, p.initial, p.journal, p.replayed} {
-		errs = append(errs, os.RemoveAll(f))
-	}
-	return errors.Join(errs...)
-}
-
-// writeDemoSummary prints one line per segment, the totals by type and the
-// recovery points.
-func writeDemoSummary(w io.Writer, rep *journalReport) error {
-	fmt.Fprintf(w, "%-22s %-14s %8s %10s  %s\n", "segment", "seqs", "records", "size", "tags")
-	for _, s := range rep.Segments {
-		tags := ""
-		for _, t := range s.Tags {
-			tags += fmt.Sprintf("%s %q @%d ", t.Kind, t.Name, t.Seq)
+// finish prints how long the demo took and removes its files, unless
+// --keep or a failure (not an interruption) asks to keep them.
+func (r *demoRun) finish(errw io.Writer, ownDir bool, err error, interrupted bool) error {
+	w, dir := r.w, r.dir
+	switch {
+	case r.o.Keep:
+		fmt.Fprintf(w, "\nkept %s:\n"+
+			"  server/  the recovery site: pki/ (CA, admin identity), spool/, replicas/ (the file target)\n"+
+			"  agent/   %s.img (the protected volume), journal/%s, the agent's certificate\n"+
+			"explore it:\n"+
+			"  lifeboat server --data-dir %s --listen 127.0.0.1:19443 &\n"+
+			"  lifeboat points list --server https://127.0.0.1:19443 --data-dir %s --volume %s\n",
+			dir, demoVolumeName, demoVolumeName, r.site.serverDir, r.site.serverDir, demoVolumeName)
+	case err != nil && !interrupted:
+		fmt.Fprintf(errw, "kept %s for analysis (remove it when done)\n", dir)
+	default:
+		var rerr error
+		if ownDir {
+			rerr = os.RemoveAll(dir)
+		} else {
+			rerr = errors.Join(os.RemoveAll(r.site.serverDir), os.RemoveAll(r.site.agentDir))
 		}
-		fmt.Fprintf(w, "%-22s %-14s %8d %10s  %s\n", filepath.Base(s.File), fmt.Sprintf("%d..%d", s.FirstSeq, s.LastSeq),
-			s.Count, humanBytes(uint64(s.FileSize)), tags)
+		if rerr != nil && err == nil {
+			err = fmt.Errorf("clean up %s: %w (remove it by hand)", dir, rerr)
+		}
+		if err != nil && interrupted && rerr == nil {
+			err = failure("interrupted: the demo stopped and removed %s", dir)
+		}
 	}
-	fmt.Fprintln(w)
-	return writeTotals(w, rep)
+	return err
 }

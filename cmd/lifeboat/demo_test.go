@@ -1,6 +1,9 @@
 package main
 
 import (
+	"bytes"
+	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -9,12 +12,19 @@ import (
 )
 
 func TestDemo(t *testing.T) {
-	dir := filepath.Join(t.TempDir(), "demo")
-	stdout, stderr, code := runApp(t, "demo", "--dir", dir, "--size", "16MiB")
+	tmp := t.TempDir()
+	t.Setenv("TMPDIR", tmp) // the demo's own temporary directory goes here
+	stdout, stderr, code := runApp(t, "demo", "--size", "16MiB", "--rounds", "2")
 	if code != 0 {
 		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
 	}
-	for _, w := range []string{"MATCH", `recovery point "crash-1"`, `recovery point "app-1"`, "REF", "ZERO", "verify:      ok"} {
+	for _, w := range []string{
+		"[3/6] Initial replication", "walked", "first recovery point: seq",
+		"round 1  ", "round 2  ", "RPO at the flush",
+		"← after initial replication", "← after round 1", "← after round 2",
+		"GET /v1/volumes/demo/points/latest", "(round 2)\n      MATCH: recovery point",
+		"(initial replication)\n      MATCH: recovery point", "Summary", "= source at its tag",
+	} {
 		if !strings.Contains(stdout, w) {
 			t.Errorf("output lacks %q:\n%s", w, stdout)
 		}
@@ -22,27 +32,37 @@ func TestDemo(t *testing.T) {
 	if strings.Contains(stdout, "MISMATCH") {
 		t.Errorf("output has MISMATCH:\n%s", stdout)
 	}
-	// Without --keep the demo removes what it created in --dir.
-	if ents, err := os.ReadDir(dir); err != nil || len(ents) != 0 {
-		t.Errorf("demo left %v (err %v) in %s", ents, err, dir)
+	if stderr != "" {
+		t.Errorf("stderr (warnings or errors logged):\n%s", stderr)
+	}
+	if ents, err := os.ReadDir(tmp); err != nil || len(ents) != 0 {
+		t.Errorf("demo left %v (err %v) in TMPDIR", ents, err)
 	}
 }
 
 func TestDemoKeepAndUsage(t *testing.T) {
 	dir := t.TempDir()
-	if _, stderr, code := runApp(t, "demo", "--dir", dir, "--size", "8MiB", "--keep"); code != 0 {
-		t.Fatalf("exit %d: %s", code, stderr)
+	stdout, stderr, code := runApp(t, "demo", "--dir", dir, "--size", "16MiB", "--rounds", "1", "--keep")
+	if code != 0 {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
 	}
-	if _, err := os.Stat(filepath.Join(dir, "journal")); err != nil {
-		t.Errorf("--keep: %v", err)
+	if !strings.Contains(stdout, "kept "+dir) {
+		t.Errorf("--keep: output does not say what it kept:\n%s", stdout)
+	}
+	for _, f := range []string{"server/pki/admin.crt", "server/replicas", "agent/demo.img", "agent/demo-agent.key", "agent/journal/demo"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			t.Errorf("--keep: %v", err)
+		}
 	}
 	tests := []struct {
 		args []string
 		want string
 	}{
 		{[]string{"--dir", dir}, "already holds"},
-		{[]string{"--size", "1MiB"}, "at least 8MiB"},
+		{[]string{"--size", "8MiB"}, "at least 16MiB"},
+		{[]string{"--size", "20000KiB"}, "in whole MiB"},
 		{[]string{"--size", "64MB"}, "unknown unit"},
+		{[]string{"--rounds", "0"}, "want 1 to 20"},
 		{[]string{"extra"}, "want no arguments"},
 	}
 	for _, tt := range tests {
@@ -50,6 +70,59 @@ func TestDemoKeepAndUsage(t *testing.T) {
 		if code != 2 || !strings.Contains(stderr, tt.want) {
 			t.Errorf("demo %v: exit %d, stderr %q, want 2 and %q", tt.args, code, stderr, tt.want)
 		}
+	}
+}
+
+// TestDemoMismatch checks the verdict and the exit code of a point that
+// does not hold the source's bytes.
+func TestDemoMismatch(t *testing.T) {
+	var out bytes.Buffer
+	want := map[uint64]string{7: "aaaa"}
+	labels := map[uint64]string{7: "round 1"}
+	if err := checkPoint(&out, 7, "aaaa", want, labels); err != nil || !strings.Contains(out.String(), "MATCH: recovery point 7") {
+		t.Errorf("equal hashes: %v\n%s", err, out.String())
+	}
+	for _, seq := range []uint64{7, 8} {
+		out.Reset()
+		err := checkPoint(&out, seq, "bbbb", want, labels)
+		if exitCode(err) != exitFailed || !strings.Contains(out.String(), "MISMATCH") {
+			t.Errorf("point %d: exit %d (%v), want 1 and MISMATCH in\n%s", seq, exitCode(err), err, out.String())
+		}
+	}
+}
+
+// TestDemoFailureKeepsDir checks the clean-up rules: a failure keeps the
+// directory for analysis, an interruption or a success removes it.
+func TestDemoFailureKeepsDir(t *testing.T) {
+	for _, tt := range []struct {
+		name        string
+		err         error
+		interrupted bool
+		kept        bool
+	}{
+		{"success", nil, false, false},
+		{"failure", failure("boom"), false, true},
+		{"interrupted", context.Canceled, true, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "demo")
+			if err := os.MkdirAll(filepath.Join(dir, "server"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			var out, errw bytes.Buffer
+			r := &demoRun{w: &out, dir: dir, site: &demoSite{serverDir: filepath.Join(dir, "server"), agentDir: filepath.Join(dir, "agent")}}
+			err := r.finish(&errw, true, tt.err, tt.interrupted)
+			if (err == nil) != (tt.err == nil) || tt.interrupted && !strings.Contains(fmt.Sprint(err), "interrupted") {
+				t.Errorf("finish returned %v for %v", err, tt.err)
+			}
+			_, serr := os.Stat(dir)
+			if kept := serr == nil; kept != tt.kept {
+				t.Errorf("directory kept %v, want %v (stderr %q)", kept, tt.kept, errw.String())
+			}
+			if tt.kept && !strings.Contains(errw.String(), "kept "+dir+" for analysis") {
+				t.Errorf("stderr %q does not say where the files are", errw.String())
+			}
+		})
 	}
 }
 

@@ -1,0 +1,262 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"lifeboat/nbd"
+	"lifeboat/pipeline"
+	"lifeboat/pipeline/pki"
+	"lifeboat/targets/file"
+	"lifeboat/tracker"
+)
+
+// demoVolumeName is the protected volume's name: its NBD export and its
+// name at the recovery site.
+const demoVolumeName = "demo"
+
+// demoSite is everything `lifeboat demo` runs in one process: a recovery
+// site (process server with a file target) and a protected server (an
+// agent's volume, NBD front end and shipper), all on 127.0.0.1.
+type demoSite struct {
+	log *slog.Logger
+
+	serverDir string // lifeboat server --data-dir: pki/, spool/, replicas/
+	agentDir  string // demo.img, journal/demo, demo-agent.crt|key, ca.crt
+	volPath   string
+
+	// Recovery site.
+	target    *file.Target
+	srv       *pipeline.Server
+	url       string // https://127.0.0.1:PORT
+	srvCancel context.CancelFunc
+	srvDone   chan error
+	admin     *http.Client // admin identity, for the points API
+
+	// Protected server.
+	vol        *tracker.Volume
+	nbdSrv     *nbd.Server
+	nbdAddr    string
+	nbdDone    chan error
+	agentHTTP  *http.Client
+	ship       *pipeline.Shipper
+	shipCancel context.CancelFunc
+	shipWG     sync.WaitGroup
+}
+
+// startServer creates the site's CA and starts the process server on an
+// ephemeral port.
+func (d *demoSite) startServer(ctx context.Context) error {
+	if _, err := pki.Init(d.serverDir, nil); err != nil {
+		return fmt.Errorf("create the site CA: %w", err)
+	}
+	tlsConf, err := pki.ServerTLS(d.serverDir)
+	if err != nil {
+		return err
+	}
+	replicas := filepath.Join(d.serverDir, "replicas")
+	if err := os.MkdirAll(replicas, 0o755); err != nil {
+		return err
+	}
+	d.target = file.New(replicas)
+	d.target.Logger = d.log
+	d.srv = pipeline.NewServer(d.serverDir, d.target, tlsConf)
+	d.srv.Logger = d.log
+	if err := d.srv.Open(ctx); err != nil {
+		return fmt.Errorf("open the process server: %w", err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return fmt.Errorf("listen on 127.0.0.1: %w", err)
+	}
+	d.url = "https://" + ln.Addr().String()
+	sctx, cancel := context.WithCancel(context.Background())
+	d.srvCancel, d.srvDone = cancel, make(chan error, 1)
+	go func() { d.srvDone <- d.srv.Serve(sctx, ln) }()
+	p := pki.Paths(d.serverDir)
+	if d.admin, err = httpClient(p.AdminCert, p.AdminKey, p.CACert); err != nil {
+		return err
+	}
+	return nil
+}
+
+// startAgent issues the agent's certificate, opens the volume through
+// tracker.Volume, serves it over NBD and starts its shipper.
+func (d *demoSite) startAgent(ctx context.Context) error {
+	ca, err := pki.Load(d.serverDir)
+	if err != nil {
+		return err
+	}
+	id, err := ca.Issue("demo-agent", pki.RoleAgent, nil, 24*time.Hour)
+	if err != nil {
+		return err
+	}
+	if err := id.Write(d.agentDir, "demo-agent"); err != nil {
+		return err
+	}
+	d.agentHTTP, err = httpClient(filepath.Join(d.agentDir, "demo-agent.crt"), filepath.Join(d.agentDir, "demo-agent.key"),
+		filepath.Join(d.agentDir, "ca.crt"))
+	if err != nil {
+		return err
+	}
+	v := tracker.NewVolume(d.volPath, filepath.Join(d.agentDir, "journal", demoVolumeName))
+	v.InitialSync = true // the replica has nothing yet: copy it whole (holes skipped) first
+	v.SegmentAge = 500 * time.Millisecond
+	v.SegmentBytes = 4 << 20
+	v.JournalQuota = 1 << 30
+	v.Logger = d.log.With("volume", demoVolumeName)
+	if err := v.Open(ctx); err != nil {
+		return fmt.Errorf("open the demo volume: %w", err)
+	}
+	d.vol = v
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return fmt.Errorf("listen on 127.0.0.1: %w", err)
+	}
+	d.nbdAddr = ln.Addr().String()
+	d.nbdSrv = nbd.NewServer()
+	d.nbdSrv.Logger = d.log
+	d.nbdSrv.Exports = []nbd.Export{{Name: demoVolumeName, Description: d.volPath, Backend: nbd.WithExtents(v, v.Extents)}}
+	d.nbdDone = make(chan error, 1)
+	go func() { d.nbdDone <- d.nbdSrv.Serve(context.Background(), ln) }()
+
+	d.ship = pipeline.NewShipper(v, demoVolumeName, d.url, d.agentHTTP)
+	d.ship.TagInterval = pipeline.MinTagInterval
+	d.ship.MaxBackoff = 2 * time.Second
+	d.ship.Logger = d.log
+	sctx, cancel := context.WithCancel(context.Background())
+	d.shipCancel = cancel
+	d.shipWG.Add(1)
+	go func() {
+		defer d.shipWG.Done()
+		if err := d.ship.Run(sctx); err != nil {
+			d.log.Error("shipper stopped", "err", err)
+		}
+	}()
+	return nil
+}
+
+// stop shuts everything down in order: shipper, NBD, volume (seals the
+// journal), then the process server and its target.
+func (d *demoSite) stop() error {
+	var errs []error
+	if d.shipCancel != nil {
+		d.shipCancel()
+		d.shipWG.Wait()
+	}
+	if d.nbdSrv != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if err := d.nbdSrv.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("stop the NBD server: %w", err))
+		}
+		cancel()
+		if err := <-d.nbdDone; err != nil && !errors.Is(err, nbd.ErrServerClosed) {
+			errs = append(errs, fmt.Errorf("NBD server: %w", err))
+		}
+	}
+	if d.vol != nil {
+		if err := d.vol.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close the demo volume: %w", err))
+		}
+	}
+	for _, c := range []*http.Client{d.agentHTTP, d.admin} {
+		if c != nil {
+			c.CloseIdleConnections()
+		}
+	}
+	if d.srvCancel != nil {
+		d.srvCancel()
+		if err := <-d.srvDone; err != nil {
+			errs = append(errs, fmt.Errorf("process server: %w", err))
+		}
+	}
+	if d.srv != nil {
+		errs = append(errs, d.srv.Close())
+	}
+	if d.target != nil {
+		errs = append(errs, d.target.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// points lists the volume's recovery points through the admin API, as
+// `lifeboat points list` does.
+func (d *demoSite) points(ctx context.Context) ([]pipeline.Point, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	resp, err := d.adminGet(ctx, "/points")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var pts []pipeline.Point
+	if err := json.NewDecoder(resp.Body).Decode(&pts); err != nil {
+		return nil, fmt.Errorf("points: %w", err)
+	}
+	return pts, nil
+}
+
+// adminGet GETs a path under /v1/volumes/demo with the admin certificate.
+func (d *demoSite) adminGet(ctx context.Context, path string) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, d.url+"/v1/volumes/"+demoVolumeName+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := d.admin.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		resp.Body.Close()
+		return nil, fmt.Errorf("GET %s: %s: %s", req.URL.Path, resp.Status, b)
+	}
+	return resp, nil
+}
+
+// waitPoint polls the points list until a point with Seq >= seq exists and
+// returns the first such point and when it was seen.
+func (d *demoSite) waitPoint(ctx context.Context, seq uint64, timeout time.Duration) (pipeline.Point, time.Time, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		pts, err := d.points(ctx)
+		if err != nil && ctx.Err() != nil {
+			return pipeline.Point{}, time.Time{}, ctx.Err()
+		}
+		for _, p := range pts {
+			if p.Seq >= seq {
+				return p, time.Now(), nil
+			}
+		}
+		if time.Now().After(deadline) {
+			st := d.ship.Status()
+			return pipeline.Point{}, time.Time{}, failure("no recovery point at or after seq %d within %v (last error: %v; shipper: connected %v, acked seq %d, last tag %d)",
+				seq, timeout, err, st.Connected, st.AckedSeq, st.LastTagSeq)
+		}
+		if !sleepCtx(ctx, 50*time.Millisecond) {
+			return pipeline.Point{}, time.Time{}, ctx.Err()
+		}
+	}
+}
+
+// sleepCtx sleeps for d; false if ctx ended first.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
