@@ -58,6 +58,7 @@ type agentProc struct {
 	mu     sync.Mutex
 	output strings.Builder
 	exited chan error
+	gone   chan struct{} // closed when the process has exited
 }
 
 var serving = regexp.MustCompile(`^serving (\S+) \(.*\) (?:at|as) (\S+)$`)
@@ -99,7 +100,7 @@ func tryAgent(t *testing.T, args ...string) (*agentProc, error) {
 // killed at the end of the test if it is still running.
 func startProc(t *testing.T, env []string, ready func(p *agentProc, line string) bool, args ...string) (*agentProc, error) {
 	t.Helper()
-	a := &agentProc{uri: map[string]string{}, exited: make(chan error, 1)}
+	a := &agentProc{uri: map[string]string{}, exited: make(chan error, 1), gone: make(chan struct{})}
 	a.cmd = exec.Command(binary, args...)
 	a.cmd.Env = append(os.Environ(), env...)
 	stdout, _ := a.cmd.StdoutPipe()
@@ -108,9 +109,11 @@ func startProc(t *testing.T, env []string, ready func(p *agentProc, line string)
 		return nil, err
 	}
 	t.Cleanup(func() {
-		if a.cmd.ProcessState == nil {
+		select {
+		case <-a.gone:
+		default:
 			a.cmd.Process.Kill()
-			<-a.exited
+			<-a.gone
 		}
 	})
 	readyc := make(chan struct{})
@@ -126,7 +129,9 @@ func startProc(t *testing.T, env []string, ready func(p *agentProc, line string)
 			}
 		}
 		io.Copy(io.Discard, stdout)
-		a.exited <- a.cmd.Wait()
+		err := a.cmd.Wait()
+		close(a.gone)
+		a.exited <- err
 	}()
 	select {
 	case <-readyc:

@@ -341,9 +341,31 @@ func TestReplicationRefusesAgentWithoutValidCertificate(t *testing.T) {
 	run(t, binary, "certs", "issue", "--data-dir", filepath.Join(other, "server"), "--name", "web01", "--out", filepath.Join(other, "certs"))
 	dir := t.TempDir()
 	jroot := filepath.Join(dir, "journal")
-	a := startAgent(t, "--volume", "disk="+filepath.Join(dir, "disk.img")+",size=16MiB", "--journal-dir", jroot,
-		"--server", s.url(), "--cert", filepath.Join(other, "certs", "web01.crt"),
-		"--key", filepath.Join(other, "certs", "web01.key"), "--ca", filepath.Join(s.certs, "ca.crt"))
+	volume := "disk=" + filepath.Join(dir, "disk.img") + ",size=16MiB"
+	otherCert, otherKey := filepath.Join(other, "certs", "web01.crt"), filepath.Join(other, "certs", "web01.key")
+
+	// The agent checks its certificate against its CA file at start.
+	out, err := exec.Command(binary, "agent", "--volume", volume, "--journal-dir", jroot, "--nbd", "127.0.0.1:0",
+		"--server", s.url(), "--cert", otherCert, "--key", otherKey, "--ca", filepath.Join(s.certs, "ca.crt")).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "is not a client certificate issued by the CA") {
+		t.Fatalf("agent with a foreign certificate: %v\n%s", err, out)
+	}
+
+	// With both CAs in its CA file the agent starts and trusts the server,
+	// but the server does not trust it.
+	bundle := filepath.Join(dir, "both-ca.crt")
+	mine, _ := os.ReadFile(filepath.Join(s.certs, "ca.crt"))
+	theirs, _ := os.ReadFile(filepath.Join(other, "certs", "ca.crt"))
+	if err := os.WriteFile(bundle, append(mine, theirs...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	a := startAgent(t, "--volume", volume, "--journal-dir", jroot, "--server", s.url(), "--cert", otherCert,
+		"--key", otherKey, "--ca", bundle)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("agent output:\n%s", a.Output())
+		}
+	})
 	waitFor(t, 20*time.Second, "the agent to report the refusal", func() bool {
 		return strings.Contains(shipperStatus(t, jroot, "disk").LastError, "certificate")
 	})
