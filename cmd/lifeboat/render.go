@@ -21,13 +21,6 @@ func writeReport(w io.Writer, rep *journalReport, records bool) error {
 	return tw.Flush()
 }
 
-// writeTotals prints only the totals and the continuity verdict.
-func writeTotals(w io.Writer, rep *journalReport) error {
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	writeSummary(tw, rep)
-	return tw.Flush()
-}
-
 func writeSegment(w io.Writer, s *segmentReport, records bool) {
 	fmt.Fprintf(w, "segment %s\n", filepath.Base(s.File))
 	fmt.Fprintf(w, "  file:\t%s (%s)\n", s.File, humanBytes(uint64(s.FileSize)))

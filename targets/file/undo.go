@@ -117,13 +117,6 @@ func (u *undoLog) lookup(block int64) (ref, bool) {
 	return ref{}, false
 }
 
-func (u *undoLog) entries() int {
-	if u.open != nil {
-		return len(u.open)
-	}
-	return len(u.sorted)
-}
-
 // refs returns the entries ordered by offset.
 func (u *undoLog) refs() []ref {
 	var out []ref
