@@ -24,7 +24,7 @@ func (s *Shipper) resyncLoop(ctx context.Context) {
 		if st.Resync == "" || !s.connected() {
 			continue
 		}
-		p := &Progress{Reason: st.Resync, Started: time.Now()}
+		p := &Progress{Reason: st.Resync, Phase: PhaseCopying, Started: time.Now()}
 		s.mu.Lock()
 		s.status.Resync = p
 		s.mu.Unlock()
@@ -44,10 +44,10 @@ func (s *Shipper) resyncLoop(ctx context.Context) {
 					"eta", (time.Duration(p.ETASeconds) * time.Second).String())
 			}
 		})
-		s.mu.Lock()
-		s.status.Resync = nil
-		s.mu.Unlock()
 		if err != nil {
+			s.mu.Lock()
+			s.status.Resync = nil
+			s.mu.Unlock()
 			if ctx.Err() != nil {
 				return
 			}
@@ -57,8 +57,15 @@ func (s *Shipper) resyncLoop(ctx context.Context) {
 		}
 		backoff = 0
 		log.Info("resync complete", "reason", p.Reason, "dirty_bytes", p.Total, "took", time.Since(p.Started).Round(time.Millisecond))
-		// The replica is consistent as soon as this tag is applied.
-		s.tag(ctx, "resync complete")
+		// The replica is consistent as soon as this tag is applied; the
+		// progress stays until the server has it.
+		seq := s.tag(ctx, "resync complete")
+		s.mu.Lock()
+		p.Phase, p.PointSeq, p.ETASeconds = PhaseShipping, seq, 0
+		if seq == 0 || s.status.AckedSeq >= seq {
+			s.status.Resync = nil
+		}
+		s.mu.Unlock()
 	}
 }
 
@@ -87,8 +94,9 @@ func (s *Shipper) tagLoop(ctx context.Context) {
 	}
 }
 
-// tag takes a crash-consistent tag now.
-func (s *Shipper) tag(ctx context.Context, name string) {
+// tag takes a crash-consistent tag now and returns its seq, or 0 when
+// the volume could not take one.
+func (s *Shipper) tag(ctx context.Context, name string) uint64 {
 	now := time.Now()
 	seq, err := s.Volume.Tag(hrl.TagCrash, name+" "+now.UTC().Format(time.RFC3339))
 	switch {
@@ -96,8 +104,10 @@ func (s *Shipper) tag(ctx context.Context, name string) {
 		s.mu.Lock()
 		s.lastTag, s.tagTime = seq, now
 		s.mu.Unlock()
+		return seq
 	case errors.Is(err, tracker.ErrResync), errors.Is(err, tracker.ErrClosed), ctx.Err() != nil:
 	default:
 		s.logger().Error("crash-consistent tag failed", "err", err)
 	}
+	return 0
 }

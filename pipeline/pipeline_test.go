@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -239,4 +240,53 @@ func TestSpoolQuotaThrottles(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Fatalf("shipper never saw the slow-down answer: %+v", a.ship.Status())
+}
+
+// The initial replication's progress lasts until its point is on the
+// server, not only until the volume has been read; before that point the
+// RPO is unknown (nil), not 0.
+func TestInitialReplicationProgressLastsUntilItsPoint(t *testing.T) {
+	var hold sync.Mutex
+	hold.Lock() // segment uploads wait until released
+	s := &site{t: t, dir: t.TempDir(), target: memory.New(), wrap: func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if strings.HasSuffix(r.URL.Path, "/segments") {
+				hold.Lock()
+				hold.Unlock()
+			}
+			next.ServeHTTP(w, r)
+		})
+	}}
+	if _, err := pki.Init(s.dir, nil); err != nil {
+		t.Fatal(err)
+	}
+	s.start("127.0.0.1:0")
+	t.Cleanup(s.stop)
+	a := newAgentVol(t, s, 4<<20, 0, s.client("agent1", pki.RoleAgent))
+	a.writeRandom(rand.New(rand.NewPCG(5, 6)), 10)
+	a.waitSynced() // read into the journal; nothing is on the server yet
+	deadline := time.Now().Add(10 * time.Second)
+	var st pipeline.ShipperStatus
+	for {
+		st = a.ship.Status()
+		if p := st.Resync; p != nil && p.Phase == pipeline.PhaseShipping && p.PointSeq != 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the walk: status %+v, want the progress in phase shipping with its point seq", st)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if st.RPOSeconds != nil {
+		t.Fatalf("RPO %v before any point exists, want nil", *st.RPOSeconds)
+	}
+	hold.Unlock()
+	s.waitApplied(a.vol.VolumeID(), st.Resync.PointSeq)
+	deadline = time.Now().Add(10 * time.Second)
+	for st = a.ship.Status(); st.Resync != nil || st.RPOSeconds == nil; st = a.ship.Status() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after the point was applied: status %+v", st)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }

@@ -58,20 +58,35 @@ type ShipperStatus struct {
 	Resends      int64          `json:"resends"`
 	LastTagSeq   uint64         `json:"last_tag_seq"`
 	LastTagAcked time.Time      `json:"last_tag_acked,omitzero"` // time of the newest tag the server has
-	RPOSeconds   float64        `json:"rpo_seconds"`
+	// RPOSeconds is how old the newest recovery point the server has is
+	// while the volume has changed since (0 when it has not); nil before
+	// the first point, when no point exists to recover to.
+	RPOSeconds   *float64       `json:"rpo_seconds"`
 	Resync       *Progress      `json:"resync,omitempty"`
 	Tracker      tracker.Status `json:"tracker"`
 }
 
-// Progress of a resync or initial replication.
+// Progress of a resync or initial replication. It lasts until the point
+// that ends it is on the server: Phase is PhaseCopying while the dirty
+// regions are read into the journal (Done of Total dirty bytes; holes
+// count as done without being read), then PhaseShipping until the server
+// acknowledges the tag at PointSeq.
 type Progress struct {
 	Reason     string    `json:"reason"`
+	Phase      string    `json:"phase"`
 	Started    time.Time `json:"started"`
 	Done       int64     `json:"done"`
 	Total      int64     `json:"total"`
 	RateBps    float64   `json:"rate_bytes_per_second"`
 	ETASeconds float64   `json:"eta_seconds"`
+	PointSeq   uint64    `json:"point_seq,omitempty"`
 }
+
+// Phases of a Progress.
+const (
+	PhaseCopying  = "copying"
+	PhaseShipping = "shipping"
+)
 
 // NewShipper returns a Shipper with default settings.
 func NewShipper(v *tracker.Volume, name, url string, client *http.Client) *Shipper {
@@ -98,8 +113,12 @@ func (s *Shipper) Status() ShipperStatus {
 		p := *st.Resync
 		st.Resync = &p
 	}
-	if !st.LastTagAcked.IsZero() && ts.NextSeq > st.LastTagSeq+1 {
-		st.RPOSeconds = time.Since(st.LastTagAcked).Seconds()
+	if !st.LastTagAcked.IsZero() {
+		rpo := 0.0
+		if ts.NextSeq > st.LastTagSeq+1 {
+			rpo = time.Since(st.LastTagAcked).Seconds()
+		}
+		st.RPOSeconds = &rpo
 	}
 	return st
 }
@@ -240,6 +259,9 @@ func (s *Shipper) acked(seg hrl.SegmentInfo) {
 	s.status.LastAck = time.Now()
 	if s.lastTag != 0 && s.lastTag >= seg.FirstSeq && s.lastTag <= seg.LastSeq {
 		s.status.LastTagSeq, s.status.LastTagAcked = s.lastTag, s.tagTime
+	}
+	if p := s.status.Resync; p != nil && p.PointSeq != 0 && p.PointSeq <= seg.LastSeq {
+		s.status.Resync = nil // the resync's point is on the server
 	}
 }
 

@@ -16,12 +16,15 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		Usage: "continuous block-level replication and site recovery for Linux servers",
 		Description: "Lifeboat journals every write to a protected volume, ships the journal to a recovery\n" +
 			"site and turns it into recovery points you can test-fail-over, fail over to and fail back from.\n" +
-			"Today the journal and the intercepting volume exist; the commands below inspect and\n" +
-			"demonstrate them.\n\n" +
+			"Today: the agent, the process server with a file target, recovery points and their export;\n" +
+			"test failover, failover and failback come next.\n\n" +
 			"Examples:\n" +
 			"   lifeboat demo\n" +
-			"   lifeboat journal inspect /var/lib/lifeboat/vol0/journal\n" +
-			"   lifeboat journal verify /var/lib/lifeboat/vol0/journal",
+			"   lifeboat server init --data-dir /var/lib/lifeboat/server\n" +
+			"   lifeboat server --data-dir /var/lib/lifeboat/server\n" +
+			"   lifeboat agent --volume db=/dev/sdb --server https://dr.example:9443 --cert web01.crt --key web01.key --ca ca.crt\n" +
+			"   lifeboat status\n" +
+			"   lifeboat points list --data-dir /var/lib/lifeboat/server --volume db",
 		Writer:          stdout,
 		ErrWriter:       stderr,
 		HideHelpCommand: true,

@@ -117,8 +117,8 @@ func (r *demoRun) summary(points int) {
 	row("shipped", "%d segments, %s, %s on the wire (zstd: %s)", st.SegmentsSent, humanBytes(uint64(st.BytesRaw)),
 		humanBytes(uint64(st.BytesWire)), wire)
 	row("recovery points", "%d on the site", points)
-	row("RPO", "flush → its point on the site: %s (a tag every %v); now %.1fs", strings.Join(lags, ", "),
-		r.site.ship.TagInterval, st.RPOSeconds)
+	row("RPO", "flush → its point on the site: %s (a tag every %v); now %s", strings.Join(lags, ", "),
+		r.site.ship.TagInterval, rpoString(st.RPOSeconds))
 	row("verified", "latest point seq %d = source at its tag (sha256 %s…): MATCH", r.latest, r.latestHash[:16])
 	row("total", "%s", time.Since(r.start).Round(10*time.Millisecond))
 }

@@ -189,8 +189,8 @@ func (r *demoRun) workload(ctx context.Context) error {
 		r.hashes[p.Seq], r.labels[p.Seq] = h, fmt.Sprintf("round %d", i)
 		fmt.Fprintf(w, "      round %d  %d writes (%s), trim + write-zeroes (%s), flush: done in %s (the flush %s)\n", i, rs.Writes,
 			humanBytes(uint64(rs.Written)), humanBytes(uint64(rs.Zeroed)), rs.Took.Round(time.Millisecond), rs.Flush.Round(time.Millisecond))
-		fmt.Fprintf(w, "               RPO at the flush %.1fs; tag %+.2fs, point seq %d on the site %+.2fs; source sha256 %s…\n",
-			rpo, p.Time.Sub(flushed).Seconds(), p.Seq, seen.Sub(flushed).Seconds(), h[:16])
+		fmt.Fprintf(w, "               RPO at the flush %s; tag %+.2fs, point seq %d on the site %+.2fs; source sha256 %s…\n",
+			rpoString(rpo), p.Time.Sub(flushed).Seconds(), p.Seq, seen.Sub(flushed).Seconds(), h[:16])
 	}
 	if err := c.Close(); err != nil {
 		return fmt.Errorf("NBD disconnect: %w", err)

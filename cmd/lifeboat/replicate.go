@@ -215,16 +215,24 @@ func printStatus(w io.Writer, st pipeline.ShipperStatus) {
 	if st.Tracker.ModeReason != "" {
 		fmt.Fprintf(w, " (%s)", st.Tracker.ModeReason)
 	}
-	fmt.Fprintf(w, "\n  shipped: %d segments, %s (%s on the wire), acked seq %d, RPO %.1fs\n",
-		st.SegmentsSent, humanBytes(uint64(st.BytesRaw)), humanBytes(uint64(st.BytesWire)), st.AckedSeq, st.RPOSeconds)
+	fmt.Fprintf(w, "\n  shipped: %d segments, %s (%s on the wire), acked seq %d, RPO %s\n",
+		st.SegmentsSent, humanBytes(uint64(st.BytesRaw)), humanBytes(uint64(st.BytesWire)), st.AckedSeq, rpoString(st.RPOSeconds))
 	if p := st.Resync; p != nil {
 		pct := 0.0
 		if p.Total > 0 {
 			pct = 100 * float64(p.Done) / float64(p.Total)
 		}
-		fmt.Fprintf(w, "  resync: %s: %.0f%% %s of %s, %s/s, ETA %s\n", p.Reason, pct, humanBytes(uint64(p.Done)),
+		fmt.Fprintf(w, "  resync (%s): %s: %.0f%% %s of %s, %s/s, ETA %s\n", p.Phase, p.Reason, pct, humanBytes(uint64(p.Done)),
 			humanBytes(uint64(p.Total)), humanBytes(uint64(int64(p.RateBps))), (time.Duration(p.ETASeconds) * time.Second).String())
 	} else if st.Tracker.Resync != "" {
 		fmt.Fprintf(w, "  resync pending: %s\n", st.Tracker.Resync)
 	}
+}
+
+// rpoString shows a status's RPO; nil means no recovery point exists yet.
+func rpoString(rpo *float64) string {
+	if rpo == nil {
+		return "unbounded (no recovery point yet)"
+	}
+	return fmt.Sprintf("%.1fs", *rpo)
 }
