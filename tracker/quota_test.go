@@ -289,3 +289,72 @@ func memVolumeWith(t *testing.T, size int, set func(*tracker.Volume)) (*hrltest.
 	openVolume(t, v)
 	return fsys, v, initial
 }
+
+// Regions the consumer has acknowledged are not resynced again, even when
+// the switch to bitmap mode comes before the checkpoint that clears their
+// dirty bits.
+func TestResyncSkipsAcknowledgedRegionsBeforeTheirCheckpoint(t *testing.T) {
+	const (
+		size  = 4 << 20
+		quota = 256 << 10
+		chunk = 64 << 10
+	)
+	fsys, v, initial := memVolumeWith(t, size, func(v *tracker.Volume) {
+		v.JournalQuota = quota
+		v.CheckpointInterval = 0 // no checkpoint unless asked for
+	})
+	defer v.Close()
+	if err := tracker.ClearBitmapForTest(v); err != nil {
+		t.Fatal(err)
+	}
+	c := startConsumer(t, fsys, v, image(append([]byte(nil), initial...)))
+	r := rand.New(rand.NewPCG(7, 8))
+	for _, off := range []int64{0, 2 * chunk, 4 * chunk} {
+		p := make([]byte, chunk)
+		randomBytes(r, p)
+		if _, err := v.WriteAt(p, off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := v.Seal(); err != nil {
+		t.Fatal(err)
+	}
+	segs := v.Segments()
+	c.waitAcked(segs[len(segs)-1].LastSeq)
+	if d := v.Status().DirtyRegions; d != 3 {
+		t.Fatalf("%d dirty regions before the checkpoint, want the 3 acknowledged ones still marked", d)
+	}
+	// One write larger than the quota: bitmap mode, its 8 regions dirty.
+	big := make([]byte, 2*quota)
+	randomBytes(r, big)
+	if _, err := v.WriteAt(big, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	if st := v.Status(); st.Mode != tracker.ModeBitmap {
+		t.Fatalf("after a write larger than the quota: %+v", st)
+	}
+	var total int64
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := v.Resync(ctx, func(_, tot int64) { total = tot }); err != nil {
+		t.Fatal(err)
+	}
+	if total != 2*quota {
+		t.Fatalf("resync walked %d bytes, want only the %d written in bitmap mode", total, 2*quota)
+	}
+	seq, err := v.Tag(hrl.TagCrash, "after")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.waitAcked(seq)
+	backing, _ := fsys.ReadFile(backingPath)
+	if !bytes.Equal(c.image(), backing) {
+		t.Fatal("replica differs from the backing store")
+	}
+	if err := v.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if d := v.Status().DirtyRegions; d != 0 {
+		t.Fatalf("%d dirty regions after the checkpoint", d)
+	}
+}

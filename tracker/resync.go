@@ -42,6 +42,7 @@ func (v *Volume) Resync(ctx context.Context, progress func(done, total int64)) e
 		return err
 	}
 	dirty := v.bitmap.snapshot()
+	v.skipAcknowledged(dirty)
 	w := resyncWalk{v: v, ctx: ctx, progress: progress, chunk: v.resyncChunkBytes()}
 	v.bitmap.ranges(dirty, func(_, n int64) error { w.total += n; return nil })
 	bp := v.getBuf(w.chunk)
@@ -60,6 +61,21 @@ func (v *Volume) Resync(ctx context.Context, progress func(done, total int64)) e
 	}
 	v.st.Resync = ""
 	return saveState(v.FS, v.JournalDir, v.st)
+}
+
+// skipAcknowledged removes from a snapshot of the dirty bitmap the regions
+// whose every change the consumer has acknowledged and that only wait for
+// the next checkpoint to be cleared: the replica has them, so a resync
+// must not send them again. A region written again since is in touched
+// (journaled) or pinned (bitmap mode) and stays.
+func (v *Volume) skipAcknowledged(dirty regionSet) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for _, r := range v.clearable {
+		if _, again := v.touched[r]; !again && !v.pinned.has(r) {
+			dirty.unset(r, r+1)
+		}
+	}
 }
 
 // resumeJournal leaves bitmap mode in a new generation, and returns the
