@@ -317,3 +317,20 @@ func fileSum(t *testing.T, path string) string {
 	h := sha256.Sum256(b)
 	return hex.EncodeToString(h[:])
 }
+
+// checkPoints waits until the newest of the wanted points is applied and
+// checks that each point's image has the sha256 the source had at its tag.
+func (s *site) checkPoints(a *agentVol, want map[uint64]string) {
+	s.t.Helper()
+	var last uint64
+	for seq := range want {
+		last = max(last, seq)
+	}
+	s.waitApplied(a.vol.VolumeID(), last)
+	admin := s.client("admin", pki.RoleAdmin)
+	for seq, w := range want {
+		if got := s.pointSum(admin, "vol", seq); got != w {
+			s.t.Errorf("point %d: %s, want %s", seq, got, w)
+		}
+	}
+}

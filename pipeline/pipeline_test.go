@@ -93,17 +93,7 @@ func TestServerRestartMidStreamAppliesEachRecordOnce(t *testing.T) {
 			s.restart() // the shipper sees connection errors and resumes
 		}
 	}
-	var last uint64
-	for seq := range want {
-		last = max(last, seq)
-	}
-	s.waitApplied(a.vol.VolumeID(), last)
-	admin := s.client("admin", pki.RoleAdmin)
-	for seq, w := range want {
-		if got := s.pointSum(admin, "vol", seq); got != w {
-			t.Errorf("point %d: %s, want %s", seq, got, w)
-		}
-	}
+	s.checkPoints(a, want)
 	if st := a.vol.Status(); st.Generation != 1 || st.Mode != "journal" {
 		t.Errorf("restarts caused a resync or bitmap mode: %+v", st)
 	}
@@ -207,17 +197,7 @@ func TestOutageKeepsJournalAndCatchesUp(t *testing.T) {
 		t.Fatalf("shipper thinks it is connected during the outage: %+v", st)
 	}
 	s.start(s.addr)
-	var last uint64
-	for seq := range want {
-		last = max(last, seq)
-	}
-	s.waitApplied(a.vol.VolumeID(), last)
-	admin := s.client("admin", pki.RoleAdmin)
-	for seq, w := range want {
-		if got := s.pointSum(admin, "vol", seq); got != w {
-			t.Errorf("point %d: %s, want %s", seq, got, w)
-		}
-	}
+	s.checkPoints(a, want)
 	if st := a.vol.Status(); st.Generation != 1 || st.Resync != "" {
 		t.Fatalf("outage caused a resync: %+v", st)
 	}
