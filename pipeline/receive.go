@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -166,18 +167,24 @@ func (s *Server) volumeFor(r *http.Request, info targets.VolumeInfo) (*volume, e
 		}
 		return v, nil
 	}
+	// One volume opens at a time, and none after Close began: two first
+	// uploads for a volume must not both open its replica, and a request
+	// still running during Close must not leave a replica open behind it.
+	s.openMu.Lock()
+	defer s.openMu.Unlock()
+	if s.closing {
+		return nil, errors.New("the process server is shutting down")
+	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if v := s.vols[info.ID]; v != nil {
+	v = s.vols[info.ID]
+	s.mu.Unlock()
+	if v != nil {
 		return v, nil
 	}
 	if err := s.spool.saveInfo(info); err != nil {
 		return nil, err
 	}
-	s.mu.Unlock()
-	v, err := s.openVolume(r.Context(), info)
-	s.mu.Lock()
-	return v, err
+	return s.openVolume(r.Context(), info)
 }
 
 // readSegment reads the body, decompressing it, into buf; the result must

@@ -39,6 +39,8 @@ type Server struct {
 	Middleware func(http.Handler) http.Handler
 
 	spool     spool
+	openMu    sync.Mutex // serialises opening volumes; guards closing
+	closing   bool
 	mu        sync.Mutex
 	vols      map[string]*volume
 	spoolUsed atomic.Int64
@@ -199,6 +201,9 @@ func (s *Server) Close() error {
 		return nil
 	}
 	s.cancel()
+	s.openMu.Lock()
+	s.closing = true
+	s.openMu.Unlock()
 	s.mu.Lock()
 	if s.http != nil {
 		s.http.Close()

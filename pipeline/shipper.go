@@ -46,24 +46,24 @@ type Shipper struct {
 
 // ShipperStatus is what an admin sees of a volume's replication.
 type ShipperStatus struct {
-	Volume       string         `json:"volume"`
-	Server       string         `json:"server"`
-	Connected    bool           `json:"connected"`
-	LastError    string         `json:"last_error,omitempty"`
-	LastAck      time.Time      `json:"last_ack,omitzero"`
-	AckedSeq     uint64         `json:"acked_seq"`
-	SegmentsSent int64          `json:"segments_sent"`
-	BytesRaw     int64          `json:"bytes_raw"`  // segment bytes shipped
-	BytesWire    int64          `json:"bytes_wire"` // after compression
-	Resends      int64          `json:"resends"`
-	LastTagSeq   uint64         `json:"last_tag_seq"`
-	LastTagAcked time.Time      `json:"last_tag_acked,omitzero"` // time of the newest tag the server has
+	Volume       string    `json:"volume"`
+	Server       string    `json:"server"`
+	Connected    bool      `json:"connected"`
+	LastError    string    `json:"last_error,omitempty"`
+	LastAck      time.Time `json:"last_ack,omitzero"`
+	AckedSeq     uint64    `json:"acked_seq"`
+	SegmentsSent int64     `json:"segments_sent"`
+	BytesRaw     int64     `json:"bytes_raw"`  // segment bytes shipped
+	BytesWire    int64     `json:"bytes_wire"` // after compression
+	Resends      int64     `json:"resends"`
+	LastTagSeq   uint64    `json:"last_tag_seq"`
+	LastTagAcked time.Time `json:"last_tag_acked,omitzero"` // time of the newest tag the server has
 	// RPOSeconds is how old the newest recovery point the server has is
 	// while the volume has changed since (0 when it has not); nil before
 	// the first point, when no point exists to recover to.
-	RPOSeconds   *float64       `json:"rpo_seconds"`
-	Resync       *Progress      `json:"resync,omitempty"`
-	Tracker      tracker.Status `json:"tracker"`
+	RPOSeconds *float64       `json:"rpo_seconds"`
+	Resync     *Progress      `json:"resync,omitempty"`
+	Tracker    tracker.Status `json:"tracker"`
 }
 
 // Progress of a resync or initial replication. It lasts until the point
