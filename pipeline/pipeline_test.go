@@ -270,3 +270,37 @@ func TestInitialReplicationProgressLastsUntilItsPoint(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// An agent that finds its replica behind what was acknowledged (here a
+// fresh process server and target, as after replacing them) copies every
+// region again in a new generation instead of shipping its journal on top
+// of a replica that lacks the start of it.
+func TestReplicaBehindItsAcknowledgementGetsAFullResync(t *testing.T) {
+	first := newSite(t, memory.New())
+	a := newAgentVol(t, first, 4<<20, 0, first.client("agent1", pki.RoleAgent))
+	a.waitSynced()
+	rng := rand.New(rand.NewPCG(7, 8))
+	a.writeRandom(rng, 20)
+	seq, sum := a.tag("on the first server")
+	first.checkPoints(a, map[uint64]string{seq: sum})
+	for a.vol.Status().AckedSeq < seq {
+		time.Sleep(10 * time.Millisecond)
+	}
+	a.close()
+
+	second := newSite(t, memory.New())
+	a.open(second, 0, second.client("agent1", pki.RoleAgent))
+	a.writeRandom(rng, 5)
+	a.waitSynced()
+	seq2, sum2 := a.tag("on the second server")
+	second.checkPoints(a, map[uint64]string{seq2: sum2})
+	st := a.vol.Status()
+	if st.Generation != 2 {
+		t.Fatalf("generation %d after moving to an empty replica, want 2 (a full resync)", st.Generation)
+	}
+	for _, p := range second.points(second.client("admin", pki.RoleAdmin), "vol") {
+		if p.Generation < 2 {
+			t.Fatalf("point %+v on the new replica was built from the old journal", p)
+		}
+	}
+}

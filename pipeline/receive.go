@@ -117,8 +117,11 @@ func (s *Server) handleSegment(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, SegmentReply{SpooledGeneration: gen, SpooledSeq: seq})
 		return
 	case h.generation == gen && h.first == seq+1,
-		h.generation > gen && h.first > seq,
-		seq == 0 && h.first == 1:
+		seq == 0 && h.first == 1,
+		// A new generation follows a resync of the regions its gap
+		// changed; generation 1 is an agent's first journal, so on an
+		// empty replica only seq 1 may start it.
+		h.generation > gen && h.first > seq && !(seq == 0 && h.generation == 1):
 	default:
 		err := fmt.Errorf("%w: replica has generation %d up to seq %d, segment is generation %d seqs %d..%d",
 			ErrGap, gen, seq, h.generation, h.first, h.last)

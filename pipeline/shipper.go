@@ -199,6 +199,11 @@ func (s *Shipper) resume(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if acked := s.Volume.Status().AckedSeq; st.SpooledSeq < acked {
+		if err := s.resyncAll(st, acked); err != nil {
+			return err
+		}
+	}
 	for _, seg := range s.Volume.Segments() {
 		if seg.LastSeq > st.SpooledSeq {
 			break
@@ -210,6 +215,31 @@ func (s *Shipper) resume(ctx context.Context) error {
 		s.logger().Info("segment already at the process server", "first_seq", seg.FirstSeq, "last_seq", seg.LastSeq)
 	}
 	s.setConnected(nil)
+	return nil
+}
+
+// resyncAll handles a replica that lacks records the agent was told it
+// had (a new or restored replica, another process server): shipping the
+// journal on top of it would make recovery points of a volume that never
+// was. Every region is copied again in a new generation instead, and the
+// journal written so far is dropped unshipped.
+func (s *Shipper) resyncAll(st VolumeStatus, acked uint64) error {
+	reason := fmt.Sprintf("the process server has this volume up to seq %d (generation %d) but had acknowledged seq %d: "+
+		"a new or restored replica; every region is copied again", st.SpooledSeq, st.SpooledGeneration, acked)
+	s.logger().Error("replica is behind what it acknowledged; full resync", "server_seq", st.SpooledSeq,
+		"server_generation", st.SpooledGeneration, "acked_seq", acked)
+	last, err := s.Volume.ResyncAll(reason)
+	if err != nil {
+		return fmt.Errorf("full resync: %w", err)
+	}
+	for _, seg := range s.Volume.Segments() {
+		if seg.LastSeq > last {
+			break
+		}
+		if err := s.Volume.Ack(seg.FirstSeq); err != nil {
+			return fmt.Errorf("drop journal segment %d..%d: %w", seg.FirstSeq, seg.LastSeq, err)
+		}
+	}
 	return nil
 }
 

@@ -358,3 +358,41 @@ func TestResyncSkipsAcknowledgedRegionsBeforeTheirCheckpoint(t *testing.T) {
 		t.Fatalf("%d dirty regions after the checkpoint", d)
 	}
 }
+
+// ResyncAll makes every region dirty and pinned, even ones acknowledged:
+// the next resync copies the whole volume in a new generation, and the
+// journal written before it ends at the seq ResyncAll returns.
+func TestResyncAllCopiesEveryRegion(t *testing.T) {
+	const size = 1 << 20
+	fsys, v, initial := memVolumeWith(t, size, func(v *tracker.Volume) {})
+	defer v.Close()
+	if err := tracker.ClearBitmapForTest(v); err != nil {
+		t.Fatal(err)
+	}
+	c := startConsumer(t, fsys, v, image(append([]byte(nil), initial...)))
+	p := make([]byte, 64<<10)
+	randomBytes(rand.New(rand.NewPCG(9, 9)), p)
+	if _, err := v.WriteAt(p, 0); err != nil {
+		t.Fatal(err)
+	}
+	seq, err := v.Tag(hrl.TagCrash, "before")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.waitAcked(seq)
+	last, err := v.ResyncAll("test: replica lost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := v.Status()
+	if last != seq || st.Mode != tracker.ModeBitmap || st.DirtyRegions != st.Regions || !strings.Contains(st.Resync, "replica lost") {
+		t.Fatalf("after ResyncAll: last %d (tag %d), %+v", last, seq, st)
+	}
+	var total int64
+	if err := v.Resync(context.Background(), func(_, tot int64) { total = tot }); err != nil {
+		t.Fatal(err)
+	}
+	if total != size || v.Status().Generation != 2 {
+		t.Fatalf("resync walked %d of %d bytes in generation %d", total, size, v.Status().Generation)
+	}
+}
