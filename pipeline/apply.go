@@ -184,7 +184,12 @@ func (v *volume) applyBytes(ctx context.Context, data []byte, name string) (int6
 		case hrl.TypeWrite, hrl.TypeResync:
 			addData(off, data[rec.PayloadOffset:rec.PayloadOffset+int64(len(rec.Payload))])
 		case hrl.TypeZero:
-			exts = append(exts, targets.Extent{Off: off, Len: int64(rec.Length), Trim: rec.Flags&hrl.FlagTrim != 0})
+			trim := rec.Flags&hrl.FlagTrim != 0
+			for n := int64(rec.Length); n > 0; { // targets cap zero extents too
+				l := min(n, maxExt)
+				exts = append(exts, targets.Extent{Off: off, Len: l, Trim: trim})
+				off, n = off+l, n-l
+			}
 		case hrl.TypeRef:
 			ref, err := hrl.DecodeRef(rec.Payload)
 			if err != nil {

@@ -1,6 +1,7 @@
 package pipeline_test
 
 import (
+	"context"
 	"crypto/tls"
 	"math/rand/v2"
 	"net/http"
@@ -11,6 +12,7 @@ import (
 
 	"lifeboat/pipeline"
 	"lifeboat/pipeline/pki"
+	"lifeboat/targets"
 	"lifeboat/targets/memory"
 )
 
@@ -302,5 +304,48 @@ func TestReplicaBehindItsAcknowledgementGetsAFullResync(t *testing.T) {
 		if p.Generation < 2 {
 			t.Fatalf("point %+v on the new replica was built from the old journal", p)
 		}
+	}
+}
+
+// cappedTarget is the memory target with a target's limits (Azure page
+// blobs: 512-byte alignment, at most 4 MiB per call; here 64 KiB), checked
+// on every Apply.
+type cappedTarget struct{ *memory.Target }
+
+func (cappedTarget) Properties() targets.Properties {
+	return targets.Properties{Alignment: 512, MaxExtent: 64 << 10}
+}
+
+func (t cappedTarget) Open(ctx context.Context, info targets.VolumeInfo) (targets.Replica, error) {
+	r, err := t.Target.Open(ctx, info)
+	if err != nil {
+		return nil, err
+	}
+	return cappedReplica{r}, nil
+}
+
+type cappedReplica struct{ targets.Replica }
+
+func (r cappedReplica) Apply(ctx context.Context, ext []targets.Extent) error {
+	if err := targets.CheckExtents(ext, r.Info().Size, cappedTarget{}.Properties()); err != nil {
+		return err
+	}
+	return r.Replica.Apply(ctx, ext)
+}
+
+// Data and zero extents (holes skipped by the initial replication, a 1 MiB
+// trim) are cut to the target's largest extent.
+func TestExtentsRespectTheTargetsMaxExtent(t *testing.T) {
+	s := newSite(t, cappedTarget{memory.New()})
+	a := newAgentVol(t, s, 4<<20, 0, s.client("agent1", pki.RoleAgent))
+	a.writeRandom(rand.New(rand.NewPCG(13, 14)), 10)
+	a.waitSynced()
+	if err := a.vol.Trim(1<<20, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	seq, sum := a.tag("after trim")
+	s.checkPoints(a, map[uint64]string{seq: sum})
+	if st := s.status(a.vol.VolumeID()); st.ApplyError != "" {
+		t.Fatalf("apply error: %s", st.ApplyError)
 	}
 }

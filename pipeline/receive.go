@@ -105,7 +105,11 @@ func (s *Server) handleSegment(w http.ResponseWriter, r *http.Request) {
 	v, err := s.volumeFor(r, h.info)
 	if err != nil {
 		log.Error("segment refused", "err", err)
-		httpError(w, http.StatusInternalServerError, err)
+		code := http.StatusInternalServerError
+		if errors.Is(err, ErrPermanent) {
+			code = http.StatusBadRequest // the agent stops retrying and says why
+		}
+		httpError(w, code, err)
 		return
 	}
 	v.recvMu.Lock()
