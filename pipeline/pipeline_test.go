@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"math/rand/v2"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -347,5 +348,43 @@ func TestExtentsRespectTheTargetsMaxExtent(t *testing.T) {
 	s.checkPoints(a, map[uint64]string{seq: sum})
 	if st := s.status(a.vol.VolumeID()); st.ApplyError != "" {
 		t.Fatalf("apply error: %s", st.ApplyError)
+	}
+}
+
+// A segment damaged on the agent's own disk is refused by the server
+// however often it is sent; after three refusals the agent finds the
+// damage in its copy and copies every region again instead.
+func TestSegmentDamagedOnTheAgentsDiskLeadsToAFullResync(t *testing.T) {
+	s := newSite(t, memory.New())
+	a := newAgentVol(t, s, 4<<20, 0, s.client("agent1", pki.RoleAgent))
+	a.waitSynced()
+	s.stop()
+	a.writeRandom(rand.New(rand.NewPCG(15, 16)), 10)
+	a.tag("before the damage")
+	segs := a.vol.Segments()
+	if len(segs) == 0 {
+		t.Fatal("no segment waiting")
+	}
+	f, err := os.OpenFile(segs[len(segs)-1].Path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 1)
+	off := segs[len(segs)-1].Size / 2
+	f.ReadAt(b, off)
+	f.WriteAt([]byte{b[0] ^ 0x10}, off)
+	f.Close()
+	s.start(s.addr)
+	deadline := time.Now().Add(30 * time.Second)
+	for a.vol.Status().Generation < 2 || a.vol.Status().Resync != "" {
+		if time.Now().After(deadline) {
+			t.Fatalf("no full resync after a damaged local segment: %+v", a.ship.Status())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	seq, sum := a.tag("after the resync")
+	s.checkPoints(a, map[uint64]string{seq: sum})
+	if st := a.ship.Status(); st.Resends < 3 {
+		t.Fatalf("%d resends before the agent looked at its own copy, want 3", st.Resends)
 	}
 }

@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -153,6 +154,7 @@ func (s *Shipper) sendLoop(ctx context.Context) {
 	log := s.logger()
 	var backoff time.Duration
 	resumed := false
+	var refused [2]uint64 // first seq of the segment the server refused, and how often in a row
 	for ctx.Err() == nil {
 		if !resumed {
 			if err := s.resume(ctx); err != nil {
@@ -180,6 +182,13 @@ func (s *Shipper) sendLoop(ctx context.Context) {
 			s.mu.Lock()
 			s.status.Resends++
 			s.mu.Unlock()
+			if refused[0] != seg.FirstSeq {
+				refused = [2]uint64{seg.FirstSeq, 0}
+			}
+			if refused[1]++; refused[1] >= 3 && s.damagedLocally(seg) {
+				resumed = false // dropped; start again from the server's state
+				continue
+			}
 			log.Warn("process server refused a damaged segment; resending", "first_seq", seg.FirstSeq, "err", err)
 			backoff = s.failed(ctx, min(backoff, 100*time.Millisecond), err)
 		case errors.Is(err, ErrGap):
@@ -200,7 +209,7 @@ func (s *Shipper) resume(ctx context.Context) error {
 		return err
 	}
 	if acked := s.Volume.Status().AckedSeq; st.SpooledSeq < acked {
-		if err := s.resyncAll(st, acked); err != nil {
+		if err := s.replicaBehind(st, acked); err != nil {
 			return err
 		}
 	}
@@ -218,16 +227,20 @@ func (s *Shipper) resume(ctx context.Context) error {
 	return nil
 }
 
-// resyncAll handles a replica that lacks records the agent was told it
-// had (a new or restored replica, another process server): shipping the
+// replicaBehind handles a replica that lacks records the agent was told
+// it had (a new or restored replica, another process server): shipping the
 // journal on top of it would make recovery points of a volume that never
-// was. Every region is copied again in a new generation instead, and the
-// journal written so far is dropped unshipped.
-func (s *Shipper) resyncAll(st VolumeStatus, acked uint64) error {
-	reason := fmt.Sprintf("the process server has this volume up to seq %d (generation %d) but had acknowledged seq %d: "+
-		"a new or restored replica; every region is copied again", st.SpooledSeq, st.SpooledGeneration, acked)
+// was, so every region is copied again instead.
+func (s *Shipper) replicaBehind(st VolumeStatus, acked uint64) error {
 	s.logger().Error("replica is behind what it acknowledged; full resync", "server_seq", st.SpooledSeq,
 		"server_generation", st.SpooledGeneration, "acked_seq", acked)
+	return s.resyncAll(fmt.Sprintf("the process server has this volume up to seq %d (generation %d) but had acknowledged seq %d: "+
+		"a new or restored replica; every region is copied again", st.SpooledSeq, st.SpooledGeneration, acked))
+}
+
+// resyncAll makes every region dirty for a resync in a new generation and
+// drops the journal written so far unshipped: it cannot be applied.
+func (s *Shipper) resyncAll(reason string) error {
 	last, err := s.Volume.ResyncAll(reason)
 	if err != nil {
 		return fmt.Errorf("full resync: %w", err)
@@ -241,6 +254,27 @@ func (s *Shipper) resyncAll(st VolumeStatus, acked uint64) error {
 		}
 	}
 	return nil
+}
+
+// damagedLocally checks a segment the server keeps refusing: when the
+// agent's own copy fails its record checksums (a bad disk on the protected
+// server), resending cannot help. Its records are lost, so every region is
+// copied again (ResyncAll) and the damaged journal is dropped. It returns
+// true when it did that.
+func (s *Shipper) damagedLocally(seg hrl.SegmentInfo) bool {
+	b, err := s.readSegment(seg)
+	if err != nil {
+		return false
+	}
+	if _, err = hrl.Scan(bytes.NewReader(b), int64(len(b)), seg.Path); err == nil {
+		return false
+	}
+	s.logger().Error("journal segment damaged on the agent's disk; full resync", "segment", seg.Path, "err", err)
+	if err := s.resyncAll(fmt.Sprintf("journal segment %s is damaged on this host (%v)", seg.Path, err)); err != nil {
+		s.logger().Error("full resync", "err", err)
+		return false
+	}
+	return true
 }
 
 // failed records err, sleeps the next backoff (exponential with jitter,
