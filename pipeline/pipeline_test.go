@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -229,13 +228,11 @@ func TestSpoolQuotaThrottles(t *testing.T) {
 // server, not only until the volume has been read; before that point the
 // RPO is unknown (nil), not 0.
 func TestInitialReplicationProgressLastsUntilItsPoint(t *testing.T) {
-	var hold sync.Mutex
-	hold.Lock() // segment uploads wait until released
+	release := make(chan struct{}) // segment uploads wait until it is closed
 	s := &site{t: t, dir: t.TempDir(), target: memory.New(), wrap: func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if strings.HasSuffix(r.URL.Path, "/segments") {
-				hold.Lock()
-				hold.Unlock()
+				<-release
 			}
 			next.ServeHTTP(w, r)
 		})
@@ -263,7 +260,7 @@ func TestInitialReplicationProgressLastsUntilItsPoint(t *testing.T) {
 	if st.RPOSeconds != nil {
 		t.Fatalf("RPO %v before any point exists, want nil", *st.RPOSeconds)
 	}
-	hold.Unlock()
+	close(release)
 	s.waitApplied(a.vol.VolumeID(), st.Resync.PointSeq)
 	deadline = time.Now().Add(10 * time.Second)
 	for st = a.ship.Status(); st.Resync != nil || st.RPOSeconds == nil; st = a.ship.Status() {
