@@ -319,3 +319,32 @@ func benchmarkCipher(b *testing.B, decrypt bool) {
 
 func BenchmarkEncrypt(b *testing.B) { benchmarkCipher(b, false) }
 func BenchmarkDecrypt(b *testing.B) { benchmarkCipher(b, true) }
+
+func FuzzParseKey(f *testing.F) {
+	key := testKey(14)
+	f.Add(key)
+	f.Add([]byte(hex.EncodeToString(key) + "\n"))
+	f.Add([]byte(hex.EncodeToString(key[:32])))
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		k, err := azure.ParseKey(b)
+		if err != nil {
+			return
+		}
+		if len(k) != azure.XTSKeySize {
+			t.Fatalf("accepted a key of %d bytes", len(k))
+		}
+		if len(b) != azure.XTSKeySize && !bytes.Equal(k, mustHex(t, bytes.TrimSpace(b))) {
+			t.Fatalf("hex key %q parsed as %x", b, k)
+		}
+	})
+}
+
+func mustHex(t *testing.T, b []byte) []byte {
+	t.Helper()
+	k, err := hex.DecodeString(string(b))
+	if err != nil {
+		t.Fatalf("accepted non-hex %q: %v", b, err)
+	}
+	return k
+}
