@@ -1,0 +1,233 @@
+package azure
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"slices"
+	"sync"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/blob"
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/pageblob"
+
+	"lifeboat/targets"
+)
+
+// grain is the unit the blob is written in: a 512-byte page, or a 4 KiB
+// XTS sector when the replica is encrypted.
+func (r *Replica) grain() int64 {
+	if r.t.opts.Cipher != nil {
+		return SectorSize
+	}
+	return planPage
+}
+
+// Apply writes extents through the page blob calls Planner.Plan gives,
+// at most Options.Parallel in flight.
+//
+// Extents that do not start and end on the grain (512 bytes, or 4096 with
+// a cipher) are widened by read-modify-write of their edge pages: the edge
+// pages are read from the blob, every extent of the batch is replayed on
+// them in order, and they are written whole after the batch's aligned
+// parts. Reading the blob is safe on a redo: bytes no extent covers are
+// never changed by a partial apply.
+//
+// With a cipher, every call is widened to whole 4 KiB sectors, encrypted
+// (tweak = sector number) and sent as Put Page; zero ranges are written as
+// encrypted zeros, not Clear Pages (a cleared page would read back as
+// plaintext zeros that decrypt to noise). An encrypted replica is
+// therefore not sparse.
+func (r *Replica) Apply(ctx context.Context, exts []targets.Extent) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return targets.ErrClosed
+	}
+	for i, x := range exts {
+		n := x.Length()
+		if x.Data != nil && x.Len != 0 && x.Len != int64(len(x.Data)) {
+			return fmt.Errorf("azure apply %s: extent %d: Len %d, %d bytes of data: %w", r.name, i, x.Len, len(x.Data), targets.ErrOutOfRange)
+		}
+		if x.Off < 0 || n < 0 || x.Off > r.info.Size || n > r.info.Size-x.Off {
+			return fmt.Errorf("azure apply %s: extent %d: %d bytes at %d, replica of %d: %w", r.name, i, n, x.Off, r.info.Size, targets.ErrOutOfRange)
+		}
+	}
+	g := r.grain()
+	exts, err := r.alignExtents(ctx, exts, g)
+	if err != nil {
+		return err
+	}
+	calls, err := r.planner.Plan(exts, int(g))
+	if err != nil {
+		return fmt.Errorf("azure apply %s: %w", r.name, err)
+	}
+	if r.t.opts.Cipher != nil {
+		calls, err = r.encryptCalls(calls)
+		if err != nil {
+			return err
+		}
+	}
+	return r.send(ctx, calls)
+}
+
+// alignExtents returns exts with every unaligned extent cut to its aligned
+// inside, followed by the whole edge pages holding what the batch leaves in
+// them.
+func (r *Replica) alignExtents(ctx context.Context, exts []targets.Extent, g int64) ([]targets.Extent, error) {
+	var edges []int64
+	for _, x := range exts {
+		end := x.Off + x.Length()
+		if x.Length() == 0 {
+			continue
+		}
+		if x.Off%g != 0 {
+			edges = append(edges, x.Off/g*g)
+		}
+		if end%g != 0 {
+			edges = append(edges, end/g*g)
+		}
+	}
+	if len(edges) == 0 {
+		return exts, nil
+	}
+	slices.Sort(edges)
+	edges = slices.Compact(edges)
+	pages := make(map[int64][]byte, len(edges))
+	for _, p := range edges {
+		b := make([]byte, g)
+		if err := r.readAt(ctx, r.pb, b, p); err != nil {
+			return nil, fmt.Errorf("azure apply %s: read page at %d: %w", r.name, p, err)
+		}
+		pages[p] = b
+	}
+	out := make([]targets.Extent, 0, len(exts)+len(edges))
+	for _, x := range exts {
+		n := x.Length()
+		end := x.Off + n
+		for _, p := range edges { // replay x on the edge pages it touches
+			if p+g <= x.Off || p >= end {
+				continue
+			}
+			lo, hi := max(p, x.Off), min(p+g, end)
+			if x.Data != nil {
+				copy(pages[p][lo-p:hi-p], x.Data[lo-x.Off:hi-x.Off])
+			} else {
+				clear(pages[p][lo-p : hi-p])
+			}
+		}
+		if x.Off%g == 0 && end%g == 0 {
+			out = append(out, x)
+			continue
+		}
+		lo, hi := alignUp(x.Off, g), end/g*g
+		if lo >= hi {
+			continue
+		}
+		y := targets.Extent{Off: lo, Trim: x.Trim}
+		if x.Data != nil {
+			y.Data = x.Data[lo-x.Off : hi-x.Off]
+		} else {
+			y.Len = hi - lo
+		}
+		out = append(out, y)
+	}
+	for _, p := range edges {
+		out = append(out, targets.Extent{Off: p, Data: pages[p]})
+	}
+	return out, nil
+}
+
+// encryptCalls turns a plan into Put Page calls of encrypted whole sectors
+// (runs of adjacent calls joined, cut at MaxPutPage).
+func (r *Replica) encryptCalls(calls []Call) ([]Call, error) {
+	var out []Call
+	for i := 0; i < len(calls); {
+		j, end := i+1, calls[i].Off+calls[i].Len
+		for j < len(calls) && calls[j].Off == end {
+			end += calls[j].Len
+			j++
+		}
+		start := calls[i].Off
+		if start%SectorSize != 0 || end%SectorSize != 0 {
+			return nil, fmt.Errorf("azure apply %s: planned run %d..%d is not sector aligned: %w", r.name, start, end, targets.ErrUnaligned)
+		}
+		for s := start; s < end; s += MaxPutPage {
+			e := min(s+MaxPutPage, end)
+			buf := make([]byte, e-s)
+			for _, c := range calls[i:j] {
+				if c.Kind != PutPages || c.Off+c.Len <= s || c.Off >= e {
+					continue
+				}
+				lo, hi := max(c.Off, s), min(c.Off+c.Len, e)
+				copy(buf[lo-s:hi-s], c.Data[lo-c.Off:hi-c.Off])
+			}
+			if err := r.t.opts.Cipher.Encrypt(buf, buf, s); err != nil {
+				return nil, fmt.Errorf("azure apply %s: %w", r.name, err)
+			}
+			out = append(out, Call{Kind: PutPages, Off: s, Len: e - s, Data: buf})
+		}
+		i = j
+	}
+	return out, nil
+}
+
+// send issues calls, at most Options.Parallel at a time, and returns the
+// first error. Calls do not overlap, so their order does not matter.
+func (r *Replica) send(ctx context.Context, calls []Call) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	sem := make(chan struct{}, r.t.opts.Parallel)
+	var wg sync.WaitGroup
+	var once sync.Once
+	var first error
+	for _, c := range calls {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			var err error
+			rng := blob.HTTPRange{Offset: c.Off, Count: c.Len}
+			if c.Kind == PutPages {
+				_, err = r.pb.UploadPages(ctx, nopCloser{bytes.NewReader(c.Data)}, rng, nil)
+			} else {
+				_, err = r.pb.ClearPages(ctx, rng, nil)
+			}
+			if err != nil {
+				once.Do(func() {
+					first = mapErr(fmt.Sprintf("azure apply %s: %v of %d bytes at %d", r.name, c.Kind, c.Len, c.Off), err)
+					cancel()
+				})
+			}
+		}()
+	}
+	wg.Wait()
+	if first != nil {
+		return first
+	}
+	return ctx.Err()
+}
+
+// readAt fills p from pb (the blob or one of its snapshots) at off, which
+// with p's length must be on the grain; it decrypts with a cipher.
+func (r *Replica) readAt(ctx context.Context, pb *pageblob.Client, p []byte, off int64) error {
+	resp, err := pb.DownloadStream(ctx, &blob.DownloadStreamOptions{Range: blob.HTTPRange{Offset: off, Count: int64(len(p))}})
+	if err != nil {
+		return mapErr("download", err)
+	}
+	body := resp.NewRetryReader(ctx, nil)
+	defer body.Close()
+	if _, err := io.ReadFull(body, p); err != nil {
+		return mapErr("download", err)
+	}
+	if c := r.t.opts.Cipher; c != nil {
+		return c.Decrypt(p, p, off)
+	}
+	return nil
+}

@@ -1,0 +1,66 @@
+package azure_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/container"
+
+	"lifeboat/targets"
+	"lifeboat/targets/azure"
+	"lifeboat/targets/azure/azuritetest"
+	"lifeboat/targets/targettest"
+)
+
+var containerN atomic.Int64
+
+// newContainer creates a fresh container on s.
+func newContainer(t *testing.T, s *azuritetest.Server) string {
+	t.Helper()
+	name := fmt.Sprintf("c%d", containerN.Add(1))
+	cred, err := container.NewSharedKeyCredential(s.Account, s.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := container.NewClientWithSharedKeyCredential(s.URL+"/"+name, cred, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Create(context.Background(), nil); err != nil {
+		t.Fatalf("create container %s: %v", name, err)
+	}
+	return name
+}
+
+func creds(s *azuritetest.Server) azure.Credentials {
+	return azure.Credentials{Account: s.Account, Key: s.Key, Endpoint: s.URL + "/"}
+}
+
+// opener returns an open func for targettest: a fresh container per
+// subtest, the same one for every call within it.
+func opener(s *azuritetest.Server, opts azure.Options) func(t *testing.T) targets.Target {
+	var mu sync.Mutex
+	conts := map[*testing.T]string{}
+	return func(t *testing.T) targets.Target {
+		mu.Lock()
+		name, ok := conts[t]
+		if !ok {
+			name = newContainer(t, s)
+			conts[t] = name
+		}
+		mu.Unlock()
+		tg, err := azure.New(azure.Location{Account: s.Account, Container: name, Prefix: "lb/"}, creds(s), opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tg
+	}
+}
+
+func TestConformance(t *testing.T) {
+	s := azuritetest.Start(t)
+	targettest.Run(t, opener(s, azure.Options{}))
+}
