@@ -20,7 +20,7 @@ var containerN atomic.Int64
 // newContainer creates a fresh container on s.
 func newContainer(t *testing.T, s *azuritetest.Server) string {
 	t.Helper()
-	name := fmt.Sprintf("c%d", containerN.Add(1))
+	name := fmt.Sprintf("lifeboat-%d", containerN.Add(1))
 	cred, err := container.NewSharedKeyCredential(s.Account, s.Key)
 	if err != nil {
 		t.Fatal(err)
@@ -47,11 +47,13 @@ func opener(s *azuritetest.Server, opts azure.Options) func(t *testing.T) target
 	return func(t *testing.T) targets.Target {
 		mu.Lock()
 		name, ok := conts[t]
+		mu.Unlock()
 		if !ok {
 			name = newContainer(t, s)
+			mu.Lock()
 			conts[t] = name
+			mu.Unlock()
 		}
-		mu.Unlock()
 		tg, err := azure.New(azure.Location{Account: s.Account, Container: name, Prefix: "lb/"}, creds(s), opts)
 		if err != nil {
 			t.Fatal(err)
