@@ -53,6 +53,8 @@ func (r *Replica) Apply(ctx context.Context, exts []targets.Extent) error {
 			return fmt.Errorf("azure apply %s: extent %d: %d bytes at %d, replica of %d: %w", r.name, i, n, x.Off, r.info.Size, targets.ErrOutOfRange)
 		}
 	}
+	// Empty extents change nothing; the planner would refuse unaligned ones.
+	exts = slices.DeleteFunc(slices.Clone(exts), func(x targets.Extent) bool { return x.Length() == 0 })
 	g := r.grain()
 	exts, err := r.alignExtents(ctx, exts, g)
 	if err != nil {
@@ -105,6 +107,9 @@ func (r *Replica) alignExtents(ctx context.Context, exts []targets.Extent, g int
 	for _, x := range exts {
 		n := x.Length()
 		end := x.Off + n
+		if n == 0 {
+			continue
+		}
 		for _, p := range edges { // replay x on the edge pages it touches
 			if p+g <= x.Off || p >= end {
 				continue

@@ -117,6 +117,9 @@ func (r *Replica) CreatePoint(ctx context.Context, p targets.Point) error {
 			return fmt.Errorf("azure %s: point %d: %w", r.name, p.Seq, targets.ErrPointExists)
 		}
 	}
+	if p.Seq < r.st.Seq || len(ss) > 0 && p.Seq < ss[len(ss)-1].p.Seq {
+		return fmt.Errorf("azure %s: point %d is older than the committed state %d or the newest point", r.name, p.Seq, r.st.Seq)
+	}
 	if err := r.setState(ctx, targets.State{Generation: p.Generation, Seq: p.Seq}); err != nil {
 		return err
 	}
@@ -266,6 +269,9 @@ func (p *pointReader) Close() error         { return nil }
 func (p *pointReader) ReadAt(b []byte, off int64) (int, error) {
 	if off < 0 {
 		return 0, fmt.Errorf("azure point %d: negative offset %d", p.s.p.Seq, off)
+	}
+	if err := p.r.checkOpen(); err != nil {
+		return 0, err
 	}
 	if off >= p.s.size {
 		return 0, io.EOF
