@@ -36,8 +36,10 @@ func (r *Replica) grain() int64 {
 // With a cipher, every call is widened to whole 4 KiB sectors, encrypted
 // (tweak = sector number) and sent as Put Page; zero ranges are written as
 // encrypted zeros, not Clear Pages (a cleared page would read back as
-// plaintext zeros that decrypt to noise). An encrypted replica is
-// therefore not sparse.
+// plaintext zeros, and Get Page Ranges would show which writes were
+// trims). An encrypted replica is therefore not sparse where it was
+// written. Reads treat a sector of all-zero ciphertext (never written) as
+// zeros; see readAt.
 func (r *Replica) Apply(ctx context.Context, exts []targets.Extent) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -232,7 +234,27 @@ func (r *Replica) readAt(ctx context.Context, pb *pageblob.Client, p []byte, off
 		return mapErr("download", err)
 	}
 	if c := r.t.opts.Cipher; c != nil {
-		return c.Decrypt(p, p, off)
+		// A sector of zero ciphertext was never written (a new blob, a
+		// grown or cleared range): it reads as zeros. A real ciphertext
+		// is all zero with probability 2^-32768.
+		for i := 0; i < len(p); i += SectorSize {
+			sec := p[i : i+SectorSize]
+			if allZero(sec) {
+				continue
+			}
+			if err := c.Decrypt(sec, sec, off+int64(i)); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
+}
+
+func allZero(b []byte) bool {
+	for _, x := range b {
+		if x != 0 {
+			return false
+		}
+	}
+	return true
 }

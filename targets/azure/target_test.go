@@ -17,6 +17,10 @@ import (
 
 var containerN atomic.Int64
 
+// lastName is the container newContainer made last (for TestEncryption,
+// which is not parallel).
+var lastName string
+
 // newContainer creates a fresh container on s.
 func newContainer(t *testing.T, s *azuritetest.Server) string {
 	t.Helper()
@@ -32,6 +36,7 @@ func newContainer(t *testing.T, s *azuritetest.Server) string {
 	if _, err := c.Create(context.Background(), nil); err != nil {
 		t.Fatalf("create container %s: %v", name, err)
 	}
+	lastName = name
 	return name
 }
 
