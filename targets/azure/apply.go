@@ -55,6 +55,12 @@ func (r *Replica) Apply(ctx context.Context, exts []targets.Extent) error {
 			return fmt.Errorf("azure apply %s: extent %d: %d bytes at %d, replica of %d: %w", r.name, i, n, x.Off, r.info.Size, targets.ErrOutOfRange)
 		}
 	}
+	return r.write(ctx, exts)
+}
+
+// write applies extents already checked against the replica's range (or,
+// from resize, reaching into the VHD padding). r.mu is held.
+func (r *Replica) write(ctx context.Context, exts []targets.Extent) error {
 	// Empty extents change nothing; the planner would refuse unaligned ones.
 	exts = slices.DeleteFunc(slices.Clone(exts), func(x targets.Extent) bool { return x.Length() == 0 })
 	g := r.grain()

@@ -168,10 +168,13 @@ func (r *Replica) resize(ctx context.Context, vid uuid.UUID, oldSize, oldBlob in
 			return mapErr("azure resize "+r.name, err)
 		}
 	}
-	from := alignUp(min(oldSize, r.info.Size), planPage)
+	// Zero from the smaller size to the footer: the partial page or sector
+	// there by read-modify-write, the rest by Clear Pages (encrypted zeros
+	// with a cipher), through the Apply path.
+	from := min(oldSize, r.info.Size)
 	if to := VHDDataSize(r.info.Size); from < to {
-		if _, err := r.pb.ClearPages(ctx, blob.HTTPRange{Offset: from, Count: to - from}, nil); err != nil {
-			return mapErr("azure resize "+r.name, err)
+		if err := r.write(ctx, []targets.Extent{{Off: from, Len: to - from}}); err != nil {
+			return fmt.Errorf("azure resize %s: %w", r.name, err)
 		}
 	}
 	if err := r.writeFooter(ctx, vid); err != nil {
