@@ -208,9 +208,9 @@ func (r *Replica) send(ctx context.Context, calls []Call) error {
 			var err error
 			rng := blob.HTTPRange{Offset: c.Off, Count: c.Len}
 			if c.Kind == PutPages {
-				_, err = r.pb.UploadPages(ctx, nopCloser{bytes.NewReader(c.Data)}, rng, nil)
+				_, err = r.pb.UploadPages(ctx, nopCloser{bytes.NewReader(c.Data)}, rng, &pageblob.UploadPagesOptions{AccessConditions: r.ac()})
 			} else {
-				_, err = r.pb.ClearPages(ctx, rng, nil)
+				_, err = r.pb.ClearPages(ctx, rng, &pageblob.ClearPagesOptions{AccessConditions: r.ac()})
 			}
 			if err != nil {
 				once.Do(func() {

@@ -126,7 +126,7 @@ func (r *Replica) CreatePoint(ctx context.Context, p targets.Point) error {
 	m := pointMetadata(p)
 	m[metaSize] = strconv.FormatInt(r.info.Size, 10)
 	m[metaVolumeID] = r.info.ID
-	if _, err := r.pb.CreateSnapshot(ctx, &blob.CreateSnapshotOptions{Metadata: toPtrMap(m)}); err != nil {
+	if _, err := r.pb.CreateSnapshot(ctx, &blob.CreateSnapshotOptions{Metadata: toPtrMap(m), AccessConditions: r.ac()}); err != nil {
 		return mapErr(fmt.Sprintf("azure %s: snapshot for point %d", r.name, p.Seq), err)
 	}
 	return nil

@@ -10,6 +10,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/blob"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/bloberror"
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/lease"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/pageblob"
 	"github.com/google/uuid"
 
@@ -30,6 +31,11 @@ type Replica struct {
 	etag    azcore.ETag // of the blob after our last metadata write
 	planner Planner
 	closed  bool
+
+	lease     *lease.BlobClient
+	leaseID   string
+	stopRenew chan struct{}
+	renewDone chan struct{}
 }
 
 var _ targets.Replica = (*Replica)(nil)
@@ -75,6 +81,7 @@ func (t *Target) Open(ctx context.Context, info targets.VolumeInfo) (targets.Rep
 	t.mu.Unlock()
 	r := &Replica{t: t, name: name, pb: t.cont.NewPageBlobClient(name), info: info}
 	if err := r.open(ctx, vid); err != nil {
+		r.releaseLease()
 		t.release(name)
 		return nil, err
 	}
@@ -99,6 +106,9 @@ func (r *Replica) open(ctx context.Context, vid uuid.UUID) error {
 	info, st, kcv, err := parseStateMetadata(props.Metadata)
 	if err != nil {
 		return fmt.Errorf("azure open %s: %w", r.name, err)
+	}
+	if err := r.acquireLease(ctx); err != nil {
+		return err
 	}
 	if info.ID != r.info.ID {
 		return fmt.Errorf("azure open %s: the blob holds volume %s", r.name, info.ID)
@@ -131,6 +141,9 @@ func (r *Replica) create(ctx context.Context, vid uuid.UUID) error {
 	if err != nil {
 		return mapErr("azure create "+r.name, err)
 	}
+	if err := r.acquireLease(ctx); err != nil {
+		return err
+	}
 	if err := r.writeFooter(ctx, vid); err != nil {
 		return err
 	}
@@ -144,7 +157,7 @@ func (r *Replica) writeFooter(ctx context.Context, vid uuid.UUID) error {
 	}
 	b := EncodeFooter(f)
 	off := VHDDataSize(r.info.Size)
-	_, err = r.pb.UploadPages(ctx, nopCloser{bytes.NewReader(b[:])}, blob.HTTPRange{Offset: off, Count: FooterSize}, nil)
+	_, err = r.pb.UploadPages(ctx, nopCloser{bytes.NewReader(b[:])}, blob.HTTPRange{Offset: off, Count: FooterSize}, &pageblob.UploadPagesOptions{AccessConditions: r.ac()})
 	return mapErr("azure write vhd footer of "+r.name, err)
 }
 
@@ -164,7 +177,7 @@ func (r *Replica) refreshETag(ctx context.Context) error {
 func (r *Replica) resize(ctx context.Context, vid uuid.UUID, oldSize, oldBlob int64) error {
 	newBlob := blobSize(r.info.Size)
 	if newBlob != oldBlob {
-		if _, err := r.pb.Resize(ctx, newBlob, nil); err != nil {
+		if _, err := r.pb.Resize(ctx, newBlob, &pageblob.ResizeOptions{AccessConditions: r.ac()}); err != nil {
 			return mapErr("azure resize "+r.name, err)
 		}
 	}
@@ -240,7 +253,8 @@ func (r *Replica) setState(ctx context.Context, st targets.State) error {
 		return fmt.Errorf("azure commit %s: the blob's state is %+v, this process server committed %+v: %w", r.name, cur, r.st, targets.ErrInUse)
 	}
 	resp, err := r.pb.SetMetadata(ctx, toPtrMap(stateMetadata(r.info, st, r.kcv)), &blob.SetMetadataOptions{
-		AccessConditions: &blob.AccessConditions{ModifiedAccessConditions: &blob.ModifiedAccessConditions{IfMatch: props.ETag}},
+		AccessConditions: &blob.AccessConditions{ModifiedAccessConditions: &blob.ModifiedAccessConditions{IfMatch: props.ETag},
+			LeaseAccessConditions: &blob.LeaseAccessConditions{LeaseID: &r.leaseID}},
 	})
 	if err != nil {
 		return mapErr("azure commit "+r.name, err)
@@ -253,9 +267,11 @@ func (r *Replica) setState(ctx context.Context, st targets.State) error {
 func (r *Replica) Close() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if !r.closed {
-		r.closed = true
-		r.t.release(r.name)
+	if r.closed {
+		return nil
 	}
-	return nil
+	r.closed = true
+	err := r.releaseLease()
+	r.t.release(r.name)
+	return err
 }

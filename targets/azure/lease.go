@@ -1,0 +1,82 @@
+package azure
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/blob"
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/bloberror"
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/lease"
+	"github.com/google/uuid"
+
+	"lifeboat/targets"
+)
+
+// An open replica holds a lease on its blob, renewed in the background, so
+// that a second process server's Open fails with targets.ErrInUse and its
+// writes (which would lack the lease id) are refused by the service. A
+// crashed process server's lease expires after leaseDuration.
+const (
+	leaseDuration = 60 // seconds, the longest finite lease
+	leaseRenew    = 20 * time.Second
+)
+
+// acquireLease takes the blob's lease and starts renewing it.
+func (r *Replica) acquireLease(ctx context.Context) error {
+	id := uuid.NewString()
+	lc, err := lease.NewBlobClient(r.pb, &lease.BlobClientOptions{LeaseID: &id})
+	if err != nil {
+		return fmt.Errorf("azure lease %s: %w", r.name, err)
+	}
+	if _, err := lc.AcquireLease(ctx, leaseDuration, nil); err != nil {
+		if bloberror.HasCode(err, bloberror.LeaseAlreadyPresent) {
+			return fmt.Errorf("azure open %s: the blob is leased by another process server (its lease expires %d s after it stops): %w", r.name, leaseDuration, targets.ErrInUse)
+		}
+		return mapErr("azure lease "+r.name, err)
+	}
+	r.lease, r.leaseID = lc, id
+	r.stopRenew, r.renewDone = make(chan struct{}), make(chan struct{})
+	go r.renew()
+	return nil
+}
+
+func (r *Replica) renew() {
+	defer close(r.renewDone)
+	tick := time.NewTicker(leaseRenew)
+	defer tick.Stop()
+	for {
+		select {
+		case <-r.stopRenew:
+			return
+		case <-tick.C:
+			ctx, cancel := context.WithTimeout(context.Background(), leaseRenew)
+			if _, err := r.lease.RenewLease(ctx, nil); err != nil {
+				r.t.log.Error("azure: renewing the replica's lease failed; writes will fail if it expires", "blob", r.name, "err", err)
+			}
+			cancel()
+		}
+	}
+}
+
+// releaseLease stops the renewal and releases the lease.
+func (r *Replica) releaseLease() error {
+	if r.lease == nil {
+		return nil
+	}
+	close(r.stopRenew)
+	<-r.renewDone
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, err := r.lease.ReleaseLease(ctx, nil)
+	r.lease = nil
+	return mapErr("azure release lease of "+r.name, err)
+}
+
+// ac are the access conditions of every write: the lease.
+func (r *Replica) ac() *blob.AccessConditions {
+	if r.leaseID == "" {
+		return nil
+	}
+	return &blob.AccessConditions{LeaseAccessConditions: &blob.LeaseAccessConditions{LeaseID: &r.leaseID}}
+}
