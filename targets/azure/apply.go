@@ -61,6 +61,7 @@ func (r *Replica) Apply(ctx context.Context, exts []targets.Extent) error {
 // write applies extents already checked against the replica's range (or,
 // from resize, reaching into the VHD padding). r.mu is held.
 func (r *Replica) write(ctx context.Context, exts []targets.Extent) error {
+	r.dirty = true
 	// Empty extents change nothing; the planner would refuse unaligned ones.
 	exts = slices.DeleteFunc(slices.Clone(exts), func(x targets.Extent) bool { return x.Length() == 0 })
 	g := r.grain()

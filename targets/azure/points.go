@@ -10,16 +10,21 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/blob"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/container"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/pageblob"
+	"github.com/google/uuid"
 
 	"lifeboat/targets"
 )
 
 // snap is a recovery point and the blob snapshot holding it.
 type snap struct {
-	p    targets.Point
-	id   string // snapshot timestamp
-	size int64  // volume size when the point was made
+	p     targets.Point
+	id    string // snapshot timestamp
+	size  int64  // volume size when the point was made
+	token string // content token: equal tokens, equal content
 }
+
+// metaContent is the snapshot metadata key of the content token.
+const metaContent = "lifeboatcontent"
 
 func samePoint(a, b targets.Point) bool {
 	return a.Seq == b.Seq && a.Generation == b.Generation && a.Kind == b.Kind && a.Name == b.Name && a.Time.Equal(b.Time)
@@ -45,6 +50,7 @@ func (r *Replica) snaps(ctx context.Context) ([]snap, error) {
 				continue
 			}
 			s := snap{p: p, id: *it.Snapshot}
+			s.token, _ = get(it.Metadata, metaContent)
 			if v, ok := get(it.Metadata, metaSize); ok {
 				s.size, _ = strconv.ParseInt(v, 10, 64)
 			}
@@ -126,9 +132,15 @@ func (r *Replica) CreatePoint(ctx context.Context, p targets.Point) error {
 	m := pointMetadata(p)
 	m[metaSize] = strconv.FormatInt(r.info.Size, 10)
 	m[metaVolumeID] = r.info.ID
+	token := r.token
+	if r.dirty || token == "" {
+		token = uuid.NewString()
+	}
+	m[metaContent] = token
 	if _, err := r.pb.CreateSnapshot(ctx, &blob.CreateSnapshotOptions{Metadata: toPtrMap(m), AccessConditions: r.ac()}); err != nil {
 		return mapErr(fmt.Sprintf("azure %s: snapshot for point %d", r.name, p.Seq), err)
 	}
+	r.token, r.dirty = token, false
 	return nil
 }
 
@@ -195,8 +207,10 @@ func (r *Replica) DeletePoint(ctx context.Context, seq uint64) error {
 
 // Usage approximates the billed pages: the blob's page ranges plus, for
 // each snapshot, the pages that differ from the next snapshot (or the blob)
-// — the pages only that snapshot keeps. On Azurite, whose Get Page Ranges
-// Diff returns all ranges, this counts every snapshot whole.
+// — the pages only that snapshot keeps. A snapshot whose content token
+// equals the next one's (nothing was written between them) adds nothing
+// and costs no request. On Azurite, whose Get Page Ranges Diff returns all
+// ranges, a snapshot that differs from the next counts whole.
 func (r *Replica) Usage(ctx context.Context) (int64, error) {
 	if err := r.checkOpen(); err != nil {
 		return 0, err
@@ -209,7 +223,20 @@ func (r *Replica) Usage(ctx context.Context) (int64, error) {
 	if err != nil {
 		return 0, mapErr("azure usage of "+r.name, err)
 	}
+	r.mu.Lock()
+	headToken := r.token
+	if r.dirty {
+		headToken = ""
+	}
+	r.mu.Unlock()
 	for i, s := range ss {
+		nextToken := headToken
+		if i+1 < len(ss) {
+			nextToken = ss[i+1].token
+		}
+		if s.token != "" && s.token == nextToken {
+			continue
+		}
 		next := r.pb
 		if i+1 < len(ss) {
 			if next, err = r.pb.WithSnapshot(ss[i+1].id); err != nil {

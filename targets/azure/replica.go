@@ -31,6 +31,11 @@ type Replica struct {
 	etag    azcore.ETag // of the blob after our last metadata write
 	planner Planner
 	closed  bool
+	// token names the content of the newest point this Replica made;
+	// dirty is true once anything was written after it (or when unknown,
+	// after Open). Points with equal tokens have equal content.
+	token string
+	dirty bool
 
 	lease     *lease.BlobClient
 	leaseID   string
@@ -79,7 +84,7 @@ func (t *Target) Open(ctx context.Context, info targets.VolumeInfo) (targets.Rep
 	}
 	t.open[name] = true
 	t.mu.Unlock()
-	r := &Replica{t: t, name: name, pb: t.cont.NewPageBlobClient(name), info: info}
+	r := &Replica{t: t, name: name, pb: t.cont.NewPageBlobClient(name), info: info, dirty: true}
 	if err := r.open(ctx, vid); err != nil {
 		r.releaseLease()
 		t.release(name)
