@@ -54,24 +54,34 @@ func benchData(b *testing.B, kind string) []byte {
 // benchSegmentBytes journals data as 1 MiB WRITE records and returns the
 // sealed segment's bytes.
 func benchSegmentBytes(b *testing.B, data []byte, id uuid.UUID) []byte {
-	b.Helper()
-	dir := b.TempDir()
-	w, err := hrl.Create(hrl.OSFS{}, dir, hrl.Header{VolumeID: id, Generation: 1, FirstSeq: 1}, hrl.WriterConfig{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	for off := 0; off < len(data); off += 1 << 20 {
-		if _, _, err := w.AppendData(hrl.TypeWrite, uint64(off), data[off:off+1<<20]); err != nil {
-			b.Fatal(err)
+	return sealedSegment(b, id, func(w *hrl.Writer) error {
+		for off := 0; off < len(data); off += 1 << 20 {
+			if _, _, err := w.AppendData(hrl.TypeWrite, uint64(off), data[off:off+1<<20]); err != nil {
+				return err
+			}
 		}
+		return nil
+	})
+}
+
+// sealedSegment writes generation 1 of volume id from seq 1 with fill and
+// returns the sealed segment's bytes.
+func sealedSegment(tb testing.TB, id uuid.UUID, fill func(w *hrl.Writer) error) []byte {
+	tb.Helper()
+	w, err := hrl.Create(hrl.OSFS{}, tb.TempDir(), hrl.Header{VolumeID: id, Generation: 1, FirstSeq: 1}, hrl.WriterConfig{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := fill(w); err != nil {
+		tb.Fatal(err)
 	}
 	info, err := w.Seal()
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	seg, err := os.ReadFile(info.Path)
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	return seg
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"testing"
 
 	"github.com/cespare/xxhash/v2"
@@ -45,25 +44,14 @@ func FuzzSegmentHeaders(f *testing.F) {
 // fuzzSeed journals a few records (data, zeros, a repeated block for a
 // REF, a tag) and returns the sealed segment.
 func fuzzSeed(f *testing.F, id uuid.UUID) []byte {
-	dir := f.TempDir()
-	w, err := hrl.Create(hrl.OSFS{}, dir, hrl.Header{VolumeID: id, Generation: 1, FirstSeq: 1}, hrl.WriterConfig{})
-	if err != nil {
-		f.Fatal(err)
-	}
-	blk := bytes.Repeat([]byte("lifeboat"), 512)
-	w.AppendData(hrl.TypeWrite, 0, append(append([]byte{}, blk...), make([]byte, 4096)...))
-	w.AppendData(hrl.TypeWrite, 16384, blk)
-	w.AppendZero(32768, 8192, true)
-	w.AppendTag(hrl.Tag{Kind: hrl.TagCrash, Name: "t"})
-	info, err := w.Seal()
-	if err != nil {
-		f.Fatal(err)
-	}
-	b, err := os.ReadFile(info.Path)
-	if err != nil {
-		f.Fatal(err)
-	}
-	return b
+	return sealedSegment(f, id, func(w *hrl.Writer) error {
+		blk := bytes.Repeat([]byte("lifeboat"), 512)
+		w.AppendData(hrl.TypeWrite, 0, append(append([]byte{}, blk...), make([]byte, 4096)...))
+		w.AppendData(hrl.TypeWrite, 16384, blk)
+		w.AppendZero(32768, 8192, true)
+		_, err := w.AppendTag(hrl.Tag{Kind: hrl.TagCrash, Name: "t"})
+		return err
+	})
 }
 
 // FuzzReceiveAndApply: whatever bytes arrive as a segment (compressed or

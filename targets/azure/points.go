@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/blob"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/container"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/pageblob"
@@ -255,27 +256,24 @@ func (r *Replica) Usage(ctx context.Context) (int64, error) {
 // pageBytes sums pb's page ranges, or with prev those changed since the
 // snapshot prev.
 func pageBytes(ctx context.Context, pb *pageblob.Client, prev string) (int64, error) {
-	var total int64
 	if prev == "" {
-		pager := pb.NewGetPageRangesPager(nil)
-		for pager.More() {
-			resp, err := pager.NextPage(ctx)
-			if err != nil {
-				return 0, err
-			}
-			for _, pr := range resp.PageList.PageRange {
-				total += *pr.End - *pr.Start + 1
-			}
-		}
-		return total, nil
+		return sumRanges(ctx, pb.NewGetPageRangesPager(nil), func(r pageblob.GetPageRangesResponse) []*pageblob.PageRange {
+			return r.PageList.PageRange
+		})
 	}
-	pager := pb.NewGetPageRangesDiffPager(&pageblob.GetPageRangesDiffOptions{PrevSnapshot: &prev})
+	return sumRanges(ctx, pb.NewGetPageRangesDiffPager(&pageblob.GetPageRangesDiffOptions{PrevSnapshot: &prev}),
+		func(r pageblob.GetPageRangesDiffResponse) []*pageblob.PageRange { return r.PageList.PageRange })
+}
+
+// sumRanges adds up the bytes of every page range a pager returns.
+func sumRanges[T any](ctx context.Context, pager *runtime.Pager[T], ranges func(T) []*pageblob.PageRange) (int64, error) {
+	var total int64
 	for pager.More() {
 		resp, err := pager.NextPage(ctx)
 		if err != nil {
 			return 0, err
 		}
-		for _, pr := range resp.PageList.PageRange {
+		for _, pr := range ranges(resp) {
 			total += *pr.End - *pr.Start + 1
 		}
 	}
