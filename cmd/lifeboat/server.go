@@ -7,19 +7,18 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/urfave/cli/v2"
 
 	"lifeboat/pipeline"
 	"lifeboat/pipeline/pki"
 	"lifeboat/targets"
-	"lifeboat/targets/file"
 )
 
 // serverOptions are the flags of `lifeboat server` and `lifeboat process-server`.
@@ -30,21 +29,23 @@ type serverOptions struct {
 	SpoolQuota   int64
 	ThrottleFree float64
 	Retention    time.Duration
+	Azure        azureOptions
 }
 
 func serverFlags() []cli.Flag {
-	return []cli.Flag{
+	return append([]cli.Flag{
 		&cli.StringFlag{Name: "data-dir", Value: "/var/lib/lifeboat/server",
 			Usage: "`DIR` with the site's CA (from 'server init'), the spool and, by default, the replicas"},
 		&cli.StringFlag{Name: "listen", Value: pipeline.DefaultAddr,
 			Usage: "`ADDR` for the data port (HTTPS with client certificates; there is no plaintext port)"},
-		&cli.StringFlag{Name: "target", Usage: "`URL` where replicas live: file:///DIR (default file://DATA-DIR/replicas)"},
+		&cli.StringFlag{Name: "target", Usage: "`URL` where replicas live: file:///DIR (default file://DATA-DIR/replicas) or\n" +
+			"\tazure://ACCOUNT/CONTAINER[/PREFIX] (page blobs; credentials from --azure-credentials or the environment)"},
 		&cli.StringFlag{Name: "spool-quota", Value: "8GiB", Usage: "`SIZE` the spool may hold before agents are throttled"},
 		&cli.Float64Flag{Name: "throttle-free", Value: pipeline.DefaultThrottleFree,
 			Usage: "throttle agents when less than this `FRACTION` of the spool quota is free"},
 		&cli.DurationFlag{Name: "retention", Value: targets.DefaultRetentionWindow,
 			Usage: "keep recovery points for this `WINDOW` (at most 360h), thinned on a tiered schedule"},
-	}
+	}, targetFlags()...)
 }
 
 func parseServerOptions(c *cli.Context) (serverOptions, error) {
@@ -67,7 +68,8 @@ func parseServerOptions(c *cli.Context) (serverOptions, error) {
 	if o.Target == "" {
 		o.Target = "file://" + filepath.Join(o.DataDir, "replicas")
 	}
-	return o, nil
+	o.Azure, err = parseAzureOptions(c)
+	return o, err
 }
 
 func serverCommand() *cli.Command {
@@ -80,7 +82,11 @@ func serverCommand() *cli.Command {
 		"Examples:\n" +
 		"   lifeboat server init --data-dir /var/lib/lifeboat/server\n" +
 		"   lifeboat certs issue --data-dir /var/lib/lifeboat/server --name web01 --out /tmp/web01\n" +
-		"   lifeboat server --data-dir /var/lib/lifeboat/server --target file:///srv/replicas"
+		"   lifeboat server --data-dir /var/lib/lifeboat/server --target file:///srv/replicas\n\n" +
+		"To Azure page blobs (one fixed VHD per volume, points as snapshots), encrypted with a key that stays here:\n" +
+		"   head -c 64 /dev/urandom > /etc/lifeboat/replica.key && chmod 600 /etc/lifeboat/replica.key\n" +
+		"   export AZURE_STORAGE_CONNECTION_STRING='AccountName=myaccount;AccountKey=...'\n" +
+		"   lifeboat server --target azure://myaccount/replicas --encryption-key /etc/lifeboat/replica.key"
 	cmd.Subcommands = []*cli.Command{serverInitCommand()}
 	return cmd
 }
@@ -105,30 +111,8 @@ func processServerCommand() *cli.Command {
 	}
 }
 
-// openTarget opens the target a --target URL names.
-func openTarget(raw string) (targets.Target, error) {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return nil, usageError("--target %q: %v", raw, err)
-	}
-	switch u.Scheme {
-	case "file":
-		dir := u.Path
-		if u.Host != "" || dir == "" {
-			return nil, usageError("--target %q: want file:///ABSOLUTE/DIR", raw)
-		}
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return nil, failure("--target %s: %v", raw, err)
-		}
-		t := file.New(dir)
-		t.Logger = slog.Default()
-		return t, nil
-	case "":
-		return nil, usageError("--target %q: want a URL such as file:///srv/replicas", raw)
-	default:
-		return nil, usageError("--target %q: unknown scheme %q; supported: file", raw, u.Scheme)
-	}
-}
+// targetCheckTimeout bounds the check at start that the target answers.
+const targetCheckTimeout = 45 * time.Second
 
 func runServer(ctx context.Context, out io.Writer, o serverOptions) error {
 	tlsConf, err := pki.ServerTLS(o.DataDir)
@@ -138,12 +122,18 @@ func runServer(ctx context.Context, out io.Writer, o serverOptions) error {
 		}
 		return err
 	}
-	target, err := openTarget(o.Target)
+	target, err := openTarget(o)
 	if err != nil {
 		return err
 	}
 	defer target.Close()
-	if _, err := target.Volumes(ctx); err != nil {
+	// Fail fast when the target is down or refuses us: few retries here,
+	// the target's own policy afterwards.
+	checkCtx, cancel := context.WithTimeout(policy.WithRetryOptions(ctx, policy.RetryOptions{
+		MaxRetries: 2, RetryDelay: time.Second, MaxRetryDelay: 2 * time.Second, TryTimeout: 15 * time.Second}), targetCheckTimeout)
+	_, err = target.Volumes(checkCtx)
+	cancel()
+	if err != nil {
 		return failure("--target %s is not usable: %v", o.Target, err)
 	}
 	srv := pipeline.NewServer(o.DataDir, target, tlsConf)
@@ -166,7 +156,7 @@ func runServer(ctx context.Context, out io.Writer, o serverOptions) error {
 	if err != nil {
 		return usageError("--listen %s: %v", o.Listen, err)
 	}
-	fmt.Fprintf(out, "process server listening on https://%s (target %s, spool %s)\n", ln.Addr(), o.Target,
+	fmt.Fprintf(out, "process server listening on https://%s (target %s, spool %s)\n", ln.Addr(), describeTarget(o),
 		filepath.Join(o.DataDir, "spool"))
 	err = srv.Serve(ctx, ln)
 	if err == nil && ctx.Err() != nil {
