@@ -159,6 +159,7 @@ func (a *agent) openVolumes(ctx context.Context, o agentOptions) error {
 			// first recovery point; the journal may not outgrow the quota.
 			v.InitialSync = true
 			v.JournalQuota = o.Replication.JournalQuota
+			v.CheckpointInterval = o.Replication.Checkpoint
 		}
 		v.Logger = a.log.With("volume", s.Name)
 		if err := v.Open(ctx); err != nil {

@@ -17,6 +17,7 @@ import (
 
 	"lifeboat/pipeline"
 	"lifeboat/pipeline/pki"
+	"lifeboat/tracker"
 )
 
 // replicationOptions are the agent's flags for shipping to a process server.
@@ -29,6 +30,7 @@ type replicationOptions struct {
 	JournalQuota int64
 	Compression  zstd.EncoderLevel
 	MaxBackoff   time.Duration
+	Checkpoint   time.Duration
 }
 
 const statusFileName = "status.json"
@@ -46,12 +48,18 @@ func replicationFlags() []cli.Flag {
 		&cli.StringFlag{Name: "compression", Value: "fastest", Usage: "zstd `LEVEL` on the wire: fastest, default, better, best or none"},
 		&cli.DurationFlag{Name: "max-backoff", Value: pipeline.DefaultMaxBackoff,
 			Usage: "when the server is unreachable, retry at least this `OFTEN` (backoff doubles from 1s up to it, with jitter)"},
+		&cli.DurationFlag{Name: "checkpoint-interval", Value: tracker.DefaultCheckpointInterval,
+			Usage: "clear the regions the site has acknowledged from the dirty bitmap this `OFTEN`; after a crash of the agent\n" +
+				"\tthe regions not cleared yet are copied again (shorter: less to copy again, more fsyncs)"},
 	}
 }
 
 func parseReplicationOptions(c *cli.Context) (replicationOptions, error) {
 	o := replicationOptions{Server: c.String("server"), Cert: c.String("cert"), Key: c.String("key"), CA: c.String("ca"),
-		TagInterval: c.Duration("tag-interval"), MaxBackoff: c.Duration("max-backoff")}
+		TagInterval: c.Duration("tag-interval"), MaxBackoff: c.Duration("max-backoff"), Checkpoint: c.Duration("checkpoint-interval")}
+	if o.Checkpoint < 100*time.Millisecond {
+		return o, usageError("--checkpoint-interval %v: want at least 100ms", o.Checkpoint)
+	}
 	q, err := parseSize(c.String("journal-quota"))
 	if err != nil {
 		return o, usageError("--journal-quota: %v", err)
