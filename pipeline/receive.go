@@ -106,8 +106,11 @@ func (s *Server) handleSegment(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		log.Error("segment refused", "err", err)
 		code := http.StatusInternalServerError
-		if errors.Is(err, ErrPermanent) {
+		switch {
+		case errors.Is(err, ErrPermanent):
 			code = http.StatusBadRequest // the agent stops retrying and says why
+		case errors.Is(err, targets.ErrInUse):
+			code = http.StatusLocked // another process server holds the replica; retried
 		}
 		httpError(w, code, err)
 		return
