@@ -34,12 +34,10 @@ func (r *Replica) grain() int64 {
 // never changed by a partial apply.
 //
 // With a cipher, every call is widened to whole 4 KiB sectors, encrypted
-// (tweak = sector number) and sent as Put Page; zero ranges are written as
-// encrypted zeros, not Clear Pages (a cleared page would read back as
-// plaintext zeros, and Get Page Ranges would show which writes were
-// trims). An encrypted replica is therefore not sparse where it was
-// written. Reads treat a sector of all-zero ciphertext (never written) as
-// zeros; see readAt.
+// (tweak = sector number) and sent as Put Page, except whole zero sectors
+// where the blob has no pages yet, which are cleared: see encryptCalls.
+// Reads treat a sector of all-zero ciphertext (never written, or cleared)
+// as zeros; see readAt.
 func (r *Replica) Apply(ctx context.Context, exts []targets.Extent) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -74,7 +72,7 @@ func (r *Replica) write(ctx context.Context, exts []targets.Extent) error {
 		return fmt.Errorf("azure apply %s: %w", r.name, err)
 	}
 	if r.t.opts.Cipher != nil {
-		calls, err = r.encryptCalls(calls)
+		calls, err = r.encryptCalls(ctx, calls)
 		if err != nil {
 			return err
 		}
@@ -148,40 +146,6 @@ func (r *Replica) alignExtents(ctx context.Context, exts []targets.Extent, g int
 	}
 	for _, p := range edges {
 		out = append(out, targets.Extent{Off: p, Data: pages[p]})
-	}
-	return out, nil
-}
-
-// encryptCalls turns a plan into Put Page calls of encrypted whole sectors
-// (runs of adjacent calls joined, cut at MaxPutPage).
-func (r *Replica) encryptCalls(calls []Call) ([]Call, error) {
-	var out []Call
-	for i := 0; i < len(calls); {
-		j, end := i+1, calls[i].Off+calls[i].Len
-		for j < len(calls) && calls[j].Off == end {
-			end += calls[j].Len
-			j++
-		}
-		start := calls[i].Off
-		if start%SectorSize != 0 || end%SectorSize != 0 {
-			return nil, fmt.Errorf("azure apply %s: planned run %d..%d is not sector aligned: %w", r.name, start, end, targets.ErrUnaligned)
-		}
-		for s := start; s < end; s += MaxPutPage {
-			e := min(s+MaxPutPage, end)
-			buf := make([]byte, e-s)
-			for _, c := range calls[i:j] {
-				if c.Kind != PutPages || c.Off+c.Len <= s || c.Off >= e {
-					continue
-				}
-				lo, hi := max(c.Off, s), min(c.Off+c.Len, e)
-				copy(buf[lo-s:hi-s], c.Data[lo-c.Off:hi-c.Off])
-			}
-			if err := r.t.opts.Cipher.Encrypt(buf, buf, s); err != nil {
-				return nil, fmt.Errorf("azure apply %s: %w", r.name, err)
-			}
-			out = append(out, Call{Kind: PutPages, Off: s, Len: e - s, Data: buf})
-		}
-		i = j
 	}
 	return out, nil
 }

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/blob"
-	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/container"
 
 	"lifeboat/targets"
 	"lifeboat/targets/azure"
@@ -453,17 +452,7 @@ func TestPlanAzurite(t *testing.T) {
 	s := azuritetest.Start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	cred, err := container.NewSharedKeyCredential(s.Account, s.Key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := container.NewClientWithSharedKeyCredential(s.URL+"/plan", cred, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Create(ctx, nil); err != nil {
-		t.Fatalf("create container: %v", err)
-	}
+	c := s.NewContainer(t, "plan")
 	const size = 12 << 20
 	pb := c.NewPageBlobClient("vol")
 	if _, err := pb.Create(ctx, size, nil); err != nil {

@@ -88,13 +88,24 @@ func TestEncryption(t *testing.T) {
 	rep.Close()
 
 	wrong, _ := azure.NewSectorCipher(cipherKey(2))
-	for _, o := range []azure.Options{{Cipher: wrong}, {}} {
-		tg2 := sameContainer(t, s, o)
-		if _, err := tg2.Open(ctx, info); err == nil {
-			t.Fatalf("Open with key %v succeeded", o.Cipher != nil)
+	for _, tc := range []struct {
+		o    azure.Options
+		want error
+	}{{azure.Options{Cipher: wrong}, azure.ErrWrongKey}, {azure.Options{}, azure.ErrEncrypted}} {
+		tg2 := sameContainer(t, s, tc.o)
+		// At a process server's start, before any replica is opened.
+		if err := tg2.(*azure.Target).CheckKeys(ctx); !errors.Is(err, tc.want) {
+			t.Fatalf("CheckKeys with key %v: %v, want %v", tc.o.Cipher != nil, err, tc.want)
+		}
+		if _, err := tg2.Open(ctx, info); !errors.Is(err, tc.want) {
+			t.Fatalf("Open with key %v: %v, want %v", tc.o.Cipher != nil, err, tc.want)
 		} else {
 			t.Logf("refused as expected: %v", err)
 		}
+		tg2.Close()
+	}
+	if err := sameContainer(t, s, azure.Options{Cipher: c}).(*azure.Target).CheckKeys(ctx); err != nil {
+		t.Fatalf("CheckKeys with the right key: %v", err)
 	}
 }
 

@@ -8,7 +8,6 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/blob"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/bloberror"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/lease"
-	"github.com/google/uuid"
 
 	"lifeboat/targets"
 )
@@ -20,18 +19,19 @@ import (
 const (
 	leaseDuration = 60 // seconds, the longest finite lease
 	leaseRenew    = 20 * time.Second
+	leaseRetry    = 2 * time.Second // after a failed renewal
 )
 
 // acquireLease takes the blob's lease and starts renewing it.
 func (r *Replica) acquireLease(ctx context.Context) error {
-	id := uuid.NewString()
+	id := r.t.opts.LeaseID
 	lc, err := lease.NewBlobClient(r.pb, &lease.BlobClientOptions{LeaseID: &id})
 	if err != nil {
 		return fmt.Errorf("azure lease %s: %w", r.name, err)
 	}
 	if _, err := lc.AcquireLease(ctx, leaseDuration, nil); err != nil {
 		if bloberror.HasCode(err, bloberror.LeaseAlreadyPresent) {
-			return fmt.Errorf("azure open %s: the blob is leased by another process server (its lease expires %d s after it stops): %w", r.name, leaseDuration, targets.ErrInUse)
+			return fmt.Errorf("azure open %s: the blob is leased by another process server (its lease expires %d s after it stops; the same server restarted takes it back at once): %w", r.name, leaseDuration, targets.ErrInUse)
 		}
 		return mapErr("azure lease "+r.name, err)
 	}
@@ -43,7 +43,7 @@ func (r *Replica) acquireLease(ctx context.Context) error {
 
 func (r *Replica) renew() {
 	defer close(r.renewDone)
-	tick := time.NewTicker(leaseRenew)
+	tick := time.NewTimer(leaseRenew)
 	defer tick.Stop()
 	for {
 		select {
@@ -51,10 +51,16 @@ func (r *Replica) renew() {
 			return
 		case <-tick.C:
 			ctx, cancel := context.WithTimeout(context.Background(), leaseRenew)
-			if _, err := r.lease.RenewLease(ctx, nil); err != nil {
-				r.t.log.Error("azure: renewing the replica's lease failed; writes will fail if it expires", "blob", r.name, "err", err)
-			}
+			_, err := r.lease.RenewLease(ctx, nil)
 			cancel()
+			if err != nil {
+				// Retry soon: the lease must not lapse over a short outage
+				// (a lapsed lease is renewed too, if nobody took it).
+				r.t.log.Error("azure: renewing the replica's lease failed; writes will fail if it expires", "blob", r.name, "err", mapErr("renew lease", err))
+				tick.Reset(leaseRetry)
+				continue
+			}
+			tick.Reset(leaseRenew)
 		}
 	}
 }

@@ -3,7 +3,6 @@ package azure
 import (
 	"context"
 	"fmt"
-	"io"
 	"slices"
 	"strconv"
 
@@ -32,22 +31,27 @@ func samePoint(a, b targets.Point) bool {
 }
 
 // snaps lists the blob's snapshots that are recovery points, by seq.
-func (r *Replica) snaps(ctx context.Context) ([]snap, error) {
+func (r *Replica) snaps(ctx context.Context) ([]snap, error) { return r.t.snaps(ctx, r.name) }
+
+// snaps lists the snapshots of the blob name that are recovery points, by
+// seq. It needs no lease: a failover reads points of a replica that
+// another (maybe dead) process server holds.
+func (t *Target) snaps(ctx context.Context, name string) ([]snap, error) {
 	var out []snap
-	pager := r.t.cont.NewListBlobsFlatPager(&container.ListBlobsFlatOptions{
-		Prefix: &r.name, Include: container.ListBlobsInclude{Snapshots: true, Metadata: true}})
+	pager := t.cont.NewListBlobsFlatPager(&container.ListBlobsFlatOptions{
+		Prefix: &name, Include: container.ListBlobsInclude{Snapshots: true, Metadata: true}})
 	for pager.More() {
 		resp, err := pager.NextPage(ctx)
 		if err != nil {
-			return nil, mapErr("azure list points of "+r.name, err)
+			return nil, mapErr("azure list points of "+name, err)
 		}
 		for _, it := range resp.Segment.BlobItems {
-			if it.Name == nil || *it.Name != r.name || it.Snapshot == nil || *it.Snapshot == "" {
+			if it.Name == nil || *it.Name != name || it.Snapshot == nil || *it.Snapshot == "" {
 				continue
 			}
 			p, err := parsePointMetadata(it.Metadata)
 			if err != nil {
-				r.t.log.Warn("azure: snapshot is not a recovery point", "blob", r.name, "snapshot", *it.Snapshot, "err", err)
+				t.log.Warn("azure: snapshot is not a recovery point", "blob", name, "snapshot", *it.Snapshot, "err", err)
 				continue
 			}
 			s := snap{p: p, id: *it.Snapshot}
@@ -56,7 +60,7 @@ func (r *Replica) snaps(ctx context.Context) ([]snap, error) {
 				s.size, _ = strconv.ParseInt(v, 10, 64)
 			}
 			if s.size <= 0 {
-				return nil, fmt.Errorf("azure list points of %s: snapshot %s: metadata %s missing or invalid", r.name, *it.Snapshot, metaSize)
+				return nil, fmt.Errorf("azure list points of %s: snapshot %s: metadata %s missing or invalid", name, *it.Snapshot, metaSize)
 			}
 			out = append(out, s)
 		}
@@ -91,7 +95,12 @@ func cmpS(a, b string) int {
 }
 
 func (r *Replica) find(ctx context.Context, seq uint64) (snap, error) {
-	ss, err := r.snaps(ctx)
+	return r.t.find(ctx, r.name, seq)
+}
+
+// find returns the point seq of the blob name.
+func (t *Target) find(ctx context.Context, name string, seq uint64) (snap, error) {
+	ss, err := t.snaps(ctx, name)
 	if err != nil {
 		return snap{}, err
 	}
@@ -100,7 +109,7 @@ func (r *Replica) find(ctx context.Context, seq uint64) (snap, error) {
 			return s, nil
 		}
 	}
-	return snap{}, fmt.Errorf("azure %s: point %d: %w", r.name, seq, targets.ErrNotFound)
+	return snap{}, fmt.Errorf("azure %s: point %d: %w", name, seq, targets.ErrNotFound)
 }
 
 // CreatePoint commits {p.Generation, p.Seq} and snapshots the blob with the
@@ -184,7 +193,7 @@ func (r *Replica) OpenPoint(ctx context.Context, seq uint64) (targets.PointReade
 	if err != nil {
 		return nil, fmt.Errorf("azure %s: point %d: %w", r.name, seq, err)
 	}
-	return &pointReader{r: r, pb: pb, s: s}, nil
+	return newPointReader(r, pb, s), nil
 }
 
 // DeletePoint deletes the point's snapshot.
@@ -278,39 +287,4 @@ func sumRanges[T any](ctx context.Context, pager *runtime.Pager[T], ranges func(
 		}
 	}
 	return total, nil
-}
-
-type pointReader struct {
-	r  *Replica
-	pb *pageblob.Client
-	s  snap
-}
-
-func (p *pointReader) Point() targets.Point { return p.s.p }
-func (p *pointReader) Size() int64          { return p.s.size }
-func (p *pointReader) Close() error         { return nil }
-
-// ReadAt reads like os.File.ReadAt: short reads at the end with io.EOF.
-func (p *pointReader) ReadAt(b []byte, off int64) (int, error) {
-	if off < 0 {
-		return 0, fmt.Errorf("azure point %d: negative offset %d", p.s.p.Seq, off)
-	}
-	if err := p.r.checkOpen(); err != nil {
-		return 0, err
-	}
-	if off >= p.s.size {
-		return 0, io.EOF
-	}
-	n := min(int64(len(b)), p.s.size-off)
-	g := p.r.grain()
-	lo, hi := off/g*g, alignUp(off+n, g)
-	buf := make([]byte, hi-lo)
-	if err := p.r.readAt(context.Background(), p.pb, buf, lo); err != nil {
-		return 0, fmt.Errorf("azure point %d: %w", p.s.p.Seq, err)
-	}
-	copy(b, buf[off-lo:off-lo+n])
-	if n < int64(len(b)) {
-		return int(n), io.EOF
-	}
-	return int(n), nil
 }

@@ -73,21 +73,27 @@ func (t *Target) Open(ctx context.Context, info targets.VolumeInfo) (targets.Rep
 		return nil, fmt.Errorf("azure open %s: size %d, block size %d: want a positive size and a block size that is a multiple of %d", info.ID, info.Size, info.BlockSize, planPage)
 	}
 	name := t.blobName(info.ID)
+	r := &Replica{t: t, name: name, pb: t.cont.NewPageBlobClient(name), info: info, dirty: true}
+	// r.mu is held until r is open: a Target.Close meanwhile closes r
+	// after the open, not during it.
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	t.mu.Lock()
 	if t.closed {
 		t.mu.Unlock()
 		return nil, targets.ErrClosed
 	}
-	if t.open[name] {
+	if t.open[name] != nil {
 		t.mu.Unlock()
 		return nil, fmt.Errorf("azure open %s: %w", name, targets.ErrInUse)
 	}
-	t.open[name] = true
+	t.open[name] = r
 	t.mu.Unlock()
-	r := &Replica{t: t, name: name, pb: t.cont.NewPageBlobClient(name), info: info, dirty: true}
 	if err := r.open(ctx, vid); err != nil {
-		r.releaseLease()
-		t.release(name)
+		if lerr := r.releaseLease(); lerr != nil {
+			t.log.Warn("azure: releasing the lease after a failed open", "blob", name, "err", lerr)
+		}
+		t.release(r)
 		return nil, err
 	}
 	return r, nil
@@ -118,15 +124,8 @@ func (r *Replica) open(ctx context.Context, vid uuid.UUID) error {
 	if info.ID != r.info.ID {
 		return fmt.Errorf("azure open %s: the blob holds volume %s", r.name, info.ID)
 	}
-	switch c := r.t.opts.Cipher; {
-	case c != nil && kcv == "":
-		return fmt.Errorf("azure open %s: %w: the replica was written without encryption; give no key, or resync to a new container", r.name, ErrWrongKey)
-	case c == nil && kcv != "":
-		return fmt.Errorf("azure open %s: the replica is encrypted (key check value %s): give its key", r.name, kcv)
-	case c != nil:
-		if err := c.CheckKey(kcv); err != nil {
-			return fmt.Errorf("azure open %s: %w", r.name, err)
-		}
+	if err := checkKey(r.name, r.t.opts.Cipher, kcv); err != nil {
+		return err
 	}
 	r.st, r.kcv, r.etag = st, kcv, *props.ETag
 	if info.Size != r.info.Size || info.BlockSize != r.info.BlockSize || info.Name != r.info.Name {
@@ -187,8 +186,9 @@ func (r *Replica) resize(ctx context.Context, vid uuid.UUID, oldSize, oldBlob in
 		}
 	}
 	// Zero from the smaller size to the footer: the partial page or sector
-	// there by read-modify-write, the rest by Clear Pages (encrypted zeros
-	// with a cipher), through the Apply path.
+	// there by read-modify-write, the rest by Clear Pages (with a cipher:
+	// cleared where never written, encrypted zeros where written; see
+	// encryptCalls), through the Apply path.
 	from := min(oldSize, r.info.Size)
 	if to := VHDDataSize(r.info.Size); from < to {
 		if err := r.write(ctx, []targets.Extent{{Off: from, Len: to - from}}); err != nil {
@@ -277,6 +277,6 @@ func (r *Replica) Close() error {
 	}
 	r.closed = true
 	err := r.releaseLease()
-	r.t.release(r.name)
+	r.t.release(r)
 	return err
 }

@@ -5,16 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
-	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/bloberror"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/container"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/service"
+	"github.com/google/uuid"
 
 	"lifeboat/targets"
 )
@@ -25,7 +24,7 @@ const DefaultParallel = 8
 
 // Errors of the Azure target that are permanent: retrying does not help.
 var (
-	ErrAuth              = errors.New("azure: authentication or authorization failed (check the account key or SAS token and its permissions)")
+	ErrAuth              = errors.New("azure: authentication or authorization failed (check the account key, or the SAS token's permissions and expiry)")
 	ErrContainerNotFound = errors.New("azure: container not found (create it, or fix the target URL)")
 )
 
@@ -44,6 +43,15 @@ type Options struct {
 	// backoff and jitter up to 30 s. MaxRetries < 0 disables retries.
 	MaxRetries int
 	RetryDelay time.Duration
+	// ReadTimeout bounds one ReadAt of a recovery point; 0 is
+	// DefaultReadTimeout plus a second per DefaultReadRate bytes read.
+	ReadTimeout time.Duration
+	// LeaseID is the id (a UUID) of the leases this target holds on its
+	// open replicas. A process server that keeps one across restarts
+	// takes its replicas back at once after a crash, instead of waiting
+	// up to a minute for its old leases to expire; another id is
+	// refused while they last. "" is a new id per Target.
+	LeaseID string
 }
 
 // Target keeps one page blob per volume in a container.
@@ -53,7 +61,7 @@ type Target struct {
 	log    *slog.Logger
 	cont   *container.Client
 	mu     sync.Mutex
-	open   map[string]bool // blob names of the replicas open in this Target
+	open   map[string]*Replica // the replicas open in this Target, by blob name
 	closed bool
 }
 
@@ -67,8 +75,16 @@ func New(loc Location, creds Credentials, opts Options) (*Target, error) {
 	if opts.Parallel < 0 {
 		return nil, fmt.Errorf("azure target: Parallel %d: want 0 (default %d) or more", opts.Parallel, DefaultParallel)
 	}
+	if opts.ReadTimeout < 0 {
+		return nil, fmt.Errorf("azure target: ReadTimeout %v: want 0 (the default) or more", opts.ReadTimeout)
+	}
 	if opts.Parallel == 0 {
 		opts.Parallel = DefaultParallel
+	}
+	if opts.LeaseID == "" {
+		opts.LeaseID = uuid.NewString()
+	} else if _, err := uuid.Parse(opts.LeaseID); err != nil {
+		return nil, fmt.Errorf("azure target: lease id %q is not a UUID", opts.LeaseID)
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
@@ -96,7 +112,7 @@ func New(loc Location, creds Credentials, opts Options) (*Target, error) {
 	if err != nil {
 		return nil, fmt.Errorf("azure target %s: %w", creds, err)
 	}
-	return &Target{loc: loc, opts: opts, log: opts.Logger, cont: svc.NewContainerClient(loc.Container), open: map[string]bool{}}, nil
+	return &Target{loc: loc, opts: opts, log: opts.Logger, cont: svc.NewContainerClient(loc.Container), open: map[string]*Replica{}}, nil
 }
 
 // Properties: page blobs take 512-byte pages, Put Page takes at most 4 MiB,
@@ -108,61 +124,97 @@ func (t *Target) Properties() targets.Properties {
 // blobName is the page blob of a volume.
 func (t *Target) blobName(id string) string { return t.loc.Prefix + id + ".vhd" }
 
-// Volumes lists the replicas under the target's prefix.
+// Volumes lists the replicas directly under the target's prefix: blobs
+// named PREFIX<volume id>.vhd whose metadata names that volume. Blobs in
+// folders below the prefix (failover clones, anything else) are not
+// listed, nor is a blob whose metadata names another volume.
 func (t *Target) Volumes(ctx context.Context) ([]targets.VolumeInfo, error) {
 	var vols []targets.VolumeInfo
-	pager := t.cont.NewListBlobsFlatPager(&container.ListBlobsFlatOptions{
+	err := t.eachReplica(ctx, func(_ string, info targets.VolumeInfo, _ string) error {
+		vols = append(vols, info)
+		return nil
+	})
+	return vols, err
+}
+
+// eachReplica calls fn with the blob name, volume and key check value of
+// every replica Volumes lists.
+func (t *Target) eachReplica(ctx context.Context, fn func(name string, info targets.VolumeInfo, kcv string) error) error {
+	pager := t.cont.NewListBlobsHierarchyPager("/", &container.ListBlobsHierarchyOptions{
 		Prefix: &t.loc.Prefix, Include: container.ListBlobsInclude{Metadata: true}})
 	for pager.More() {
 		resp, err := pager.NextPage(ctx)
 		if err != nil {
-			return nil, mapErr("list replicas", err)
+			return mapErr("list replicas", err)
 		}
 		for _, it := range resp.Segment.BlobItems {
-			if it.Name == nil || !strings.HasSuffix(*it.Name, ".vhd") {
+			if it.Name == nil || !strings.HasSuffix(*it.Name, ".vhd") || strings.Contains(strings.TrimPrefix(*it.Name, t.loc.Prefix), "/") {
 				continue
 			}
-			info, _, _, err := parseStateMetadata(it.Metadata)
+			info, _, kcv, err := parseStateMetadata(it.Metadata)
+			if err == nil && t.blobName(info.ID) != *it.Name {
+				err = fmt.Errorf("its metadata names volume %s, whose replica is %s", info.ID, t.blobName(info.ID))
+			}
 			if err != nil {
 				t.log.Warn("azure: skipping a blob that is not a replica", "blob", *it.Name, "err", err)
 				continue
 			}
-			vols = append(vols, info)
+			if err := fn(*it.Name, info, kcv); err != nil {
+				return err
+			}
 		}
 	}
-	return vols, nil
-}
-
-// Close marks the target closed. Open replicas stay usable until closed.
-func (t *Target) Close() error {
-	t.mu.Lock()
-	t.closed = true
-	t.mu.Unlock()
 	return nil
 }
 
-func (t *Target) release(name string) {
-	t.mu.Lock()
-	delete(t.open, name)
-	t.mu.Unlock()
+// CheckKeys checks that every replica can be opened with the target's key
+// (or without one): a process server calls it at start so that a wrong or
+// missing key fails there, not at the first segment.
+func (t *Target) CheckKeys(ctx context.Context) error {
+	return t.eachReplica(ctx, func(name string, _ targets.VolumeInfo, kcv string) error {
+		return checkKey(name, t.opts.Cipher, kcv)
+	})
 }
 
-// mapErr turns service errors into the package's permanent errors or the
-// targets errors, keeping the service's message.
-func mapErr(what string, err error) error {
+// checkKey says whether a replica whose key check value is kcv opens with
+// cipher c (nil: no encryption).
+func checkKey(name string, c *SectorCipher, kcv string) error {
 	switch {
-	case err == nil:
-		return nil
-	case bloberror.HasCode(err, bloberror.ContainerNotFound):
-		return fmt.Errorf("%s: %w: %v", what, ErrContainerNotFound, err)
-	case bloberror.HasCode(err, bloberror.BlobNotFound, bloberror.ResourceNotFound):
-		return fmt.Errorf("%s: %w", what, targets.ErrNotFound)
-	case bloberror.HasCode(err, bloberror.ConditionNotMet, bloberror.SequenceNumberConditionNotMet, bloberror.LeaseIDMismatchWithBlobOperation, bloberror.LeaseIDMissing):
-		return fmt.Errorf("%s: the blob changed under this process server: %w", what, targets.ErrInUse)
+	case c != nil && kcv == "":
+		return fmt.Errorf("azure open %s: %w: the replica was written without encryption; give no key, or resync to a new container", name, ErrWrongKey)
+	case c == nil && kcv != "":
+		return fmt.Errorf("azure open %s: %w (key check value %s): give its key", name, ErrEncrypted, kcv)
+	case c != nil:
+		if err := c.CheckKey(kcv); err != nil {
+			return fmt.Errorf("azure open %s: %w", name, err)
+		}
 	}
-	var re *azcore.ResponseError
-	if errors.As(err, &re) && (re.StatusCode == http.StatusForbidden || re.StatusCode == http.StatusUnauthorized) {
-		return fmt.Errorf("%s: %w: %v", what, ErrAuth, err)
+	return nil
+}
+
+// Close closes the replicas still open in the target (stopping their lease
+// renewal and releasing their leases, so that another Target can open them
+// at once) and refuses further Opens.
+func (t *Target) Close() error {
+	t.mu.Lock()
+	t.closed = true
+	open := make([]*Replica, 0, len(t.open))
+	for _, r := range t.open {
+		open = append(open, r)
 	}
-	return fmt.Errorf("%s: %w", what, err)
+	t.mu.Unlock()
+	var errs []error
+	for _, r := range open {
+		errs = append(errs, r.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// release forgets r, if it is the replica open under its name.
+func (t *Target) release(r *Replica) {
+	t.mu.Lock()
+	if t.open[r.name] == r {
+		delete(t.open, r.name)
+	}
+	t.mu.Unlock()
 }

@@ -1,13 +1,10 @@
 package azure_test
 
 import (
-	"context"
 	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
-
-	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/container"
 
 	"lifeboat/targets"
 	"lifeboat/targets/azure"
@@ -25,17 +22,7 @@ var lastName string
 func newContainer(t *testing.T, s *azuritetest.Server) string {
 	t.Helper()
 	name := fmt.Sprintf("lifeboat-%d", containerN.Add(1))
-	cred, err := container.NewSharedKeyCredential(s.Account, s.Key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := container.NewClientWithSharedKeyCredential(s.URL+"/"+name, cred, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Create(context.Background(), nil); err != nil {
-		t.Fatalf("create container %s: %v", name, err)
-	}
+	s.NewContainer(t, name)
 	lastName = name
 	return name
 }

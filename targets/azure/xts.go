@@ -51,6 +51,7 @@ var (
 	ErrKeyFormat     = errors.New("encryption key: not 64 raw bytes and not 128 hex characters")
 	ErrKeyFilePerm   = errors.New("encryption key file is readable by group or others")
 	ErrKeyMissing    = errors.New("encryption key: environment variable not set")
+	ErrEncrypted     = errors.New("the replica is encrypted and no encryption key was given")
 	ErrWrongKey      = errors.New("encryption key does not match the key this replica was written with")
 	ErrSectorAligned = errors.New("encryption: offset and length must be multiples of 4096")
 )

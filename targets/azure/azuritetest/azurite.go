@@ -11,6 +11,7 @@ package azuritetest
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -24,6 +25,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/container"
 )
 
 // The development account every Azurite accepts (published in Azurite's
@@ -300,4 +303,29 @@ func (s *Server) logTail() string {
 		b = b[len(b)-2000:]
 	}
 	return string(bytes.TrimSpace(b))
+}
+
+// Container is a shared-key client of container name on s (which may not
+// exist yet).
+func (s *Server) Container(t testing.TB, name string) *container.Client {
+	t.Helper()
+	cred, err := container.NewSharedKeyCredential(s.Account, s.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := container.NewClientWithSharedKeyCredential(s.URL+"/"+name, cred, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// NewContainer creates container name on s and returns its client.
+func (s *Server) NewContainer(t testing.TB, name string) *container.Client {
+	t.Helper()
+	c := s.Container(t, name)
+	if _, err := c.Create(context.Background(), nil); err != nil {
+		t.Fatalf("create container %s: %v", name, err)
+	}
+	return c
 }

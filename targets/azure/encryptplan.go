@@ -1,0 +1,139 @@
+package azure
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/blob"
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/pageblob"
+
+	"lifeboat/targets"
+)
+
+// encryptCalls turns a plan into calls on whole 4 KiB sectors for an
+// encrypted replica: runs of adjacent calls are joined and cut at
+// MaxPutPage; sectors holding data are encrypted and sent as Put Page.
+//
+// A sector that is all zero (no PutPages of the plan touches it: the
+// planner sends every all-zero page as a clear) is
+//   - cleared where the blob has no pages in it (Get Page Ranges, one
+//     request per batch over the span of its zero sectors): the sector
+//     reads as zeros before and after, so the clear changes nothing and
+//     uploads nothing. This keeps the initial replication of a sparse
+//     volume sparse: without it every ZERO record would upload 4 KiB of
+//     ciphertext and bill it as a written page.
+//   - written as encrypted zeros where the blob has pages: clearing data
+//     would show in Get Page Ranges which sectors became zero (trims),
+//     which the ciphertext of zeros does not.
+//
+// What a storage account learns: which sectors were never written with
+// data since the blob was created (the holes of the initial replication),
+// as with any sparse encrypted image; not when a written sector becomes
+// zero. Reads treat an all-zero ciphertext sector as zeros (readAt), so a
+// cleared sector reads correctly; a redo after a crash repeats the same
+// decision from the blob's current pages, and either choice reads as
+// zeros, so it is idempotent.
+func (r *Replica) encryptCalls(ctx context.Context, calls []Call) ([]Call, error) {
+	type run struct {
+		lo, hi int64
+		calls  []Call
+	}
+	var runs []run
+	var zeros []span
+	for i := 0; i < len(calls); {
+		j, end := i+1, calls[i].Off+calls[i].Len
+		for j < len(calls) && calls[j].Off == end {
+			end += calls[j].Len
+			j++
+		}
+		start := calls[i].Off
+		if start%SectorSize != 0 || end%SectorSize != 0 {
+			return nil, fmt.Errorf("azure apply %s: planned run %d..%d is not sector aligned: %w", r.name, start, end, targets.ErrUnaligned)
+		}
+		runs = append(runs, run{start, end, calls[i:j]})
+		cur := start
+		for _, c := range calls[i:j] {
+			if c.Kind != PutPages {
+				continue
+			}
+			if lo := c.Off / SectorSize * SectorSize; lo > cur {
+				zeros = append(zeros, span{cur, lo})
+			}
+			cur = max(cur, alignUp(c.Off+c.Len, SectorSize))
+		}
+		if cur < end {
+			zeros = append(zeros, span{cur, end})
+		}
+		i = j
+	}
+	var clears []span
+	if len(zeros) > 0 {
+		written, err := r.writtenSectors(ctx, zeros[0].lo, zeros[len(zeros)-1].hi)
+		if err != nil {
+			return nil, err
+		}
+		clears = subtractSpans(zeros, written)
+	}
+	var out []Call
+	for _, rn := range runs {
+		cur := rn.lo
+		for _, put := range subtractSpans([]span{{rn.lo, rn.hi}}, clears) {
+			if put.lo > cur {
+				out = append(out, Call{Kind: ClearPages, Off: cur, Len: put.lo - cur})
+			}
+			for s := put.lo; s < put.hi; s += MaxPutPage {
+				c, err := r.encryptRange(rn.calls, s, min(s+MaxPutPage, put.hi))
+				if err != nil {
+					return nil, err
+				}
+				out = append(out, c)
+			}
+			cur = put.hi
+		}
+		if cur < rn.hi {
+			out = append(out, Call{Kind: ClearPages, Off: cur, Len: rn.hi - cur})
+		}
+	}
+	return out, nil
+}
+
+// encryptRange is the Put Page of [s, e), whole sectors, holding the data
+// of the PutPages calls there (zeros elsewhere), encrypted.
+func (r *Replica) encryptRange(calls []Call, s, e int64) (Call, error) {
+	buf := make([]byte, e-s)
+	for _, c := range calls {
+		if c.Kind != PutPages || c.Off+c.Len <= s || c.Off >= e {
+			continue
+		}
+		lo, hi := max(c.Off, s), min(c.Off+c.Len, e)
+		copy(buf[lo-s:hi-s], c.Data[lo-c.Off:hi-c.Off])
+	}
+	if err := r.t.opts.Cipher.Encrypt(buf, buf, s); err != nil {
+		return Call{}, fmt.Errorf("azure apply %s: %w", r.name, err)
+	}
+	return Call{Kind: PutPages, Off: s, Len: e - s, Data: buf}, nil
+}
+
+// writtenSectors lists the sectors in [lo, hi) where the blob has pages,
+// as sorted, merged spans of whole sectors.
+func (r *Replica) writtenSectors(ctx context.Context, lo, hi int64) ([]span, error) {
+	var out []span
+	pager := r.pb.NewGetPageRangesPager(&pageblob.GetPageRangesOptions{Range: blob.HTTPRange{Offset: lo, Count: hi - lo}})
+	for pager.More() {
+		resp, err := pager.NextPage(ctx)
+		if err != nil {
+			return nil, mapErr(fmt.Sprintf("azure apply %s: page ranges of %d..%d", r.name, lo, hi), err)
+		}
+		for _, pr := range resp.PageList.PageRange {
+			if pr.Start == nil || pr.End == nil {
+				continue
+			}
+			s := max(*pr.Start/SectorSize*SectorSize, lo)
+			e := min(alignUp(*pr.End+1, SectorSize), hi)
+			if s < e {
+				out = append(out, span{s, e})
+			}
+		}
+	}
+	return mergeSpans(out), nil
+}
