@@ -131,8 +131,11 @@ func runServer(ctx context.Context, out io.Writer, o serverOptions) error {
 	// the target's own policy afterwards.
 	checkCtx, cancel := context.WithTimeout(policy.WithRetryOptions(ctx, policy.RetryOptions{
 		MaxRetries: 2, RetryDelay: time.Second, MaxRetryDelay: 2 * time.Second, TryTimeout: 15 * time.Second}), targetCheckTimeout)
+	defer cancel()
 	_, err = target.Volumes(checkCtx)
-	cancel()
+	if kc, ok := target.(interface{ CheckKeys(context.Context) error }); ok && err == nil {
+		err = kc.CheckKeys(checkCtx)
+	}
 	if err != nil {
 		return failure("--target %s is not usable: %v", o.Target, err)
 	}

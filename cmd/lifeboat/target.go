@@ -8,6 +8,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"lifeboat/pipeline/pki"
 	"lifeboat/targets"
 	"lifeboat/targets/azure"
 	"lifeboat/targets/file"
@@ -80,7 +81,11 @@ func openTarget(o serverOptions) (targets.Target, error) {
 		t.Logger = slog.Default()
 		return t, nil
 	case "azure":
-		return openAzure(raw, az)
+		id, err := pki.ServerID(o.DataDir)
+		if err != nil {
+			return nil, failure("%v", err)
+		}
+		return openAzure(raw, az, id)
 	case "":
 		return nil, usageError("--target %q: want a URL such as file:///srv/replicas or azure://ACCOUNT/CONTAINER", raw)
 	default:
@@ -88,7 +93,7 @@ func openTarget(o serverOptions) (targets.Target, error) {
 	}
 }
 
-func openAzure(raw string, az azureOptions) (targets.Target, error) {
+func openAzure(raw string, az azureOptions, leaseID string) (targets.Target, error) {
 	loc, err := azure.ParseTargetURL(raw)
 	if err != nil {
 		return nil, usageError("--target: %v", err)
@@ -97,7 +102,7 @@ func openAzure(raw string, az azureOptions) (targets.Target, error) {
 	if err != nil {
 		return nil, usageError("--target %s: %v", raw, err)
 	}
-	opts := azure.Options{Parallel: az.Parallel, Logger: slog.Default()}
+	opts := azure.Options{Parallel: az.Parallel, Logger: slog.Default(), LeaseID: leaseID}
 	var key []byte
 	switch {
 	case az.KeyFile != "":
