@@ -24,6 +24,7 @@ type protected struct {
 	img, jroot   string
 	uri          string
 	site         *site
+	args         []string // the agent's flags, without the site's
 	t            *testing.T
 	initialPoint time.Time
 }
@@ -36,21 +37,10 @@ func protect(t *testing.T, s *site, size, data int64, extra ...string) *protecte
 	t.Helper()
 	dir := t.TempDir()
 	p := &protected{img: filepath.Join(dir, "disk.img"), jroot: filepath.Join(dir, "journal"), site: s, t: t}
-	f, err := os.Create(p.img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	buf := make([]byte, data)
-	rand.Read(buf)
-	if _, err := f.WriteAt(buf, 32<<20); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Truncate(size); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
+	makeImage(t, p.img, size, data)
 	args := append([]string{"--volume", "disk=" + p.img, "--journal-dir", p.jroot, "--segment-age", "200ms",
 		"--tag-interval", "1s", "--max-backoff", "2s"}, extra...)
+	p.args = args
 	p.a = startAgent(t, append(args, s.agentArgs()...)...)
 	p.uri = p.a.uri["disk"]
 	t.Cleanup(func() {
@@ -64,6 +54,24 @@ func protect(t *testing.T, s *site, size, data int64, extra ...string) *protecte
 	}
 	p.initialPoint = pt.Time
 	return p
+}
+
+// makeImage creates a sparse image of size with data random bytes at 32 MiB.
+func makeImage(t *testing.T, path string, size, data int64) {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, data)
+	rand.Read(buf)
+	if _, err := f.WriteAt(buf, 32<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func (p *protected) status() (st struct {
@@ -120,7 +128,12 @@ func (p *protected) checkLatest(since time.Time) (uint64, string) {
 // one of those points still does at the end.
 func TestReplicationPointsEqualSourceAtTags(t *testing.T) {
 	need(t, "fio", "nbdcopy", "qemu-io")
-	s := newSite(t)
+	pointsEqualSourceAtTags(t, newSite(t))
+}
+
+// pointsEqualSourceAtTags is the test above on site s (any target); it
+// returns the protected volume, settled on its last point.
+func pointsEqualSourceAtTags(t *testing.T, s *site) *protected {
 	p := protect(t, s, 256<<20, 16<<20)
 	if got, want := s.export("disk", "latest"), sha256File(t, p.img); got != want {
 		t.Fatalf("initial replication: point sha256 %s, source %s", got, want)
@@ -165,6 +178,7 @@ func TestReplicationPointsEqualSourceAtTags(t *testing.T) {
 			t.Fatalf("segment %s applied %d times", k, n)
 		}
 	}
+	return p
 }
 
 // kill -9 of the process server while it applies; the agent keeps writing
@@ -172,7 +186,11 @@ func TestReplicationPointsEqualSourceAtTags(t *testing.T) {
 // source and no segment was applied twice.
 func TestReplicationServerKill9MidApply(t *testing.T) {
 	need(t, "nbdcopy")
-	s := newSite(t)
+	serverKill9MidApply(t, newSite(t))
+}
+
+// serverKill9MidApply is the test above on site s (any target).
+func serverKill9MidApply(t *testing.T, s *site) {
 	p := protect(t, s, 512<<20, 8<<20)
 	src := filepath.Join(t.TempDir(), "src.bin")
 	buf := make([]byte, 384<<20)
@@ -223,17 +241,8 @@ func TestReplicationServerOutage30s(t *testing.T) {
 	need(t, "fio")
 	s := newSite(t)
 	p := protect(t, s, 256<<20, 8<<20)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
 	start := time.Now()
-	fio := exec.CommandContext(ctx, "fio", "--name=churn", "--ioengine=nbd", "--uri="+p.uri, "--rw=randwrite",
-		"--bs=64k", "--size=128m", "--rate=4m", "--time_based", "--runtime=40", "--iodepth=4")
-	var fioOut bytes.Buffer
-	fio.Stdout, fio.Stderr = &fioOut, &fioOut
-	if err := fio.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { fio.Process.Kill(); fio.Wait() }()
+	fioWait := churn(t, p.uri)
 	time.Sleep(3 * time.Second)
 	s.stop(syscall.SIGKILL)
 	down := time.Now()
@@ -246,9 +255,7 @@ func TestReplicationServerOutage30s(t *testing.T) {
 	t.Logf("server down 30 s: agent kept %d MiB of journal", st.Tracker.JournalBytes>>20)
 	s.start()
 	back := time.Now()
-	if err := fio.Wait(); err != nil {
-		t.Fatalf("fio: %v\n%s", err, fioOut.String())
-	}
+	fioWait()
 	seq, _ := p.checkLatest(back)
 	if st := p.status(); st.Generation != 1 || strings.Count(p.a.Output(), "resync started") != 1 {
 		t.Fatalf("generation %d, %d resyncs: the outage caused a resync", st.Generation, strings.Count(p.a.Output(), "resync started"))
@@ -266,6 +273,28 @@ func TestReplicationServerOutage30s(t *testing.T) {
 		t.Fatalf("points: %d before the outage, %d tagged after it began (want the 1 s tags to go on through it)", before, after)
 	}
 	t.Logf("caught up to point %d; %d points before the outage, %d since", seq, before, after)
+}
+
+// churn starts fio writing 64 KiB blocks at random through uri at 4 MiB/s
+// for 40 s; wait waits for it and fails the test if fio failed.
+func churn(t *testing.T, uri string) (wait func()) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	fio := exec.CommandContext(ctx, "fio", "--name=churn", "--ioengine=nbd", "--uri="+uri, "--rw=randwrite",
+		"--bs=64k", "--size=128m", "--rate=4m", "--time_based", "--runtime=40", "--iodepth=4")
+	var out bytes.Buffer
+	fio.Stdout, fio.Stderr = &out, &out
+	if err := fio.Start(); err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); fio.Wait() })
+	return func() {
+		t.Helper()
+		if err := fio.Wait(); err != nil {
+			t.Fatalf("fio: %v\n%s", err, out.String())
+		}
+	}
 }
 
 // With a tiny journal quota and the server down, the agent switches to

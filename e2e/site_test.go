@@ -29,6 +29,7 @@ type site struct {
 	addr  string
 	certs string // web01.crt, web01.key, ca.crt
 	env   []string
+	args  []string // extra server flags (--target …)
 	srv   *agentProc
 	past  []string // output of the servers that exited
 }
@@ -37,8 +38,14 @@ type site struct {
 // server's environment (fault injection).
 func newSite(t *testing.T, env ...string) *site {
 	t.Helper()
+	return newSiteWith(t, env, nil)
+}
+
+// newSiteWith is newSite with extra server flags.
+func newSiteWith(t *testing.T, env, args []string) *site {
+	t.Helper()
 	root := t.TempDir()
-	s := &site{t: t, dir: filepath.Join(root, "server"), certs: filepath.Join(root, "certs"), env: env}
+	s := &site{t: t, dir: filepath.Join(root, "server"), certs: filepath.Join(root, "certs"), env: env, args: args}
 	run(t, binary, "server", "init", "--data-dir", s.dir)
 	run(t, binary, "certs", "issue", "--data-dir", s.dir, "--name", "web01", "--out", s.certs)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -63,7 +70,7 @@ func (s *site) start() {
 	s.t.Helper()
 	p, err := startProc(s.t, s.env, func(_ *agentProc, line string) bool {
 		return strings.HasPrefix(line, "process server listening on")
-	}, "server", "--data-dir", s.dir, "--listen", s.addr)
+	}, append([]string{"server", "--data-dir", s.dir, "--listen", s.addr}, s.args...)...)
 	if err != nil {
 		s.t.Fatal(err)
 	}
