@@ -1,13 +1,10 @@
 package main
 
 import (
-	"context"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/container"
 
 	"lifeboat/targets/azure"
 	"lifeboat/targets/azure/azuritetest"
@@ -78,17 +75,7 @@ func TestServerAzureTargetFailsAtStart(t *testing.T) {
 // start with what is wrong, and the key is never printed.
 func TestServerAzureTargetFailsAtStartAzurite(t *testing.T) {
 	az := azuritetest.Start(t)
-	cred, err := container.NewSharedKeyCredential(az.Account, az.Key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cc, err := container.NewClientWithSharedKeyCredential(az.URL+"/replicas", cred, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := cc.Create(context.Background(), nil); err != nil {
-		t.Fatal(err)
-	}
+	az.NewContainer(t, "replicas")
 	wrongKey := strings.Repeat("A", 86) + "=="
 	wrong := map[string]string{azure.EnvConnectionString: "AccountName=" + az.Account + ";AccountKey=" + wrongKey + ";BlobEndpoint=" + az.URL}
 	serverStartFails(t, wrong, wrongKey, []string{"--target", "azure://" + az.Account + "/replicas"}, "authentication or authorization failed")
