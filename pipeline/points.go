@@ -3,7 +3,6 @@ package pipeline
 import (
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"sort"
 	"strconv"
@@ -141,7 +140,7 @@ func (s *Server) handlePointImage(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.Header().Set(headerPrefix+"Point-Seq", strconv.FormatUint(p.Seq, 10))
 	w.Header().Set(headerPrefix+"Point-Name", p.Name)
-	http.ServeContent(w, r, "", p.Time, io.NewSectionReader(pr, 0, pr.Size()))
+	http.ServeContent(w, r, "", p.Time, newChunkedReader(pr, pr.Size()))
 }
 
 func (s *Server) pointSeq(r *http.Request, v *volume) (uint64, error) {
