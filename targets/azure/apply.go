@@ -73,11 +73,51 @@ func (r *Replica) write(ctx context.Context, exts []targets.Extent) error {
 	}
 	if r.t.opts.Cipher != nil {
 		calls, err = r.encryptCalls(ctx, calls)
-		if err != nil {
-			return err
-		}
+	} else {
+		calls, err = r.dropIdleClears(ctx, calls)
+	}
+	if err != nil {
+		return err
 	}
 	return r.send(ctx, calls)
+}
+
+// dropIdleClears keeps of each Clear Pages call only the ranges where the
+// blob has pages: clearing pages that were never written (a new or grown
+// blob: the holes and zero blocks of an initial replication arrive as ZERO
+// records) changes nothing and costs a request each. One Get Page Ranges
+// over the span of the batch's clears decides; the batch's own Put Page
+// calls do not overlap its clears, so the answer cannot be stale, and a
+// redo after a crash decides again from the blob as it is.
+func (r *Replica) dropIdleClears(ctx context.Context, calls []Call) ([]Call, error) {
+	lo, hi := int64(-1), int64(0)
+	for _, c := range calls {
+		if c.Kind == ClearPages {
+			if lo < 0 || c.Off < lo {
+				lo = c.Off
+			}
+			hi = max(hi, c.Off+c.Len)
+		}
+	}
+	if lo < 0 {
+		return calls, nil
+	}
+	written, err := r.writtenRanges(ctx, lo, hi, planPage)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Call, 0, len(calls))
+	for _, c := range calls {
+		if c.Kind != ClearPages {
+			out = append(out, c)
+			continue
+		}
+		whole := []span{{c.Off, c.Off + c.Len}}
+		for _, s := range subtractSpans(whole, subtractSpans(whole, written)) { // whole ∩ written
+			out = append(out, Call{Kind: ClearPages, Off: s.lo, Len: s.hi - s.lo})
+		}
+	}
+	return out, nil
 }
 
 // alignExtents returns exts with every unaligned extent cut to its aligned
@@ -170,16 +210,9 @@ func (r *Replica) send(ctx context.Context, calls []Call) error {
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			var err error
-			rng := blob.HTTPRange{Offset: c.Off, Count: c.Len}
-			if c.Kind == PutPages {
-				_, err = r.pb.UploadPages(ctx, nopCloser{bytes.NewReader(c.Data)}, rng, &pageblob.UploadPagesOptions{AccessConditions: r.ac()})
-			} else {
-				_, err = r.pb.ClearPages(ctx, rng, &pageblob.ClearPagesOptions{AccessConditions: r.ac()})
-			}
-			if err != nil {
+			if err := r.sendCall(ctx, c); err != nil {
 				once.Do(func() {
-					first = mapErr(fmt.Sprintf("azure apply %s: %v of %d bytes at %d", r.name, c.Kind, c.Len, c.Off), err)
+					first = err
 					cancel()
 				})
 			}
@@ -190,6 +223,27 @@ func (r *Replica) send(ctx context.Context, calls []Call) error {
 		return first
 	}
 	return ctx.Err()
+}
+
+// sendCall issues one call, encrypting its data first if it is an
+// encrypted Put Page still in plaintext (c.plain).
+func (r *Replica) sendCall(ctx context.Context, c Call) error {
+	if c.plain != nil {
+		bp := sectorBufs.Get().(*[]byte)
+		defer sectorBufs.Put(bp)
+		c.Data = (*bp)[:c.Len]
+		if err := r.encryptRange(c.Data, c.plain, c.Off, c.Off+c.Len); err != nil {
+			return err
+		}
+	}
+	rng := blob.HTTPRange{Offset: c.Off, Count: c.Len}
+	var err error
+	if c.Kind == PutPages {
+		_, err = r.pb.UploadPages(ctx, nopCloser{bytes.NewReader(c.Data)}, rng, &pageblob.UploadPagesOptions{AccessConditions: r.ac()})
+	} else {
+		_, err = r.pb.ClearPages(ctx, rng, &pageblob.ClearPagesOptions{AccessConditions: r.ac()})
+	}
+	return mapErr(fmt.Sprintf("azure apply %s: %v of %d bytes at %d", r.name, c.Kind, c.Len, c.Off), err)
 }
 
 // readAt fills p from pb (the blob or one of its snapshots) at off, which

@@ -49,6 +49,10 @@ type Call struct {
 	Off  int64
 	Len  int64
 	Data []byte
+	// plain, for a Put Page of an encrypted replica whose Data is nil: the
+	// planned calls whose data it encrypts, done by the request's own
+	// goroutine (see encryptCalls).
+	plain []Call
 }
 
 // Planner turns a batch of extents into page blob calls (see Plan). It keeps

@@ -3,6 +3,7 @@ package azure
 import (
 	"context"
 	"fmt"
+	"sync"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/blob"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/pageblob"
@@ -68,7 +69,7 @@ func (r *Replica) encryptCalls(ctx context.Context, calls []Call) ([]Call, error
 	}
 	var clears []span
 	if len(zeros) > 0 {
-		written, err := r.writtenSectors(ctx, zeros[0].lo, zeros[len(zeros)-1].hi)
+		written, err := r.writtenRanges(ctx, zeros[0].lo, zeros[len(zeros)-1].hi, SectorSize)
 		if err != nil {
 			return nil, err
 		}
@@ -82,11 +83,8 @@ func (r *Replica) encryptCalls(ctx context.Context, calls []Call) ([]Call, error
 				out = append(out, Call{Kind: ClearPages, Off: cur, Len: put.lo - cur})
 			}
 			for s := put.lo; s < put.hi; s += MaxPutPage {
-				c, err := r.encryptRange(rn.calls, s, min(s+MaxPutPage, put.hi))
-				if err != nil {
-					return nil, err
-				}
-				out = append(out, c)
+				// Encrypted when sent, in parallel (see send).
+				out = append(out, Call{Kind: PutPages, Off: s, Len: min(s+MaxPutPage, put.hi) - s, plain: rn.calls})
 			}
 			cur = put.hi
 		}
@@ -97,10 +95,13 @@ func (r *Replica) encryptCalls(ctx context.Context, calls []Call) ([]Call, error
 	return out, nil
 }
 
-// encryptRange is the Put Page of [s, e), whole sectors, holding the data
-// of the PutPages calls there (zeros elsewhere), encrypted.
-func (r *Replica) encryptRange(calls []Call, s, e int64) (Call, error) {
-	buf := make([]byte, e-s)
+// sectorBufs hold the ciphertext of one Put Page while it is sent.
+var sectorBufs = sync.Pool{New: func() any { b := make([]byte, MaxPutPage); return &b }}
+
+// encryptRange fills buf (e-s bytes) with [s, e), whole sectors, holding
+// the data of the PutPages calls there (zeros elsewhere), encrypted.
+func (r *Replica) encryptRange(buf []byte, calls []Call, s, e int64) error {
+	clear(buf)
 	for _, c := range calls {
 		if c.Kind != PutPages || c.Off+c.Len <= s || c.Off >= e {
 			continue
@@ -109,14 +110,14 @@ func (r *Replica) encryptRange(calls []Call, s, e int64) (Call, error) {
 		copy(buf[lo-s:hi-s], c.Data[lo-c.Off:hi-c.Off])
 	}
 	if err := r.t.opts.Cipher.Encrypt(buf, buf, s); err != nil {
-		return Call{}, fmt.Errorf("azure apply %s: %w", r.name, err)
+		return fmt.Errorf("azure apply %s: %w", r.name, err)
 	}
-	return Call{Kind: PutPages, Off: s, Len: e - s, Data: buf}, nil
+	return nil
 }
 
-// writtenSectors lists the sectors in [lo, hi) where the blob has pages,
-// as sorted, merged spans of whole sectors.
-func (r *Replica) writtenSectors(ctx context.Context, lo, hi int64) ([]span, error) {
+// writtenRanges lists where the blob has pages in [lo, hi), widened to
+// whole units of g bytes, as sorted, merged spans.
+func (r *Replica) writtenRanges(ctx context.Context, lo, hi, g int64) ([]span, error) {
 	var out []span
 	pager := r.pb.NewGetPageRangesPager(&pageblob.GetPageRangesOptions{Range: blob.HTTPRange{Offset: lo, Count: hi - lo}})
 	for pager.More() {
@@ -128,8 +129,8 @@ func (r *Replica) writtenSectors(ctx context.Context, lo, hi int64) ([]span, err
 			if pr.Start == nil || pr.End == nil {
 				continue
 			}
-			s := max(*pr.Start/SectorSize*SectorSize, lo)
-			e := min(alignUp(*pr.End+1, SectorSize), hi)
+			s := max(*pr.Start/g*g, lo)
+			e := min(alignUp(*pr.End+1, g), hi)
 			if s < e {
 				out = append(out, span{s, e})
 			}

@@ -1,0 +1,82 @@
+package azure_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"lifeboat/targets"
+	"lifeboat/targets/azure"
+	"lifeboat/targets/azure/azuritetest"
+)
+
+// ZERO extents over pages the blob never had (the holes of an initial
+// replication) send no Clear Pages; over written pages they do, and those
+// pages read as zeros.
+func TestClearsOnlyWrittenPages(t *testing.T) {
+	ctx := context.Background()
+	s := azuritetest.Start(t)
+	cont := newContainer(t, s)
+	p := newFaultProxy(t, s)
+	var mu sync.Mutex
+	var clears []string // x-ms-range of each Clear Pages
+	p.fault = func(_ int64, r *http.Request) (int, string) {
+		if r.Header.Get("x-ms-page-write") == "clear" {
+			mu.Lock()
+			clears = append(clears, r.Header.Get("x-ms-range"))
+			mu.Unlock()
+		}
+		return 0, ""
+	}
+	creds := azure.Credentials{Account: s.Account, Key: s.Key, Endpoint: p.srv.URL + "/" + s.Account + "/"}
+	tg, err := azure.New(azure.Location{Account: s.Account, Container: cont, Prefix: "lb/"}, creds, azure.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tg.Close()
+	info := targets.VolumeInfo{ID: "4e1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d", Name: "holes", Size: 16 << 20, BlockSize: 4096}
+	rep, err := tg.Open(ctx, info)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := newModel(info.Size, 9)
+	var exts []targets.Extent
+	for off := int64(0); off < info.Size; off += 1 << 20 {
+		if off%(2<<20) == 0 {
+			exts = append(exts, targets.Extent{Off: off, Data: m.random(1 << 20)})
+		} else {
+			exts = append(exts, targets.Extent{Off: off, Len: 1 << 20}) // a hole, as the agent sends it
+		}
+	}
+	m.apply(t, rep, exts)
+	if len(clears) != 0 {
+		t.Fatalf("Clear Pages sent for holes of a new blob: %q", clears)
+	}
+	// Zero data that is there: cleared, and reads as zeros.
+	m.apply(t, rep, []targets.Extent{{Off: 0, Len: 64 << 10}, {Off: 1<<20 - 4096, Len: 8192}})
+	slices.Sort(clears)
+	if want := []string{"bytes=0-65535", "bytes=1044480-1048575"}; !slices.Equal(clears, want) {
+		t.Fatalf("Clear Pages %q to zero 64 KiB of data, and 4 KiB of data with 4 KiB of hole beside it; want %q", clears, want)
+	}
+	if err := rep.CreatePoint(ctx, targets.Point{Seq: 1, Generation: 1, Name: "p", Time: time.Unix(1700000000, 0)}); err != nil {
+		t.Fatal(err)
+	}
+	pr, err := rep.OpenPoint(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pr.Close()
+	got := make([]byte, info.Size)
+	if _, err := pr.ReadAt(got, 0); err != nil && !errors.Is(err, io.EOF) {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, m.snapshot()) {
+		t.Fatal("the replica differs from what was applied")
+	}
+}
