@@ -69,18 +69,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# stop_pid PID: SIGTERM, wait up to 20 s, then SIGKILL.
-stop_pid() {
-	local p=$1
-	kill -0 "$p" 2>/dev/null || return 0
-	kill -TERM "$p" 2>/dev/null || true
-	for _ in $(seq 200); do
-		kill -0 "$p" 2>/dev/null || break
-		sleep 0.1
-	done
-	kill -KILL "$p" 2>/dev/null || true
-	wait "$p" 2>/dev/null || true
-}
+source bench/lib.sh # stop_pid, free_port (the script runs from the repository root)
 
 now() { date +%s.%N; }
 # disk_io DIR: "READ_MIB WRITTEN_MIB" so far on the block device under DIR
@@ -93,7 +82,6 @@ disk_io() {
 # cpu_s PID: user+system CPU seconds of a process so far (/proc/PID/stat,
 # fields 14 and 15 in clock ticks).
 cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.2f\n", ($12 + $13) / hz }' "/proc/$1/stat"; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 drop_caches() {
 	sync
 	if [[ $DROP_CACHES == 1 ]]; then

@@ -1,0 +1,17 @@
+# Shell functions the bench scripts share (they source bench/lib.sh from the repository root).
+
+# stop_pid PID: SIGTERM, wait up to 20 s, then SIGKILL.
+stop_pid() {
+	local p=$1
+	kill -0 "$p" 2>/dev/null || return 0
+	kill -TERM "$p" 2>/dev/null || true
+	for _ in $(seq 200); do
+		kill -0 "$p" 2>/dev/null || break
+		sleep 0.1
+	done
+	kill -KILL "$p" 2>/dev/null || true
+	wait "$p" 2>/dev/null || true
+}
+
+# free_port: a free TCP port on 127.0.0.1.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
