@@ -135,14 +135,15 @@ func (s *Server) openVolume(ctx context.Context, info targets.VolumeInfo) (*volu
 		s.spoolUsed.Add(seg.size)
 		v.spooledGen, v.spooledSeq = seg.generation, seg.last
 	}
+	// Logged before the applier starts: it owns v.pending from then on.
+	s.logger().Info("replica opened", "volume", info.Name, "id", info.ID, "applied_seq", st.Seq,
+		"spooled_segments", len(v.pending))
 	s.mu.Lock()
 	s.vols[info.ID] = v
 	s.mu.Unlock()
 	s.wg.Add(1)
 	go v.applier(s.ctx)
 	v.kick()
-	s.logger().Info("replica opened", "volume", info.Name, "id", info.ID, "applied_seq", st.Seq,
-		"spooled_segments", len(v.pending))
 	return v, nil
 }
 
