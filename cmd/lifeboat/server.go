@@ -16,6 +16,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/urfave/cli/v2"
 
+	"lifeboat/internal/dirlock"
 	"lifeboat/pipeline"
 	"lifeboat/pipeline/pki"
 	"lifeboat/targets"
@@ -122,6 +123,16 @@ func runServer(ctx context.Context, out io.Writer, o serverOptions) error {
 		}
 		return err
 	}
+	// One server per data directory: its spool, and the lease id its
+	// Azure replicas are held under, are its own.
+	unlock, err := dirlock.Lock(filepath.Join(o.DataDir, "server.lock"))
+	if errors.Is(err, dirlock.ErrLocked) {
+		return failure("--data-dir %s is in use: %v; stop that server first", o.DataDir, err)
+	}
+	if err != nil {
+		return failure("--data-dir %s: %v", o.DataDir, err)
+	}
+	defer unlock()
 	target, err := openTarget(o)
 	if err != nil {
 		return err

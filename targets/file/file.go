@@ -27,15 +27,14 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
-	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 
 	"golang.org/x/sys/unix"
 
 	"lifeboat/hrl"
+	"lifeboat/internal/dirlock"
 	"lifeboat/targets"
 )
 
@@ -194,21 +193,12 @@ func lockDir(fsys hrl.FS, dir string) (func(), error) {
 	if _, ok := fsys.(hrl.OSFS); !ok {
 		return func() {}, nil
 	}
-	path := filepath.Join(dir, lockName)
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	release, err := dirlock.Lock(filepath.Join(dir, lockName))
+	if errors.Is(err, dirlock.ErrLocked) {
+		return nil, fmt.Errorf("%s is %v; stop that process server first: %w", dir, err, targets.ErrInUse)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("replica lock: %w", err)
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		holder, _ := os.ReadFile(path)
-		f.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, fmt.Errorf("%s is locked by pid %s; stop that process server first: %w",
-				dir, strings.TrimSpace(string(holder)), targets.ErrInUse)
-		}
-		return nil, fmt.Errorf("replica lock: %w", err)
-	}
-	f.Truncate(0)
-	f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
-	return func() { f.Close() }, nil
+	return release, nil
 }
