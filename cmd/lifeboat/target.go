@@ -64,7 +64,7 @@ func openTarget(o serverOptions) (targets.Target, error) {
 		for flag, set := range map[string]bool{"--encryption-key": az.KeyFile != "", "--encryption-key-env": az.KeyEnv != "",
 			"--azure-credentials": az.Credentials != "", "--azure-endpoint": az.Endpoint != ""} {
 			if set {
-				return nil, usageError("%s applies to azure:// targets only; --target is %s", flag, raw)
+				return nil, usageError("%s applies to azure:// targets only; --target is a %q URL", flag, u.Scheme)
 			}
 		}
 	}
@@ -81,19 +81,21 @@ func openTarget(o serverOptions) (targets.Target, error) {
 		t.Logger = slog.Default()
 		return t, nil
 	case "azure":
-		id, err := pki.ServerID(o.DataDir)
+		cur, prev, err := pki.LeaseIDs(o.DataDir)
 		if err != nil {
 			return nil, failure("%v", err)
 		}
-		return openAzure(raw, az, id)
+		return openAzure(raw, az, cur, prev)
+	// The URL is not echoed from here on: a pasted connection string or
+	// SAS URL lands here and holds a secret.
 	case "":
-		return nil, usageError("--target %q: want a URL such as file:///srv/replicas or azure://ACCOUNT/CONTAINER", raw)
+		return nil, usageError("--target is not a URL (not shown: it may hold a secret); want a URL such as file:///srv/replicas or azure://ACCOUNT/CONTAINER")
 	default:
-		return nil, usageError("--target %q: unknown scheme %q; supported: file, azure", raw, u.Scheme)
+		return nil, usageError("--target: unknown scheme %q (the URL is not shown: it may hold a secret); supported: file, azure", u.Scheme)
 	}
 }
 
-func openAzure(raw string, az azureOptions, leaseID string) (targets.Target, error) {
+func openAzure(raw string, az azureOptions, leaseID, previousLeaseID string) (targets.Target, error) {
 	loc, err := azure.ParseTargetURL(raw)
 	if err != nil {
 		return nil, usageError("--target: %v", err)
@@ -102,7 +104,7 @@ func openAzure(raw string, az azureOptions, leaseID string) (targets.Target, err
 	if err != nil {
 		return nil, usageError("--target %s: %v", raw, err)
 	}
-	opts := azure.Options{Parallel: az.Parallel, Logger: slog.Default(), LeaseID: leaseID}
+	opts := azure.Options{Parallel: az.Parallel, Logger: slog.Default(), LeaseID: leaseID, PreviousLeaseID: previousLeaseID}
 	var key []byte
 	switch {
 	case az.KeyFile != "":

@@ -66,6 +66,9 @@ func TestServerAzureTargetFailsAtStart(t *testing.T) {
 		{"two keys", devKey, []string{"--target", "azure://acct1/replicas", "--encryption-key", "k", "--encryption-key-env", "K"}, []string{"give one"}},
 		{"parallel 0", devKey, []string{"--target", "azure://acct1/replicas", "--azure-parallel", "0"}, []string{"--azure-parallel"}},
 		{"unknown scheme", nil, []string{"--target", "s3://bucket"}, []string{"supported: file, azure"}},
+		{"a connection string as the target", nil, []string{"--target", "DefaultEndpointsProtocol=https;AccountName=acct1;AccountKey=" + azure.DevKey + ";EndpointSuffix=core.windows.net"}, []string{"not a URL"}},
+		{"a SAS URL as the target", nil, []string{"--target", "https://acct1.blob.core.windows.net/replicas?sv=1&sig=" + azure.DevKey}, []string{"unknown scheme \"https\""}},
+		{"a SAS URL as the endpoint", devKey, []string{"--target", "azure://acct1/replicas", "--azure-endpoint", "https://acct1.blob.core.windows.net/?sv=1&sig=" + azure.DevKey}, []string{"endpoint"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) { serverStartFails(t, tc.env, azure.DevKey, tc.args, tc.want...) })
 	}

@@ -11,35 +11,34 @@ import (
 	"github.com/google/uuid"
 )
 
-// ServerIDFile, in a process server's data directory, holds its id: a UUID
-// made on first use and kept across restarts. Targets use it where they
-// must tell process servers apart (the id of Azure blob leases), so that a
-// restarted server takes its replicas back at once after a crash. It is
+// LeaseIDFile, in a process server's data directory, holds the id of the
+// leases the server's current (or last) run holds on Azure replicas. It is
 // not a secret, but it is this server's own: to set up another process
 // server copy only DATA-DIR/pki, never this file.
-const ServerIDFile = "process-server-id"
+const LeaseIDFile = "process-server-lease-id"
 
-// ServerID returns the id of the process server whose data directory is
-// dataDir, creating it durably (temp file, fsync, link, directory fsync)
-// the first time.
-func ServerID(dataDir string) (string, error) {
-	path := filepath.Join(dataDir, ServerIDFile)
-	for {
-		b, err := os.ReadFile(path)
-		if err == nil {
-			id := strings.TrimSpace(string(b))
-			if _, perr := uuid.Parse(id); perr != nil {
-				return "", fmt.Errorf("%s: %q is not a UUID; delete the file to get a new id (leases under the old one then expire within a minute)", path, id)
-			}
-			return id, nil
+// LeaseIDs makes a new lease id for this run of the process server whose
+// data directory is dataDir, records it durably (temp file, fsync, rename,
+// directory fsync), and returns it with the previous run's id ("" if none).
+// A restarted server takes its replicas back from the previous id at once
+// (Azure's Change Lease) instead of waiting for those leases to expire,
+// and whatever still carries the previous id (a request of the crashed
+// run) is refused from then on.
+func LeaseIDs(dataDir string) (current, previous string, err error) {
+	path := filepath.Join(dataDir, LeaseIDFile)
+	b, err := os.ReadFile(path)
+	switch {
+	case err == nil:
+		previous = strings.TrimSpace(string(b))
+		if _, perr := uuid.Parse(previous); perr != nil {
+			return "", "", fmt.Errorf("%s: %q is not a UUID; delete the file (the leases of the last run then expire within a minute)", path, previous)
 		}
-		if !errors.Is(err, fs.ErrNotExist) {
-			return "", fmt.Errorf("process server id: %w", err)
-		}
-		err = writeFile(path, []byte(uuid.NewString()+"\n"), 0o644, true)
-		if err != nil && !errors.Is(err, ErrExists) {
-			return "", fmt.Errorf("process server id: %w", err)
-		}
-		// Written, or another process wrote it first: read what is there.
+	case !errors.Is(err, fs.ErrNotExist):
+		return "", "", fmt.Errorf("process server lease id: %w", err)
 	}
+	current = uuid.NewString()
+	if err := writeFile(path, []byte(current+"\n"), 0o644, false); err != nil {
+		return "", "", fmt.Errorf("process server lease id: %w", err)
+	}
+	return current, previous, nil
 }

@@ -4,41 +4,26 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 )
 
-func TestServerID(t *testing.T) {
+func TestLeaseIDs(t *testing.T) {
 	dir := t.TempDir()
-	ids := make([]string, 8)
-	var wg sync.WaitGroup
-	for i := range ids {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			id, err := ServerID(dir)
-			if err != nil {
-				t.Error(err)
-			}
-			ids[i] = id
-		}()
+	cur1, prev1, err := LeaseIDs(dir)
+	if err != nil || prev1 != "" || len(cur1) != 36 {
+		t.Fatalf("first run: %q, %q, %v", cur1, prev1, err)
 	}
-	wg.Wait()
-	for _, id := range ids {
-		if id != ids[0] || len(id) != 36 {
-			t.Fatalf("concurrent first uses got ids %q", ids)
-		}
+	cur2, prev2, err := LeaseIDs(dir)
+	if err != nil || prev2 != cur1 || cur2 == cur1 || len(cur2) != 36 {
+		t.Fatalf("second run: %q, %q, %v; want a new id and the first run's as previous", cur2, prev2, err)
 	}
-	if again, err := ServerID(dir); err != nil || again != ids[0] {
-		t.Fatalf("second use: %q, %v; want %q", again, err, ids[0])
+	if other, prev, err := LeaseIDs(t.TempDir()); err != nil || other == cur2 || prev != "" {
+		t.Fatalf("another data dir: %q, %q, %v", other, prev, err)
 	}
-	if other, err := ServerID(t.TempDir()); err != nil || other == ids[0] {
-		t.Fatalf("another data dir: %q, %v", other, err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, ServerIDFile), []byte("garbage\n"), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, LeaseIDFile), []byte("garbage\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ServerID(dir); err == nil || !strings.Contains(err.Error(), "not a UUID") {
+	if _, _, err := LeaseIDs(dir); err == nil || !strings.Contains(err.Error(), "not a UUID") {
 		t.Fatalf("damaged id file: %v", err)
 	}
 }

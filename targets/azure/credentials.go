@@ -76,7 +76,11 @@ func (c Credentials) Validate() error {
 		return fmt.Errorf("%w: the SAS token of %s does not parse", ErrCredentials, c.Account)
 	}
 	u, err := url.Parse(c.Endpoint)
-	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+	switch {
+	case err != nil || u.User != nil || u.RawQuery != "" || u.Fragment != "":
+		// Not quoted: a SAS URL given as the endpoint holds a signature.
+		return fmt.Errorf("%w: the blob endpoint does not parse or has credentials or a query (not shown: it may hold a secret); want http(s)://HOST[/PATH], and the SAS token apart", ErrCredentials)
+	case (u.Scheme != "https" && u.Scheme != "http") || u.Host == "":
 		return fmt.Errorf("%w: blob endpoint %q: want http(s)://HOST[/PATH]", ErrCredentials, c.Endpoint)
 	}
 	return nil

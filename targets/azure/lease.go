@@ -20,6 +20,9 @@ const (
 	leaseDuration = 60 // seconds, the longest finite lease
 	leaseRenew    = 20 * time.Second
 	leaseRetry    = 2 * time.Second // after a failed renewal
+	// leaseRenewTimeout bounds one renewal (with the SDK's retries), so
+	// that failed attempts cannot use up the lease's 60 s.
+	leaseRenewTimeout = 8 * time.Second
 )
 
 // acquireLease takes the blob's lease and starts renewing it.
@@ -30,15 +33,37 @@ func (r *Replica) acquireLease(ctx context.Context) error {
 		return fmt.Errorf("azure lease %s: %w", r.name, err)
 	}
 	if _, err := lc.AcquireLease(ctx, leaseDuration, nil); err != nil {
-		if bloberror.HasCode(err, bloberror.LeaseAlreadyPresent) {
+		if !bloberror.HasCode(err, bloberror.LeaseAlreadyPresent) {
+			return mapErr("azure lease "+r.name, err)
+		}
+		if !r.takeOver(ctx, id) {
 			return fmt.Errorf("azure open %s: the blob is leased by another process server (its lease expires %d s after it stops; the same server restarted takes it back at once): %w", r.name, leaseDuration, targets.ErrInUse)
 		}
-		return mapErr("azure lease "+r.name, err)
 	}
 	r.lease, r.leaseID = lc, id
 	r.stopRenew, r.renewDone = make(chan struct{}), make(chan struct{})
 	go r.renew()
 	return nil
+}
+
+// takeOver moves the blob's lease from this process server's previous run
+// (Options.PreviousLeaseID) to id, and reports whether it could: after a
+// crash the restarted server goes on at once, and any request of the old
+// run still in flight is refused from then on.
+func (r *Replica) takeOver(ctx context.Context, id string) bool {
+	prev := r.t.opts.PreviousLeaseID
+	if prev == "" || prev == id {
+		return false
+	}
+	old, err := lease.NewBlobClient(r.pb, &lease.BlobClientOptions{LeaseID: &prev})
+	if err != nil {
+		return false
+	}
+	if _, err := old.ChangeLease(ctx, id, nil); err != nil {
+		return false
+	}
+	r.t.log.Info("azure: took the replica's lease over from this process server's previous run", "blob", r.name)
+	return true
 }
 
 func (r *Replica) renew() {
@@ -50,7 +75,7 @@ func (r *Replica) renew() {
 		case <-r.stopRenew:
 			return
 		case <-tick.C:
-			ctx, cancel := context.WithTimeout(context.Background(), leaseRenew)
+			ctx, cancel := context.WithTimeout(context.Background(), leaseRenewTimeout)
 			_, err := r.lease.RenewLease(ctx, nil)
 			cancel()
 			if err != nil {

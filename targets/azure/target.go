@@ -47,11 +47,14 @@ type Options struct {
 	// DefaultReadTimeout plus a second per DefaultReadRate bytes read.
 	ReadTimeout time.Duration
 	// LeaseID is the id (a UUID) of the leases this target holds on its
-	// open replicas. A process server that keeps one across restarts
-	// takes its replicas back at once after a crash, instead of waiting
-	// up to a minute for its old leases to expire; another id is
-	// refused while they last. "" is a new id per Target.
-	LeaseID string
+	// open replicas; "" is a new random id. PreviousLeaseID, if set, is
+	// the id of the previous run of the same process server: a replica
+	// still leased under it (the run crashed) is taken over at once with
+	// Change Lease instead of after the lease expires (up to a minute),
+	// and the old id is refused from then on. Any other holder is
+	// targets.ErrInUse.
+	LeaseID         string
+	PreviousLeaseID string
 }
 
 // Target keeps one page blob per volume in a container.
@@ -83,8 +86,11 @@ func New(loc Location, creds Credentials, opts Options) (*Target, error) {
 	}
 	if opts.LeaseID == "" {
 		opts.LeaseID = uuid.NewString()
-	} else if _, err := uuid.Parse(opts.LeaseID); err != nil {
-		return nil, fmt.Errorf("azure target: lease id %q is not a UUID", opts.LeaseID)
+	}
+	for _, id := range []string{opts.LeaseID, opts.PreviousLeaseID} {
+		if _, err := uuid.Parse(id); err != nil && id != "" {
+			return nil, fmt.Errorf("azure target: lease id %q is not a UUID", id)
+		}
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
