@@ -85,24 +85,22 @@ func (r *Replica) write(ctx context.Context, exts []targets.Extent) error {
 // dropIdleClears keeps of each Clear Pages call only the ranges where the
 // blob has pages: clearing pages that were never written (a new or grown
 // blob: the holes and zero blocks of an initial replication arrive as ZERO
-// records) changes nothing and costs a request each. One Get Page Ranges
-// over the span of the batch's clears decides; the batch's own Put Page
+// records) changes nothing and costs a request each. Get Page Ranges over
+// the batch's clears decides (see writtenIn); the batch's own Put Page
 // calls do not overlap its clears, so the answer cannot be stale, and a
 // redo after a crash decides again from the blob as it is.
 func (r *Replica) dropIdleClears(ctx context.Context, calls []Call) ([]Call, error) {
-	lo, hi := int64(-1), int64(0)
+	var clears []span
 	for _, c := range calls {
 		if c.Kind == ClearPages {
-			if lo < 0 || c.Off < lo {
-				lo = c.Off
-			}
-			hi = max(hi, c.Off+c.Len)
+			clears = append(clears, span{c.Off, c.Off + c.Len})
 		}
 	}
-	if lo < 0 {
+	if len(clears) == 0 {
 		return calls, nil
 	}
-	written, err := r.writtenRanges(ctx, lo, hi, planPage)
+	clears = mergeSpans(clears)
+	written, err := r.writtenIn(ctx, clears, planPage)
 	if err != nil {
 		return nil, err
 	}
@@ -227,17 +225,23 @@ func (r *Replica) send(ctx context.Context, calls []Call) error {
 
 // sendCall issues one call, encrypting its data first if it is an
 // encrypted Put Page still in plaintext (c.plain).
-func (r *Replica) sendCall(ctx context.Context, c Call) error {
+func (r *Replica) sendCall(ctx context.Context, c Call) (err error) {
 	if c.plain != nil {
 		bp := sectorBufs.Get().(*[]byte)
-		defer sectorBufs.Put(bp)
+		defer func() {
+			// Only a request the service accepted has had its body read
+			// whole; after an early error answer the transport may still
+			// be reading it, so that buffer is left to the collector.
+			if err == nil {
+				sectorBufs.Put(bp)
+			}
+		}()
 		c.Data = (*bp)[:c.Len]
 		if err := r.encryptRange(c.Data, c.plain, c.Off, c.Off+c.Len); err != nil {
 			return err
 		}
 	}
 	rng := blob.HTTPRange{Offset: c.Off, Count: c.Len}
-	var err error
 	if c.Kind == PutPages {
 		_, err = r.pb.UploadPages(ctx, nopCloser{bytes.NewReader(c.Data)}, rng, &pageblob.UploadPagesOptions{AccessConditions: r.ac()})
 	} else {

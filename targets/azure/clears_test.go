@@ -80,3 +80,71 @@ func TestClearsOnlyWrittenPages(t *testing.T) {
 		t.Fatal("the replica differs from what was applied")
 	}
 }
+
+// When Get Page Ranges fails, clears are sent as if every page were
+// written: dearer, still correct, and replication does not stall.
+func TestClearsWhenPageRangesFail(t *testing.T) {
+	ctx := context.Background()
+	s := azuritetest.Start(t)
+	cont := newContainer(t, s)
+	p := newFaultProxy(t, s)
+	var mu sync.Mutex
+	var clears int
+	p.fault = func(_ int64, r *http.Request) (int, string) {
+		mu.Lock()
+		defer mu.Unlock()
+		if r.URL.Query().Get("comp") == "pagelist" {
+			return http.StatusInternalServerError, "InternalError"
+		}
+		if r.Header.Get("x-ms-page-write") == "clear" {
+			clears++
+		}
+		return 0, ""
+	}
+	creds := azure.Credentials{Account: s.Account, Key: s.Key, Endpoint: p.srv.URL + "/" + s.Account + "/"}
+	for _, opts := range []azure.Options{{RetryDelay: time.Millisecond}, {RetryDelay: time.Millisecond, Cipher: testCipher(t)}} {
+		tg, err := azure.New(azure.Location{Account: s.Account, Container: cont, Prefix: "lb/"}, creds, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info := targets.VolumeInfo{ID: "3e1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d", Name: "nopagelist", Size: 4 << 20, BlockSize: 4096}
+		if opts.Cipher != nil {
+			info.ID = "3f1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
+		}
+		rep, err := tg.Open(ctx, info)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := newModel(info.Size, 4)
+		m.apply(t, rep, []targets.Extent{{Off: 0, Data: m.random(1 << 20)}, {Off: 1 << 20, Len: 1 << 20}})
+		m.apply(t, rep, []targets.Extent{{Off: 4096, Len: 8192}})
+		if err := rep.CreatePoint(ctx, targets.Point{Seq: 1, Generation: 1, Name: "p", Time: time.Unix(1700000000, 0)}); err != nil {
+			t.Fatal(err)
+		}
+		pr, err := rep.OpenPoint(ctx, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, info.Size)
+		if _, err := pr.ReadAt(got, 0); err != nil && !errors.Is(err, io.EOF) {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, m.snapshot()) {
+			t.Fatalf("encrypted %v: the replica differs from what was applied", opts.Cipher != nil)
+		}
+		pr.Close()
+		tg.Close()
+	}
+	if clears == 0 {
+		t.Fatal("no Clear Pages sent although Get Page Ranges failed: the fallback did not clear")
+	}
+}
+
+func testCipher(t *testing.T) *azure.SectorCipher {
+	t.Helper()
+	c, err := azure.NewSectorCipher(cipherKey(7))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}

@@ -67,14 +67,11 @@ func (r *Replica) encryptCalls(ctx context.Context, calls []Call) ([]Call, error
 		}
 		i = j
 	}
-	var clears []span
-	if len(zeros) > 0 {
-		written, err := r.writtenRanges(ctx, zeros[0].lo, zeros[len(zeros)-1].hi, SectorSize)
-		if err != nil {
-			return nil, err
-		}
-		clears = subtractSpans(zeros, written)
+	written, err := r.writtenIn(ctx, zeros, SectorSize)
+	if err != nil {
+		return nil, err
 	}
+	clears := subtractSpans(zeros, written)
 	var out []Call
 	for _, rn := range runs {
 		cur := rn.lo
@@ -113,6 +110,38 @@ func (r *Replica) encryptRange(buf []byte, calls []Call, s, e int64) error {
 		return fmt.Errorf("azure apply %s: %w", r.name, err)
 	}
 	return nil
+}
+
+// pageRangesGap: spans closer than this are asked about in one Get Page
+// Ranges; farther apart, each cluster has its own, so that a batch with
+// zeros at both ends of a large, fragmented blob does not list every range
+// in between.
+const pageRangesGap = 64 << 20
+
+// writtenIn lists where the blob has pages within spans (sorted, disjoint),
+// widened to whole units of g bytes, with one Get Page Ranges per cluster
+// of nearby spans. If the service cannot answer, every span counts as
+// written: clearing or writing encrypted zeros is always correct, only
+// dearer; a context that ended is an error.
+func (r *Replica) writtenIn(ctx context.Context, spans []span, g int64) ([]span, error) {
+	var out []span
+	for i := 0; i < len(spans); {
+		j := i + 1
+		for j < len(spans) && spans[j].lo-spans[j-1].hi <= pageRangesGap {
+			j++
+		}
+		w, err := r.writtenRanges(ctx, spans[i].lo, spans[j-1].hi, g)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			r.t.log.Warn("azure: Get Page Ranges failed; clearing as if every page were written", "blob", r.name, "err", err)
+			w = spans[i:j]
+		}
+		out = append(out, w...)
+		i = j
+	}
+	return mergeSpans(out), nil
 }
 
 // writtenRanges lists where the blob has pages in [lo, hi), widened to
