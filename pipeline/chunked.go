@@ -33,8 +33,16 @@ func (c *chunkedReader) Read(p []byte) (int, error) {
 		if c.buf == nil {
 			c.buf = make([]byte, pointChunk)
 		}
-		n, err := c.r.ReadAt(c.buf[:min(pointChunk, c.size-c.pos)], c.pos)
-		if err != nil && !(errors.Is(err, io.EOF) && int64(n) == min(pointChunk, c.size-c.pos)) {
+		want := min(pointChunk, c.size-c.pos)
+		n, err := c.r.ReadAt(c.buf[:want], c.pos)
+		switch {
+		case int64(n) == want:
+		case err == nil || errors.Is(err, io.EOF):
+			// A point shorter than its size must not end a download
+			// quietly.
+			err = fmt.Errorf("read %d bytes at %d of a %d-byte image, got %d: %w", want, c.pos, c.size, n, io.ErrUnexpectedEOF)
+			fallthrough
+		default:
 			c.buf = c.buf[:0]
 			return 0, err
 		}

@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"math/rand/v2"
 	"testing"
@@ -55,5 +56,29 @@ func TestChunkedReader(t *testing.T) {
 	}
 	if n, err := c.Read(make([]byte, 1)); n != 0 || err != io.EOF {
 		t.Fatalf("read at the end: %d, %v", n, err)
+	}
+}
+
+// shortReaderAt is a ReaderAt whose data ends before the size it claims.
+type shortReaderAt struct{ n int64 }
+
+func (s shortReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	if off >= s.n {
+		return 0, io.EOF
+	}
+	n := min(int64(len(p)), s.n-off)
+	clear(p[:n])
+	if n < int64(len(p)) {
+		return int(n), io.EOF
+	}
+	return int(n), nil
+}
+
+// A source shorter than the size is an error, never a quiet short download.
+func TestChunkedReaderShortSource(t *testing.T) {
+	c := newChunkedReader(shortReaderAt{n: pointChunk + 100}, 2*pointChunk)
+	_, err := io.Copy(io.Discard, struct{ io.Reader }{c})
+	if !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("copy of a short source: %v, want io.ErrUnexpectedEOF", err)
 	}
 }
