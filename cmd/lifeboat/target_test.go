@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"lifeboat/internal/dirlock"
 	"lifeboat/targets/azure"
 	"lifeboat/targets/azure/azuritetest"
 )
@@ -84,4 +85,21 @@ func TestServerAzureTargetFailsAtStartAzurite(t *testing.T) {
 	serverStartFails(t, wrong, wrongKey, []string{"--target", "azure://" + az.Account + "/replicas"}, "authentication or authorization failed")
 	good := map[string]string{azure.EnvConnectionString: az.ConnectionString()}
 	serverStartFails(t, good, az.Key, []string{"--target", "azure://" + az.Account + "/missing"}, "container not found")
+}
+
+// A second server on a data dir in use is refused at start.
+func TestServerRefusesADataDirInUse(t *testing.T) {
+	dir := t.TempDir()
+	if _, _, code := runApp(t, "server", "init", "--data-dir", dir); code != 0 {
+		t.Fatal("server init failed")
+	}
+	release, err := dirlock.Lock(filepath.Join(dir, "server.lock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	_, stderr, code := runApp(t, "server", "--data-dir", dir, "--listen", "127.0.0.1:0")
+	if code == 0 || !strings.Contains(stderr, "is in use") || !strings.Contains(stderr, "locked by pid") {
+		t.Fatalf("server on a data dir in use: exit %d\n%s", code, stderr)
+	}
 }
