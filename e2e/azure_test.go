@@ -199,14 +199,18 @@ func TestAzureSecondProcessServerIsRefused(t *testing.T) {
 	}
 	t.Logf("second process server refused: %s", lastMatch(srv2.Output(), "leased by another process server"))
 
-	// Back to the first server: replication goes on (the agent, told by
-	// the second server that it had no replica, resyncs in full).
+	// Back to the first server: replication goes on where it was (the
+	// second server answered 423, not "no replica", so the agent did not
+	// take the replica for lost and resync it).
 	p.a.stop(t, syscall.SIGTERM)
 	p.a = startAgent(t, slices.Concat(p.args, s.agentArgs())...)
 	p.uri = p.a.uri["disk"]
 	start := time.Now()
 	run(t, "qemu-io", "-f", "raw", "-c", "write -P 0x33 1M 2M", "-c", "flush", p.uri)
 	p.checkLatest(start)
+	if st := p.status(); st.Generation != 1 {
+		t.Fatalf("generation %d: meeting the second server made the agent resync", st.Generation)
+	}
 }
 
 // writeKey writes a fresh 64-byte key file (chmod 600) and returns its path.

@@ -13,6 +13,7 @@ import (
 	"lifeboat/pipeline"
 	"lifeboat/pipeline/pki"
 	"lifeboat/targets"
+	"lifeboat/targets/file"
 	"lifeboat/targets/memory"
 )
 
@@ -383,5 +384,35 @@ func TestSegmentDamagedOnTheAgentsDiskLeadsToAFullResync(t *testing.T) {
 	s.checkPoints(a, map[uint64]string{seq: sum})
 	if st := a.ship.Status(); st.Resends < 3 {
 		t.Fatalf("%d resends before the agent looked at its own copy, want 3", st.Resends)
+	}
+}
+
+// A process server rebuilt on the same target (its spool and data dir
+// gone, the replicas kept) finds the volume in the target and reports the
+// replica's state, so the agent resumes where it was instead of copying
+// the whole volume again.
+func TestNewServerOnTheSameTargetResumes(t *testing.T) {
+	replicas := t.TempDir()
+	first := newSite(t, file.New(replicas))
+	a := newAgentVol(t, first, 4<<20, 0, first.client("agent1", pki.RoleAgent))
+	a.waitSynced()
+	rng := rand.New(rand.NewPCG(9, 10))
+	a.writeRandom(rng, 20)
+	seq, sum := a.tag("on the first server")
+	first.checkPoints(a, map[uint64]string{seq: sum})
+	for a.vol.Status().AckedSeq < seq {
+		time.Sleep(10 * time.Millisecond)
+	}
+	a.close()
+	first.stop()
+
+	rebuilt := newSite(t, file.New(replicas))
+	a.open(rebuilt, 0, rebuilt.client("agent1", pki.RoleAgent))
+	a.writeRandom(rng, 5)
+	a.waitSynced()
+	seq2, sum2 := a.tag("on the rebuilt server")
+	rebuilt.checkPoints(a, map[uint64]string{seq: sum, seq2: sum2})
+	if st := a.vol.Status(); st.Generation != 1 {
+		t.Fatalf("generation %d after moving to a rebuilt server on the same replica, want 1 (no resync)", st.Generation)
 	}
 }

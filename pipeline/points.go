@@ -60,8 +60,46 @@ func (s *Server) lookup(w http.ResponseWriter, r *http.Request) *volume {
 		}
 	}
 	s.mu.Unlock()
-	httpError(w, http.StatusNotFound, fmt.Errorf("%w: %q", ErrNoReplica, key))
-	return nil
+	v, err := s.adopt(r, key)
+	if err != nil {
+		s.logger().Warn("volume refused", "volume", key, "err", err)
+	}
+	switch {
+	case errors.Is(err, targets.ErrInUse):
+		httpError(w, http.StatusLocked, err)
+	case err != nil:
+		httpError(w, http.StatusInternalServerError, err)
+	case v == nil:
+		httpError(w, http.StatusNotFound, fmt.Errorf("%w: %q", ErrNoReplica, key))
+	}
+	return v
+}
+
+// adopt opens the replica the target already holds for a volume this
+// server has not seen: a process server rebuilt, or added, on the same
+// target. Its agent then resumes from the replica's committed state instead
+// of copying the whole volume again. key is the volume id, or a name only
+// one replica has; nil, nil when the target has no such replica.
+func (s *Server) adopt(r *http.Request, key string) (*volume, error) {
+	vols, err := s.Target.Volumes(r.Context())
+	if err != nil {
+		return nil, fmt.Errorf("look for volume %q in the target: %w", key, err)
+	}
+	var found []targets.VolumeInfo
+	for _, info := range vols {
+		if info.ID == key {
+			found = []targets.VolumeInfo{info}
+			break
+		}
+		if info.Name == key {
+			found = append(found, info)
+		}
+	}
+	if len(found) != 1 {
+		return nil, nil
+	}
+	s.logger().Info("volume found in the target; opening its replica", "volume", found[0].Name, "id", found[0].ID)
+	return s.volumeFor(r, found[0])
 }
 
 func (s *Server) handleVolume(w http.ResponseWriter, r *http.Request) {
