@@ -5,13 +5,17 @@ package azure_test
 // list page ranges, and keep a model of the volume.
 
 import (
+	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"os"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/blob"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/container"
@@ -176,3 +180,26 @@ func (m *model) scatter(t *testing.T, rep targets.Replica, count int) {
 
 // snapshotModel is a copy of the current content.
 func (m *model) snapshot() []byte { return append([]byte(nil), m.data...) }
+
+// checkPoint makes point seq of rep and checks that it reads back as the
+// model's content.
+func (m *model) checkPoint(t *testing.T, rep targets.Replica, seq uint64) {
+	t.Helper()
+	ctx := context.Background()
+	p := targets.Point{Seq: seq, Generation: 1, Name: fmt.Sprint("point ", seq), Time: time.Unix(1700000000+int64(seq), 0)}
+	if err := rep.CreatePoint(ctx, p); err != nil {
+		t.Fatalf("CreatePoint %d: %v", seq, err)
+	}
+	pr, err := rep.OpenPoint(ctx, seq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pr.Close()
+	got := make([]byte, len(m.data))
+	if _, err := pr.ReadAt(got, 0); err != nil && !errors.Is(err, io.EOF) {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, m.data) {
+		t.Fatalf("point %d differs from what was applied", seq)
+	}
+}

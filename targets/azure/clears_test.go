@@ -1,10 +1,7 @@
 package azure_test
 
 import (
-	"bytes"
 	"context"
-	"errors"
-	"io"
 	"net/http"
 	"slices"
 	"sync"
@@ -64,21 +61,7 @@ func TestClearsOnlyWrittenPages(t *testing.T) {
 	if want := []string{"bytes=0-65535", "bytes=1044480-1048575"}; !slices.Equal(clears, want) {
 		t.Fatalf("Clear Pages %q to zero 64 KiB of data, and 4 KiB of data with 4 KiB of hole beside it; want %q", clears, want)
 	}
-	if err := rep.CreatePoint(ctx, targets.Point{Seq: 1, Generation: 1, Name: "p", Time: time.Unix(1700000000, 0)}); err != nil {
-		t.Fatal(err)
-	}
-	pr, err := rep.OpenPoint(ctx, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pr.Close()
-	got := make([]byte, info.Size)
-	if _, err := pr.ReadAt(got, 0); err != nil && !errors.Is(err, io.EOF) {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(got, m.snapshot()) {
-		t.Fatal("the replica differs from what was applied")
-	}
+	m.checkPoint(t, rep, 1)
 }
 
 // When Get Page Ranges fails, clears are sent as if every page were
@@ -118,21 +101,7 @@ func TestClearsWhenPageRangesFail(t *testing.T) {
 		m := newModel(info.Size, 4)
 		m.apply(t, rep, []targets.Extent{{Off: 0, Data: m.random(1 << 20)}, {Off: 1 << 20, Len: 1 << 20}})
 		m.apply(t, rep, []targets.Extent{{Off: 4096, Len: 8192}})
-		if err := rep.CreatePoint(ctx, targets.Point{Seq: 1, Generation: 1, Name: "p", Time: time.Unix(1700000000, 0)}); err != nil {
-			t.Fatal(err)
-		}
-		pr, err := rep.OpenPoint(ctx, 1)
-		if err != nil {
-			t.Fatal(err)
-		}
-		got := make([]byte, info.Size)
-		if _, err := pr.ReadAt(got, 0); err != nil && !errors.Is(err, io.EOF) {
-			t.Fatal(err)
-		}
-		if !bytes.Equal(got, m.snapshot()) {
-			t.Fatalf("encrypted %v: the replica differs from what was applied", opts.Cipher != nil)
-		}
-		pr.Close()
+		m.checkPoint(t, rep, 1)
 		tg.Close()
 	}
 	if clears == 0 {

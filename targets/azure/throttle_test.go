@@ -1,7 +1,6 @@
 package azure_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -14,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"lifeboat/hrl"
 	"lifeboat/targets"
 	"lifeboat/targets/azure"
 	"lifeboat/targets/azure/azuritetest"
@@ -106,21 +104,7 @@ func TestThrottlingIsRetried(t *testing.T) {
 			t.Fatalf("Commit through throttling: %v", err)
 		}
 	}
-	pt := targets.Point{Seq: 5, Generation: 1, Kind: hrl.TagCrash, Name: "busy", Time: time.Unix(1700000000, 0)}
-	if err := rep.CreatePoint(ctx, pt); err != nil {
-		t.Fatalf("CreatePoint through throttling: %v", err)
-	}
-	pr, err := rep.OpenPoint(ctx, 5)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := make([]byte, info.Size)
-	if _, err := pr.ReadAt(got, 0); err != nil && !errors.Is(err, io.EOF) {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(got, m.snapshot()) {
-		t.Fatal("the point differs from what was applied through throttling")
-	}
+	m.checkPoint(t, rep, 5) // CreatePoint and the reads go through the throttling too
 	if p.injected.Load() < 10 {
 		t.Fatalf("only %d faults injected in %d requests: the test did not test retries", p.injected.Load(), p.requests.Load())
 	}
