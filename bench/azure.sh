@@ -89,13 +89,7 @@ find_azurite() {
 
 machine() {
 	{
-		echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-		echo "commit: $COMMIT"
-		echo "nproc: $(nproc)"
-		echo "cpumodel: $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)"
-		echo "kernel: $(uname -r)"
-		echo "goversion: $(go env GOVERSION)"
-		echo "memtotal: $(awk '/^MemTotal/ {print $2 " " $3}' /proc/meminfo)"
+		machine_common
 		echo "tmpdir: ${TMPDIR:-/tmp} ($(df -T "${TMPDIR:-/tmp}" | awk 'NR == 2 {print $2 " on " $1}'))"
 		echo "loadavg: $(cut -d' ' -f1-3 /proc/loadavg)"
 	} | tee "$OUT/machine-$1.txt"

@@ -15,3 +15,15 @@ stop_pid() {
 
 # free_port: a free TCP port on 127.0.0.1.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# machine_common: the lines of a results' machine record every script
+# prints (COMMIT set by the script).
+machine_common() {
+	echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+	echo "commit: $COMMIT"
+	echo "nproc: $(nproc)"
+	echo "cpumodel: $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)"
+	echo "kernel: $(uname -r)"
+	echo "goversion: $(go env GOVERSION)"
+	echo "memtotal: $(awk '/^MemTotal/ {print $2 " " $3}' /proc/meminfo)"
+}

@@ -91,13 +91,7 @@ drop_caches() {
 
 machine() {
 	{
-		echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-		echo "commit: $COMMIT"
-		echo "nproc: $(nproc)"
-		echo "cpumodel: $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)"
-		echo "kernel: $(uname -r)"
-		echo "goversion: $(go env GOVERSION)"
-		echo "memtotal: $(awk '/^MemTotal/ {print $2 " " $3}' /proc/meminfo)"
+		machine_common
 		echo "workdir: $WORK ($(df -T "$WORK" | awk 'NR == 2 {print $2 " on " $1}'))"
 		echo "tmpdir: ${TMPDIR:-/tmp} ($(df -T "${TMPDIR:-/tmp}" | awk 'NR == 2 {print $2 " on " $1}'))"
 		echo "dropcaches: $DROP_CACHES"

@@ -272,15 +272,14 @@ func TestInitialReplicationProgressLastsUntilItsPoint(t *testing.T) {
 	}
 }
 
-// An agent that finds its replica behind what was acknowledged (here a
-// fresh process server and target, as after replacing them) copies every
-// region again in a new generation instead of shipping its journal on top
-// of a replica that lacks the start of it.
-func TestReplicaBehindItsAcknowledgementGetsAFullResync(t *testing.T) {
-	first := newSite(t, memory.New())
+// replicateThenLeave replicates a volume to first with random writes (the
+// PCG seeds), tags it, waits until the agent has the tag acknowledged, and
+// closes the agent: ready to be opened against another server.
+func replicateThenLeave(t *testing.T, first *site, seed1, seed2 uint64) (*agentVol, *rand.Rand, uint64, string) {
+	t.Helper()
 	a := newAgentVol(t, first, 4<<20, 0, first.client("agent1", pki.RoleAgent))
 	a.waitSynced()
-	rng := rand.New(rand.NewPCG(7, 8))
+	rng := rand.New(rand.NewPCG(seed1, seed2))
 	a.writeRandom(rng, 20)
 	seq, sum := a.tag("on the first server")
 	first.checkPoints(a, map[uint64]string{seq: sum})
@@ -288,6 +287,16 @@ func TestReplicaBehindItsAcknowledgementGetsAFullResync(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	a.close()
+	return a, rng, seq, sum
+}
+
+// An agent that finds its replica behind what was acknowledged (here a
+// fresh process server and target, as after replacing them) copies every
+// region again in a new generation instead of shipping its journal on top
+// of a replica that lacks the start of it.
+func TestReplicaBehindItsAcknowledgementGetsAFullResync(t *testing.T) {
+	first := newSite(t, memory.New())
+	a, rng, _, _ := replicateThenLeave(t, first, 7, 8)
 
 	second := newSite(t, memory.New())
 	a.open(second, 0, second.client("agent1", pki.RoleAgent))
@@ -394,16 +403,7 @@ func TestSegmentDamagedOnTheAgentsDiskLeadsToAFullResync(t *testing.T) {
 func TestNewServerOnTheSameTargetResumes(t *testing.T) {
 	replicas := t.TempDir()
 	first := newSite(t, file.New(replicas))
-	a := newAgentVol(t, first, 4<<20, 0, first.client("agent1", pki.RoleAgent))
-	a.waitSynced()
-	rng := rand.New(rand.NewPCG(9, 10))
-	a.writeRandom(rng, 20)
-	seq, sum := a.tag("on the first server")
-	first.checkPoints(a, map[uint64]string{seq: sum})
-	for a.vol.Status().AckedSeq < seq {
-		time.Sleep(10 * time.Millisecond)
-	}
-	a.close()
+	a, rng, seq, sum := replicateThenLeave(t, first, 9, 10)
 	first.stop()
 
 	rebuilt := newSite(t, file.New(replicas))

@@ -134,3 +134,14 @@ type PointReader interface {
 	Size() int64
 	Close() error
 }
+
+// CloseAll closes each of rs and joins their errors: what a Target's Close
+// does with the replicas still open (collected under its lock, closed
+// outside it, since a Replica's Close takes that lock to forget itself).
+func CloseAll[R io.Closer](rs []R) error {
+	var errs []error
+	for _, r := range rs {
+		errs = append(errs, r.Close())
+	}
+	return errors.Join(errs...)
+}

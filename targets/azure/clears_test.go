@@ -31,11 +31,7 @@ func TestClearsOnlyWrittenPages(t *testing.T) {
 		}
 		return 0, ""
 	}
-	creds := azure.Credentials{Account: s.Account, Key: s.Key, Endpoint: p.srv.URL + "/" + s.Account + "/"}
-	tg, err := azure.New(azure.Location{Account: s.Account, Container: cont, Prefix: "lb/"}, creds, azure.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	tg := p.target(t, s, cont, azure.Options{})
 	defer tg.Close()
 	info := targets.VolumeInfo{ID: "4e1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d", Name: "holes", Size: 16 << 20, BlockSize: 4096}
 	rep, err := tg.Open(ctx, info)
@@ -84,12 +80,8 @@ func TestClearsWhenPageRangesFail(t *testing.T) {
 		}
 		return 0, ""
 	}
-	creds := azure.Credentials{Account: s.Account, Key: s.Key, Endpoint: p.srv.URL + "/" + s.Account + "/"}
 	for _, opts := range []azure.Options{{RetryDelay: time.Millisecond}, {RetryDelay: time.Millisecond, Cipher: testCipher(t)}} {
-		tg, err := azure.New(azure.Location{Account: s.Account, Container: cont, Prefix: "lb/"}, creds, opts)
-		if err != nil {
-			t.Fatal(err)
-		}
+		tg := p.target(t, s, cont, opts)
 		info := targets.VolumeInfo{ID: "3e1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d", Name: "nopagelist", Size: 4 << 20, BlockSize: 4096}
 		if opts.Cipher != nil {
 			info.ID = "3f1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"

@@ -1,6 +1,7 @@
 package azure
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"slices"
@@ -66,32 +67,9 @@ func (t *Target) snaps(ctx context.Context, name string) ([]snap, error) {
 		}
 	}
 	slices.SortFunc(out, func(a, b snap) int {
-		if a.p.Seq != b.p.Seq {
-			return cmpU(a.p.Seq, b.p.Seq)
-		}
-		return cmpS(a.id, b.id)
+		return cmp.Or(cmp.Compare(a.p.Seq, b.p.Seq), cmp.Compare(a.id, b.id))
 	})
 	return out, nil
-}
-
-func cmpU(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
-}
-
-func cmpS(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 func (r *Replica) find(ctx context.Context, seq uint64) (snap, error) {

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -204,16 +206,9 @@ func checkKey(name string, c *SectorCipher, kcv string) error {
 func (t *Target) Close() error {
 	t.mu.Lock()
 	t.closed = true
-	open := make([]*Replica, 0, len(t.open))
-	for _, r := range t.open {
-		open = append(open, r)
-	}
+	open := slices.Collect(maps.Values(t.open))
 	t.mu.Unlock()
-	var errs []error
-	for _, r := range open {
-		errs = append(errs, r.Close())
-	}
-	return errors.Join(errs...)
+	return targets.CloseAll(open)
 }
 
 // release forgets r, if it is the replica open under its name.

@@ -50,6 +50,18 @@ func newFaultProxy(t *testing.T, s *azuritetest.Server) *faultProxy {
 	return p
 }
 
+// target is a Target on container cont that reaches Azurite s through the
+// proxy.
+func (p *faultProxy) target(t *testing.T, s *azuritetest.Server, cont string, opts azure.Options) *azure.Target {
+	t.Helper()
+	creds := azure.Credentials{Account: s.Account, Key: s.Key, Endpoint: p.srv.URL + "/" + s.Account + "/"}
+	tg, err := azure.New(azure.Location{Account: s.Account, Container: cont, Prefix: "lb/"}, creds, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tg
+}
+
 // Throttling (503 ServerBusy), internal errors (500) and a 503 on every
 // third request are retried with backoff: replication goes on and the
 // replica is exact. A 403 is not retried and is ErrAuth.
@@ -85,12 +97,7 @@ func TestThrottlingIsRetried(t *testing.T) {
 		}
 		return 0, ""
 	}
-	creds := azure.Credentials{Account: s.Account, Key: s.Key, Endpoint: p.srv.URL + "/" + s.Account + "/"}
-	tg, err := azure.New(azure.Location{Account: s.Account, Container: cont, Prefix: "lb/"}, creds,
-		azure.Options{RetryDelay: 5 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
+	tg := p.target(t, s, cont, azure.Options{RetryDelay: 5 * time.Millisecond})
 	defer tg.Close()
 	info := targets.VolumeInfo{ID: "5e1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d", Name: "busy", Size: 8 << 20, BlockSize: 4096}
 	rep, err := tg.Open(ctx, info)

@@ -27,7 +27,9 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 
@@ -165,16 +167,9 @@ func (t *Target) Volumes(ctx context.Context) ([]targets.VolumeInfo, error) {
 func (t *Target) Close() error {
 	t.mu.Lock()
 	t.closed = true
-	open := make([]*Replica, 0, len(t.open))
-	for _, r := range t.open {
-		open = append(open, r)
-	}
+	open := slices.Collect(maps.Values(t.open))
 	t.mu.Unlock()
-	var errs []error
-	for _, r := range open {
-		errs = append(errs, r.Close())
-	}
-	return errors.Join(errs...)
+	return targets.CloseAll(open)
 }
 
 func (t *Target) forget(id string, r *Replica) {
