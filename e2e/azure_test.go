@@ -315,11 +315,11 @@ func TestAzureInitialReplicationResumesAfterAgentKill(t *testing.T) {
 	seq, _ := p.checkLatest(time.Time{})
 	total := sumApplied(s.log())
 	// The restarted agent's resync covers the regions its persisted bitmap
-	// still had dirty. The volume is 32 MiB of zeros, the data, then zeros
-	// to the end, and the copy walks it in order: what is dirty beyond the
-	// trailing zeros is data still to send.
+	// still had dirty. The volume is a hole, the data, then a hole to the
+	// end (makeImage), and the copy walks it in order: what is dirty beyond
+	// the trailing hole is data still to send.
 	dirty := resyncDirtyBytes(t, a.Output())
-	left := min(max(dirty-(size-32<<20-data), 0), data)
+	left := min(max(dirty-(size-imageDataAt-data), 0), data)
 	t.Logf("initial replication of %d MiB of data: %d MiB applied before the kill, of which %d MiB were checkpointed as acknowledged; "+
 		"the restart resynced %d MiB of data and applied %d MiB; %d MiB in all (starting over would be %d MiB); point %d (%s) equals the source",
 		data>>20, before>>20, (data-left)>>20, left>>20, (total-before)>>20, total>>20, (before+data)>>20, seq, pt.Name)

@@ -56,7 +56,12 @@ func protect(t *testing.T, s *site, size, data int64, extra ...string) *protecte
 	return p
 }
 
-// makeImage creates a sparse image of size with data random bytes at 32 MiB.
+// imageDataAt is where makeImage puts its data: a hole before it, and one
+// after it to the end.
+const imageDataAt = 32 << 20
+
+// makeImage creates a sparse image of size with data random bytes at
+// imageDataAt.
 func makeImage(t *testing.T, path string, size, data int64) {
 	t.Helper()
 	f, err := os.Create(path)
@@ -66,7 +71,7 @@ func makeImage(t *testing.T, path string, size, data int64) {
 	defer f.Close()
 	buf := make([]byte, data)
 	rand.Read(buf)
-	if _, err := f.WriteAt(buf, 32<<20); err != nil {
+	if _, err := f.WriteAt(buf, imageDataAt); err != nil {
 		t.Fatal(err)
 	}
 	if err := f.Truncate(size); err != nil {
