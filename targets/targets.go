@@ -12,6 +12,7 @@ package targets
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"time"
@@ -45,12 +46,17 @@ type Properties struct {
 	Snapshots bool
 }
 
-// VolumeInfo identifies a protected volume and its geometry.
+// VolumeInfo identifies a protected volume, the machine it belongs to and
+// its geometry.
 type VolumeInfo struct {
-	ID        string // the tracker's volume id (a UUID)
-	Name      string // the admin's name for it, as given to the agent
-	Size      int64  // bytes
-	BlockSize int    // journal block size
+	ID   string `json:"id"`   // the tracker's volume id (a UUID)
+	Name string `json:"name"` // the admin's name for it, as given to the agent
+	// Machine is the protected machine the volume belongs to: the name
+	// (CN) of the agent certificate that created the replica, or the one
+	// an admin reassigned it to. Only that machine's agent may write it.
+	Machine   string `json:"machine,omitempty"`
+	Size      int64  `json:"size"`       // bytes
+	BlockSize int    `json:"block_size"` // journal block size
 }
 
 // State is what a replica durably records about its progress. After a crash
@@ -85,9 +91,12 @@ type Extent struct {
 type Target interface {
 	Properties() Properties
 	// Open opens the replica of a volume, creating an empty one (all zero,
-	// info.Size bytes, State zero) when there is none. A replica whose
-	// size differs from info.Size is resized. Open fails with ErrInUse if
-	// another process holds the replica.
+	// info.Size bytes, State zero, owned by info.Machine) when there is
+	// none. A replica whose size differs from info.Size is resized. An
+	// existing replica keeps the machine it records (Info reports it);
+	// one that records none (made before machines were recorded) takes
+	// info.Machine. Open fails with ErrInUse if another process holds the
+	// replica.
 	Open(ctx context.Context, info VolumeInfo) (Replica, error)
 	// Volumes lists the replicas the target holds.
 	Volumes(ctx context.Context) ([]VolumeInfo, error)
@@ -121,6 +130,10 @@ type Replica interface {
 	OpenPoint(ctx context.Context, seq uint64) (PointReader, error)
 	// DeletePoint removes a point and reclaims the storage only it needed.
 	DeletePoint(ctx context.Context, seq uint64) error
+	// SetMachine records machine as the volume's owner, durably: Info and
+	// Volumes report it from then on, after a reopen too. It is an admin's
+	// reassignment of a rebuilt or renamed machine's volume.
+	SetMachine(ctx context.Context, machine string) error
 	// Usage is the storage the replica uses, points included, in bytes
 	// (allocated blocks, not apparent sizes).
 	Usage(ctx context.Context) (int64, error)
@@ -144,4 +157,24 @@ func CloseAll[R io.Closer](rs []R) error {
 		errs = append(errs, r.Close())
 	}
 	return errors.Join(errs...)
+}
+
+// UnmarshalJSON reads a VolumeInfo, including one written before the
+// fields had json tags (replica state files and spools of earlier
+// versions): their "BlockSize" key is the only one the case-insensitive
+// match of encoding/json does not map onto the new keys.
+func (v *VolumeInfo) UnmarshalJSON(b []byte) error {
+	type plain VolumeInfo
+	var in struct {
+		plain
+		LegacyBlockSize int `json:"BlockSize"`
+	}
+	if err := json.Unmarshal(b, &in); err != nil {
+		return err
+	}
+	*v = VolumeInfo(in.plain)
+	if v.BlockSize == 0 {
+		v.BlockSize = in.LegacyBlockSize
+	}
+	return nil
 }

@@ -16,6 +16,7 @@ import (
 const (
 	metaVolumeID   = "lifeboatvolume"
 	metaName       = "lifeboatname"
+	metaMachine    = "lifeboatmachine"
 	metaSize       = "lifeboatsize"
 	metaBlockSize  = "lifeboatblocksize"
 	metaGeneration = "lifeboatgeneration"
@@ -39,6 +40,9 @@ func stateMetadata(info targets.VolumeInfo, st targets.State, keyCheck string) m
 	}
 	if keyCheck != "" {
 		m[metaKeyCheck] = keyCheck
+	}
+	if info.Machine != "" {
+		m[metaMachine] = url.QueryEscape(info.Machine)
 	}
 	return m
 }
@@ -88,6 +92,11 @@ func parseStateMetadata(m map[string]*string) (targets.VolumeInfo, targets.State
 	}
 	if info.Name, err = url.QueryUnescape(name); err != nil {
 		return info, st, "", fmt.Errorf("metadata %s: %v", metaName, err)
+	}
+	if machine, ok := get(m, metaMachine); ok { // absent on replicas of earlier versions
+		if info.Machine, err = url.QueryUnescape(machine); err != nil {
+			return info, st, "", fmt.Errorf("metadata %s: %v", metaMachine, err)
+		}
 	}
 	keyCheck, _ := get(m, metaKeyCheck)
 	return info, st, keyCheck, nil

@@ -128,8 +128,15 @@ func (r *Replica) open(ctx context.Context, vid uuid.UUID) error {
 		return err
 	}
 	r.st, r.kcv, r.etag = st, kcv, *props.ETag
+	claim := info.Machine == "" && r.info.Machine != "" // made before machines were recorded
+	if !claim {
+		r.info.Machine = info.Machine // the owner is the replica's, not the opener's
+	}
 	if info.Size != r.info.Size || info.BlockSize != r.info.BlockSize || info.Name != r.info.Name {
 		return r.resize(ctx, vid, info.Size, *props.ContentLength)
+	}
+	if claim {
+		return r.setState(ctx, r.st)
 	}
 	return nil
 }
@@ -265,6 +272,23 @@ func (r *Replica) setState(ctx context.Context, st targets.State) error {
 		return mapErr("azure commit "+r.name, err)
 	}
 	r.st, r.etag = st, *resp.ETag
+	return nil
+}
+
+// SetMachine records the volume's owner in the blob's metadata, with the
+// same conditions as Commit.
+func (r *Replica) SetMachine(ctx context.Context, machine string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return targets.ErrClosed
+	}
+	old := r.info.Machine
+	r.info.Machine = machine
+	if err := r.setState(ctx, r.st); err != nil {
+		r.info.Machine = old
+		return err
+	}
 	return nil
 }
 

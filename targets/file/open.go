@@ -36,6 +36,10 @@ func openReplica(t *Target, dir string, info targets.VolumeInfo) (*Replica, erro
 	}
 	changed := info.Name != r.info.Name || info.BlockSize != r.info.BlockSize
 	r.info.Name, r.info.BlockSize = info.Name, info.BlockSize
+	if r.info.Machine == "" && info.Machine != "" {
+		// Made before machines were recorded: it takes its first one.
+		r.info.Machine, changed = info.Machine, true
+	}
 	if info.Size != r.info.Size {
 		r.log.Info("resizing replica", "from", r.info.Size, "to", info.Size)
 		if err := r.resize(info.Size); err != nil {

@@ -113,6 +113,26 @@ func (r *Replica) Commit(ctx context.Context, st targets.State) error {
 	return nil
 }
 
+// SetMachine implements targets.Replica: state.json records the new owner.
+func (r *Replica) SetMachine(ctx context.Context, machine string) error {
+	r.wmu.Lock()
+	defer r.wmu.Unlock()
+	if err := r.usable(ctx); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	old := r.info.Machine
+	r.info.Machine = machine
+	r.mu.Unlock()
+	if err := r.save(r.state, r.points, r.logs); err != nil {
+		r.mu.Lock()
+		r.info.Machine = old
+		r.mu.Unlock()
+		return fmt.Errorf("set machine of %s: %w", r.info.ID, err)
+	}
+	return nil
+}
+
 func (r *Replica) setState(st targets.State) {
 	r.mu.Lock()
 	r.state = st

@@ -57,6 +57,9 @@ func (t *Target) Open(ctx context.Context, info targets.VolumeInfo) (targets.Rep
 	if info.Size != v.info.Size {
 		v.resize(info.Size)
 	}
+	if v.info.Machine != "" {
+		info.Machine = v.info.Machine // the owner is the replica's, not the opener's
+	}
 	v.info = info
 	v.open = true
 	return &Replica{v: v}, nil

@@ -74,6 +74,17 @@ func (r *Replica) Commit(ctx context.Context, st targets.State) error {
 	return nil
 }
 
+// SetMachine implements targets.Replica.
+func (r *Replica) SetMachine(ctx context.Context, machine string) error {
+	if err := r.check(); err != nil {
+		return err
+	}
+	r.v.mu.Lock()
+	defer r.v.mu.Unlock()
+	r.v.info.Machine = machine
+	return nil
+}
+
 // CreatePoint implements targets.Replica.
 func (r *Replica) CreatePoint(ctx context.Context, p targets.Point) error {
 	if err := r.check(); err != nil {

@@ -62,9 +62,11 @@ func RunOptions(t *testing.T, opts Options, open func(t *testing.T) targets.Targ
 		{"InUse", false, testInUse},
 		{"Volumes", false, testVolumes},
 		{"Closed", false, testClosed},
+		{"Machine", false, testMachine},
 		{"Reopen", true, testReopen},
 		{"RedoInterruptedApply", true, testRedo},
 		{"InUseAcrossTargets", true, testInUseAcross},
+		{"MachineReopen", true, testMachineReopen},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
