@@ -17,7 +17,7 @@ import (
 
 // volume is one replicated volume on the process server.
 type volume struct {
-	info targets.VolumeInfo
+	info targets.VolumeInfo // ID, Name, Size, BlockSize fixed while open; Machine guarded by mu
 	rep  targets.Replica
 	srv  *Server
 	wake chan struct{}
@@ -32,6 +32,14 @@ type volume struct {
 	applyErr   string
 
 	exts []targets.Extent // the applier's batch, reused
+}
+
+// infoNow returns the volume's info; its machine may change while it is
+// open (an admin's reassignment).
+func (v *volume) infoNow() targets.VolumeInfo {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.info
 }
 
 func (v *volume) spooled() (gen, seq uint64) {

@@ -19,6 +19,7 @@ type chunkedReader struct {
 	size, pos int64
 	buf       []byte
 	bufOff    int64 // offset of buf[0] in r
+	err       error // the first read error, for the caller to act on
 }
 
 func newChunkedReader(r io.ReaderAt, size int64) *chunkedReader {
@@ -44,6 +45,9 @@ func (c *chunkedReader) Read(p []byte) (int, error) {
 			fallthrough
 		default:
 			c.buf = c.buf[:0]
+			if c.err == nil {
+				c.err = err
+			}
 			return 0, err
 		}
 		c.buf, c.bufOff = c.buf[:n], c.pos

@@ -54,6 +54,9 @@ func (s *Shipper) send(ctx context.Context, seg hrl.SegmentInfo) error {
 	if err := decodeReply(resp, &reply); err != nil {
 		return fmt.Errorf("segment %d..%d: %w", seg.FirstSeq, seg.LastSeq, err)
 	}
+	if err := s.checkAck(seg, reply); err != nil {
+		return err
+	}
 	s.mu.Lock()
 	s.status.SegmentsSent++
 	s.status.BytesRaw += int64(len(raw))
@@ -92,7 +95,9 @@ func decodeReply(resp *http.Response, v any) error {
 		kind = ErrSlowDown
 	case http.StatusNotFound:
 		kind = ErrNoReplica
-	case http.StatusBadRequest, http.StatusForbidden, http.StatusUnauthorized:
+	case http.StatusForbidden:
+		kind = ErrForbidden
+	case http.StatusBadRequest, http.StatusUnauthorized:
 		kind = ErrPermanent
 	default:
 		return fmt.Errorf("process server answered %s: %s", resp.Status, msg)
@@ -122,4 +127,32 @@ func (s *Shipper) remoteStatus(ctx context.Context) (VolumeStatus, error) {
 		return VolumeStatus{}, nil
 	}
 	return st, err
+}
+
+// checkAck accepts the site's answer to seg only when it acknowledges seg
+// itself, and says no more than the agent has written.
+func (s *Shipper) checkAck(seg hrl.SegmentInfo, r SegmentReply) error {
+	if r.AckedGeneration != seg.Generation || r.AckedFirstSeq != seg.FirstSeq || r.AckedLastSeq != seg.LastSeq {
+		return fmt.Errorf("%w: segment generation %d seqs %d..%d was answered with an acknowledgement of generation %d seqs %d..%d; "+
+			"the segment stays in the journal", ErrBadAck, seg.Generation, seg.FirstSeq, seg.LastSeq,
+			r.AckedGeneration, r.AckedFirstSeq, r.AckedLastSeq)
+	}
+	return s.checkSite(r.SpooledGeneration, r.SpooledSeq)
+}
+
+// checkSite refuses a site that claims more of the volume than this agent
+// has written: a generation or a seq the agent never reached means the
+// replica holds writes that are not this machine's (or this journal was
+// restored from an old copy), and acknowledging local segments against it
+// would drop them unshipped.
+func (s *Shipper) checkSite(gen, seq uint64) error {
+	st := s.Volume.Status()
+	if gen <= st.Generation && seq < st.NextSeq {
+		return nil
+	}
+	return fmt.Errorf("%w: the site says it has generation %d up to seq %d of volume %s (id %s), but this agent has written "+
+		"only up to seq %d in generation %d: the replica may hold writes of another machine, or this journal directory "+
+		"was restored from an older copy. Nothing is deleted from the journal and shipping of this volume is stopped; "+
+		"compare 'lifeboat volume list' on the site with this machine, and if the site's replica is not this machine's, "+
+		"give this agent a new --journal-dir (a new volume id)", ErrBadAck, gen, seq, s.Name, st.VolumeID, st.NextSeq-1, st.Generation)
 }

@@ -329,7 +329,7 @@ func (s *site) checkPoints(a *agentVol, want map[uint64]string) {
 	s.waitApplied(a.vol.VolumeID(), last)
 	admin := s.client("admin", pki.RoleAdmin)
 	for seq, w := range want {
-		if got := s.pointSum(admin, "vol", seq); got != w {
+		if got := s.pointSum(admin, a.vol.VolumeID(), seq); got != w {
 			s.t.Errorf("point %d: %s, want %s", seq, got, w)
 		}
 	}

@@ -1,36 +1,56 @@
 package pipeline
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
-	"sort"
 	"strconv"
 
 	"lifeboat/pipeline/pki"
 	"lifeboat/targets"
 )
 
-// Status returns every volume's progress, sorted by name.
-func (s *Server) Status() []VolumeStatus {
+// Status returns the progress of every volume p may see (every volume for
+// an admin, its own machine's for an agent), failed ones included, sorted
+// by machine and name.
+func (s *Server) status(p peer) []VolumeStatus {
 	s.mu.Lock()
 	vols := make([]*volume, 0, len(s.vols))
 	for _, v := range s.vols {
 		vols = append(vols, v)
 	}
+	var out []VolumeStatus
+	for _, f := range s.failed {
+		if p.mayReach(f.info) == nil && (p.admin() || f.info.Machine != "") {
+			out = append(out, VolumeStatus{Info: f.info, Failed: f.err.Error()})
+		}
+	}
 	s.mu.Unlock()
-	out := make([]VolumeStatus, 0, len(vols))
 	for _, v := range vols {
 		st := v.status()
+		if p.mayReach(st.Info) != nil || !p.admin() && st.Info.Machine == "" {
+			continue
+		}
 		s.addPoints(v, &st)
 		out = append(out, st)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Info.Name < out[j].Info.Name })
+	sortStatus(out)
 	return out
 }
 
+// Status returns every volume's progress, as an admin sees it.
+func (s *Server) Status() []VolumeStatus { return s.status(peer{role: pki.RoleAdmin}) }
+
 func (s *Server) handleVolumes(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, s.Status())
+	p, err := peerOf(r)
+	if err != nil {
+		s.refuse(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, s.status(p))
 }
 
 // addPoints adds the point count and the newest point to st.
@@ -46,64 +66,47 @@ func (s *Server) addPoints(v *volume, st *VolumeStatus) {
 	}
 }
 
-// lookup finds a volume by id or by name.
-func (s *Server) lookup(w http.ResponseWriter, r *http.Request) *volume {
-	key := r.PathValue("id")
-	if v := s.volume(key); v != nil {
-		return v
+// lookup answers the request with an error and returns nil unless its
+// caller may reach the volume the path names (and, with admin, is an
+// admin).
+func (s *Server) lookup(w http.ResponseWriter, r *http.Request, admin bool) (*volume, peer) {
+	p, err := peerOf(r)
+	if err == nil && admin && !p.admin() {
+		err = fmt.Errorf("%w: this needs an admin client certificate (lifeboat certs issue --role admin); %s is an %s",
+			ErrForbidden, p.name, p.role)
 	}
-	s.mu.Lock()
-	for _, v := range s.vols {
-		if v.info.Name == key {
-			s.mu.Unlock()
-			return v
-		}
+	var v *volume
+	if err == nil {
+		v, err = s.resolve(r.Context(), p, r.PathValue("id"))
 	}
-	s.mu.Unlock()
-	v, err := s.adopt(r, key)
 	if err != nil {
-		s.logger().Warn("volume refused", "volume", key, "err", err)
+		s.refuse(w, r, err)
+		return nil, p
 	}
-	switch {
-	case errors.Is(err, targets.ErrInUse):
-		httpError(w, http.StatusLocked, err)
-	case err != nil:
-		httpError(w, http.StatusInternalServerError, err)
-	case v == nil:
-		httpError(w, http.StatusNotFound, fmt.Errorf("%w: %q", ErrNoReplica, key))
-	}
-	return v
+	return v, p
 }
 
-// adopt opens the replica the target already holds for a volume this
-// server has not seen: a process server rebuilt, or added, on the same
-// target. Its agent then resumes from the replica's committed state instead
-// of copying the whole volume again. key is the volume id, or a name only
-// one replica has; nil, nil when the target has no such replica.
-func (s *Server) adopt(r *http.Request, key string) (*volume, error) {
-	vols, err := s.Target.Volumes(r.Context())
-	if err != nil {
-		return nil, fmt.Errorf("look for volume %q in the target: %w", key, err)
-	}
-	var found []targets.VolumeInfo
-	for _, info := range vols {
-		if info.ID == key {
-			found = []targets.VolumeInfo{info}
-			break
-		}
-		if info.Name == key {
-			found = append(found, info)
+// refuse answers err with its status code and logs it; refusals of
+// another machine's volume at WARN, with who asked.
+func (s *Server) refuse(w http.ResponseWriter, r *http.Request, err error) {
+	code := statusCode(err)
+	log := s.logger().With("method", r.Method, "path", r.URL.Path, "status", code, "err", err)
+	if r.TLS != nil {
+		if name, role, perr := pki.Peer(*r.TLS); perr == nil {
+			log = log.With("peer", name, "role", role)
 		}
 	}
-	if len(found) != 1 {
-		return nil, nil
+	switch code {
+	case http.StatusNotFound, http.StatusBadRequest:
+		log.Info("request refused")
+	default:
+		log.Warn("request refused")
 	}
-	s.logger().Info("volume found in the target; opening its replica", "volume", found[0].Name, "id", found[0].ID)
-	return s.volumeFor(r, found[0])
+	httpError(w, code, err)
 }
 
 func (s *Server) handleVolume(w http.ResponseWriter, r *http.Request) {
-	v := s.lookup(w, r)
+	v, _ := s.lookup(w, r, false)
 	if v == nil {
 		return
 	}
@@ -112,25 +115,8 @@ func (s *Server) handleVolume(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, st)
 }
 
-// admin refuses a request whose client certificate is not an admin's.
-func admin(w http.ResponseWriter, r *http.Request) bool {
-	if r.TLS == nil {
-		httpError(w, http.StatusForbidden, errors.New("recovery points need an admin client certificate"))
-		return false
-	}
-	_, role, err := pki.Peer(*r.TLS)
-	if err != nil || role != pki.RoleAdmin {
-		httpError(w, http.StatusForbidden, errors.New("recovery points need an admin client certificate (lifeboat certs issue --role admin)"))
-		return false
-	}
-	return true
-}
-
 func (s *Server) handlePoints(w http.ResponseWriter, r *http.Request) {
-	if !admin(w, r) {
-		return
-	}
-	v := s.lookup(w, r)
+	v, _ := s.lookup(w, r, true)
 	if v == nil {
 		return
 	}
@@ -146,12 +132,67 @@ func (s *Server) handlePoints(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-// handlePointImage serves a point's image; "latest" names the newest.
-func (s *Server) handlePointImage(w http.ResponseWriter, r *http.Request) {
-	if !admin(w, r) {
+// handleMachine moves a volume to another machine (an admin's decision
+// for a rebuilt or renamed machine): from then on only that machine's
+// agent may send its segments.
+func (s *Server) handleMachine(w http.ResponseWriter, r *http.Request) {
+	v, p := s.lookup(w, r, true)
+	if v == nil {
 		return
 	}
-	v := s.lookup(w, r)
+	var req MachineRequest
+	if err := json.NewDecoder(io.LimitReader(r.Body, 4096)).Decode(&req); err != nil {
+		httpError(w, http.StatusBadRequest, fmt.Errorf("body: want {\"machine\": NAME}: %v", err))
+		return
+	}
+	if err := pki.CheckName(req.Machine); err != nil {
+		httpError(w, http.StatusBadRequest, fmt.Errorf("machine: %w", err))
+		return
+	}
+	from := v.infoNow().Machine
+	if err := s.nameFree(r.Context(), v, req.Machine); err != nil {
+		s.refuse(w, r, err)
+		return
+	}
+	if from != req.Machine {
+		// Under recvMu: a segment being received finishes under the old
+		// owner, the next one is checked against the new.
+		v.recvMu.Lock()
+		err := s.setMachine(r.Context(), v, req.Machine)
+		v.recvMu.Unlock()
+		if err != nil {
+			s.refuse(w, r, err)
+			return
+		}
+		s.logger().Warn("volume moved to another machine by an admin", "volume", v.info.Name, "id", v.info.ID,
+			"from", from, "to", req.Machine, "admin", p.name)
+	}
+	st := v.status()
+	s.addPoints(v, &st)
+	writeJSON(w, http.StatusOK, st)
+}
+
+// nameFree refuses to move v to a machine that has a volume of the same
+// name already: MACHINE/NAME would no longer name one volume.
+func (s *Server) nameFree(ctx context.Context, v *volume, machine string) error {
+	all, err := s.allVolumes(ctx)
+	if err != nil {
+		return err
+	}
+	for _, o := range all {
+		if o.ID != v.info.ID && o.Machine == machine && o.Name == v.info.Name {
+			return fmt.Errorf("%w: machine %s already has a volume %s (id %s); move or remove that one first",
+				ErrAmbiguous, machine, o.Name, o.ID)
+		}
+	}
+	return nil
+}
+
+// handlePointImage serves a point's image; "latest" names the newest. The
+// body is exactly the point's size (X-Lifeboat-Point-Size) or the
+// connection is aborted: a read error never ends it early and quietly.
+func (s *Server) handlePointImage(w http.ResponseWriter, r *http.Request) {
+	v, _ := s.lookup(w, r, true)
 	if v == nil {
 		return
 	}
@@ -176,9 +217,15 @@ func (s *Server) handlePointImage(w http.ResponseWriter, r *http.Request) {
 	defer pr.Close()
 	p := pr.Point()
 	w.Header().Set("Content-Type", "application/octet-stream")
-	w.Header().Set(headerPrefix+"Point-Seq", strconv.FormatUint(p.Seq, 10))
-	w.Header().Set(headerPrefix+"Point-Name", p.Name)
-	http.ServeContent(w, r, "", p.Time, newChunkedReader(pr, pr.Size()))
+	w.Header().Set(hdrPointSeq, strconv.FormatUint(p.Seq, 10))
+	w.Header().Set(hdrPointName, p.Name)
+	w.Header().Set(hdrPointSize, strconv.FormatInt(pr.Size(), 10))
+	body := newChunkedReader(pr, pr.Size())
+	http.ServeContent(w, r, "", p.Time, body)
+	if body.err != nil && r.Context().Err() == nil {
+		s.logger().Error("point download aborted: reading the point failed", "volume", v.info.Name, "seq", p.Seq, "err", body.err)
+		panic(http.ErrAbortHandler) // the client sees a broken download, never a short one
+	}
 }
 
 func (s *Server) pointSeq(r *http.Request, v *volume) (uint64, error) {

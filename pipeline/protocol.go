@@ -8,20 +8,31 @@
 //
 //	GET  /v1/volumes                       volumes and their progress (VolumeStatus list)
 //	GET  /v1/volumes/{id}                  one volume's progress: where a shipper resumes
-//	POST /v1/volumes/{id}/segments         one sealed segment, zstd-compressed; headers below
+//	POST /v1/volumes/{id}/segments         one sealed segment, zstd-compressed; headers below (agent)
 //	GET  /v1/volumes/{id}/points           recovery points, oldest first (admin)
 //	GET  /v1/volumes/{id}/points/{seq}     a point's image, Range requests supported (admin)
+//	POST /v1/volumes/{id}/machine          {"machine": M}: move the volume to machine M (admin)
+//
+// {id} is a volume id, MACHINE/NAME (path-escaped), or a NAME that only one
+// volume the caller may see has. Who sees what is in access.go: an agent
+// certificate reaches only its own machine's volumes (403 otherwise), an
+// admin certificate every volume.
 //
 // A segment is the exact bytes of the agent's .hrl file: the wire format is
 // the spool format, no record is re-encoded. The server answers 200 only
 // after the segment is fsynced in the spool; 409 when it does not continue
 // the volume's journal (the body says which seq it expects); 422 when a
 // checksum fails (resend); 503 with Retry-After when the spool is nearly
-// full (slow down).
+// full (slow down); 403 when the volume belongs to another machine. A 200
+// names the segment it acknowledges (AckedGeneration, AckedFirstSeq,
+// AckedLastSeq): the agent deletes its copy only when they are the
+// segment's own.
 package pipeline
 
 import (
+	"cmp"
 	"errors"
+	"slices"
 	"time"
 
 	"lifeboat/targets"
@@ -45,6 +56,9 @@ const (
 	hdrLastSeq           = headerPrefix + "Last-Seq"
 	hdrSegmentSize       = headerPrefix + "Segment-Size"
 	hdrSegmentSum        = headerPrefix + "Segment-Sum" // xxhash64 of the segment bytes, hex
+	hdrPointSeq          = headerPrefix + "Point-Seq"
+	hdrPointName         = headerPrefix + "Point-Name"
+	hdrPointSize         = headerPrefix + "Point-Size" // the image's size: what a whole download receives
 	contentTypeSegment   = "application/x-lifeboat-segment"
 	contentEncodingZstd  = "zstd"
 	contentEncodingPlain = "identity"
@@ -57,6 +71,12 @@ var (
 	ErrSlowDown  = errors.New("process server is throttling: spool nearly full")
 	ErrPermanent = errors.New("permanent error")
 	ErrNoReplica = errors.New("no such volume on this process server")
+	ErrForbidden = errors.New("refused by the site")
+	ErrAmbiguous = errors.New("volume name is ambiguous")
+	// ErrBadAck is an answer of the site that does not match what the
+	// agent sent (another segment, a generation or seq the agent never
+	// wrote): the agent keeps its journal and says why.
+	ErrBadAck = errors.New("the site's answer does not match this agent's journal")
 )
 
 // VolumeStatus is a volume's progress as the process server sees it.
@@ -73,6 +93,16 @@ type VolumeStatus struct {
 	Points            int    `json:"points"`
 	LatestPoint       *Point `json:"latest_point,omitempty"`
 	ApplyError        string `json:"apply_error,omitempty"`
+	// Failed says why the volume's replica cannot be opened (it is retried
+	// when its agent sends or asks again); the other fields are then zero.
+	Failed string `json:"failed,omitempty"`
+}
+
+// sortStatus orders volumes by machine, then name.
+func sortStatus(st []VolumeStatus) {
+	slices.SortFunc(st, func(a, b VolumeStatus) int {
+		return cmp.Or(cmp.Compare(a.Info.Machine, b.Info.Machine), cmp.Compare(a.Info.Name, b.Info.Name), cmp.Compare(a.Info.ID, b.Info.ID))
+	})
 }
 
 // Point is a recovery point as the API shows it.
@@ -88,9 +118,21 @@ func apiPoint(p targets.Point) Point {
 	return Point{Seq: p.Seq, Generation: p.Generation, Kind: p.Kind.String(), Name: p.Name, Time: p.Time}
 }
 
-// SegmentReply is the body of a 200 or 409 answer to a segment.
+// SegmentReply is the body of an answer to a segment (and, with only Error
+// set, of every error answer of the API).
 type SegmentReply struct {
+	// Acked* name the segment a 200 acknowledges: durable in the spool, or
+	// already applied.
+	AckedGeneration uint64 `json:"acked_generation,omitempty"`
+	AckedFirstSeq   uint64 `json:"acked_first_seq,omitempty"`
+	AckedLastSeq    uint64 `json:"acked_last_seq,omitempty"`
+	// Spooled* is how far the site has the volume.
 	SpooledGeneration uint64 `json:"spooled_generation"`
 	SpooledSeq        uint64 `json:"spooled_seq"`
 	Error             string `json:"error,omitempty"`
+}
+
+// MachineRequest is the body of POST /v1/volumes/{id}/machine.
+type MachineRequest struct {
+	Machine string `json:"machine"`
 }

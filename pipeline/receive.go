@@ -2,9 +2,9 @@ package pipeline
 
 import (
 	"bytes"
+	"context"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -14,6 +14,7 @@ import (
 	"github.com/google/uuid"
 
 	"lifeboat/hrl"
+	"lifeboat/pipeline/pki"
 	"lifeboat/targets"
 )
 
@@ -93,35 +94,38 @@ func httpError(w http.ResponseWriter, code int, err error) {
 	writeJSON(w, code, SegmentReply{Error: err.Error()})
 }
 
-// handleSegment receives one segment: continuity, throttling, decode,
-// verify every checksum, spool durably, then answer.
+// handleSegment receives one segment: sender, continuity, throttling,
+// decode, verify every checksum, spool durably, then answer.
 func (s *Server) handleSegment(w http.ResponseWriter, r *http.Request) {
 	h, err := parseSegmentHeaders(r)
 	if err != nil {
 		httpError(w, http.StatusBadRequest, err)
 		return
 	}
-	log := s.logger().With("volume", h.info.Name, "generation", h.generation, "first_seq", h.first, "last_seq", h.last)
-	v, err := s.volumeFor(r, h.info)
+	log := s.logger().With("volume", h.info.Name, "id", h.info.ID, "generation", h.generation, "first_seq", h.first, "last_seq", h.last)
+	p, err := peerOf(r)
+	if err == nil && p.role != pki.RoleAgent {
+		err = fmt.Errorf("%w: segments come only from agent certificates, this is the %s certificate of %s", ErrForbidden, p.role, p.name)
+	}
+	var v *volume
+	if err == nil {
+		log = log.With("machine", p.name)
+		v, err = s.volumeFor(r.Context(), p, h.info)
+	}
 	if err != nil {
 		log.Error("segment refused", "err", err)
-		code := http.StatusInternalServerError
-		switch {
-		case errors.Is(err, ErrPermanent):
-			code = http.StatusBadRequest // the agent stops retrying and says why
-		case errors.Is(err, targets.ErrInUse):
-			code = http.StatusLocked // another process server holds the replica; retried
-		}
-		httpError(w, code, err)
+		httpError(w, statusCode(err), err)
 		return
 	}
 	v.recvMu.Lock()
 	defer v.recvMu.Unlock()
 	gen, seq := v.spooled()
+	acked := SegmentReply{AckedGeneration: h.generation, AckedFirstSeq: h.first, AckedLastSeq: h.last}
 	switch {
 	case h.last <= seq && h.last >= h.first:
 		// Already here (a resend after a lost answer): acknowledge again.
-		writeJSON(w, http.StatusOK, SegmentReply{SpooledGeneration: gen, SpooledSeq: seq})
+		acked.SpooledGeneration, acked.SpooledSeq = gen, seq
+		writeJSON(w, http.StatusOK, acked)
 		return
 	case h.generation == gen && h.first == seq+1,
 		seq == 0 && h.first == 1,
@@ -161,40 +165,51 @@ func (s *Server) handleSegment(w http.ResponseWriter, r *http.Request) {
 	s.spoolUsed.Add(seg.size)
 	v.push(seg)
 	log.Debug("segment spooled", "bytes", seg.size)
-	writeJSON(w, http.StatusOK, SegmentReply{SpooledGeneration: h.generation, SpooledSeq: h.last})
+	acked.SpooledGeneration, acked.SpooledSeq = h.generation, h.last
+	writeJSON(w, http.StatusOK, acked)
 }
 
-// volumeFor returns the volume the segment belongs to, opening its replica
-// the first time a volume is seen.
-func (s *Server) volumeFor(r *http.Request, info targets.VolumeInfo) (*volume, error) {
-	s.mu.Lock()
-	v := s.vols[info.ID]
-	s.mu.Unlock()
-	if v != nil {
-		if v.info.Size != info.Size || v.info.BlockSize != info.BlockSize {
-			return nil, fmt.Errorf("%w: volume %s changed geometry (size %d→%d, block size %d→%d); resizing a protected volume is not supported yet",
-				ErrPermanent, info.Name, v.info.Size, info.Size, v.info.BlockSize, info.BlockSize)
+// volumeFor returns the volume a segment of p's belongs to, opening its
+// replica the first time a volume is seen: created for p's machine when
+// the site has never seen it, refused when it belongs to another machine
+// (checked before the replica is opened, so that another machine's
+// headers cannot resize it).
+func (s *Server) volumeFor(ctx context.Context, p peer, want targets.VolumeInfo) (*volume, error) {
+	info := want
+	if limit := s.Target.Properties().MaxSize; limit > 0 && info.Size > limit {
+		return nil, fmt.Errorf("%w: volume %s is %d bytes; this site's target holds at most %d bytes per volume: "+
+			"protect a smaller volume, or replicate it to another target", ErrPermanent, info.Name, info.Size, limit)
+	}
+	v := s.volume(info.ID)
+	if v == nil {
+		k, err := s.known(ctx, info.ID)
+		if err != nil {
+			return nil, err
 		}
-		return v, nil
+		if k != nil {
+			if err := p.mayReach(*k); err != nil {
+				return nil, err
+			}
+			info = *k // opened as it is; a change of geometry is refused below
+			info.Name = want.Name
+		} else {
+			info.Machine = p.name
+		}
+		if v, err = s.openVolume(ctx, info); err != nil {
+			if k != nil {
+				s.markFailed(info, err)
+			}
+			return nil, err
+		}
 	}
-	// One volume opens at a time, and none after Close began: two first
-	// uploads for a volume must not both open its replica, and a request
-	// still running during Close must not leave a replica open behind it.
-	s.openMu.Lock()
-	defer s.openMu.Unlock()
-	if s.closing {
-		return nil, errors.New("the process server is shutting down")
-	}
-	s.mu.Lock()
-	v = s.vols[info.ID]
-	s.mu.Unlock()
-	if v != nil {
-		return v, nil
-	}
-	if err := s.spool.saveInfo(info); err != nil {
+	if err := s.claim(ctx, p, v); err != nil {
 		return nil, err
 	}
-	return s.openVolume(r.Context(), info)
+	if v.info.Size != want.Size || v.info.BlockSize != want.BlockSize {
+		return nil, fmt.Errorf("%w: volume %s changed geometry (size %d→%d, block size %d→%d); resizing a protected volume is not supported yet",
+			ErrPermanent, want.Name, v.info.Size, want.Size, v.info.BlockSize, want.BlockSize)
+	}
+	return v, nil
 }
 
 // readSegment reads the body, decompressing it, into buf; the result must

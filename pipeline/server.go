@@ -43,6 +43,7 @@ type Server struct {
 	closing   bool
 	mu        sync.Mutex
 	vols      map[string]*volume
+	failed    map[string]failedVolume // by id: replicas that could not be opened
 	spoolUsed atomic.Int64
 	decoders  sync.Pool
 	bufs      sync.Pool
@@ -73,7 +74,9 @@ func (s *Server) now() time.Time {
 }
 
 // Open loads the spool, opens the replica of every spooled volume and
-// starts applying what is waiting.
+// starts applying what is waiting. A volume whose replica cannot be opened
+// is logged and shown as failed with its reason (Status); the others are
+// served, and the failed one is tried again when its agent sends or asks.
 func (s *Server) Open(ctx context.Context) error {
 	if s.Target == nil {
 		return errors.New("process server: no target")
@@ -89,6 +92,7 @@ func (s *Server) Open(ctx context.Context) error {
 	}
 	s.spool = spool{fs: s.FS, dir: filepath.Join(s.DataDir, "spool")}
 	s.vols = map[string]*volume{}
+	s.failed = map[string]failedVolume{}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	ids, err := s.spool.volumes()
 	if err != nil {
@@ -96,32 +100,84 @@ func (s *Server) Open(ctx context.Context) error {
 	}
 	for _, id := range ids {
 		info, err := s.spool.loadInfo(id)
-		if err != nil {
-			return err
+		if err == nil {
+			_, err = s.openVolume(ctx, info)
 		}
-		if _, err := s.openVolume(ctx, info); err != nil {
-			s.Close()
-			return err
+		if err != nil {
+			s.markFailed(targets.VolumeInfo{ID: id, Name: info.Name, Machine: info.Machine, Size: info.Size, BlockSize: info.BlockSize}, err)
 		}
 	}
 	return nil
 }
 
-// openVolume opens a replica, loads its spooled segments and starts its
-// applier. s.mu must not be held.
+// failedVolume is a volume whose replica could not be opened.
+type failedVolume struct {
+	info targets.VolumeInfo
+	err  error
+}
+
+// markFailed records, and logs, that a volume's replica cannot be opened.
+func (s *Server) markFailed(info targets.VolumeInfo, err error) {
+	s.logger().Error("volume cannot be opened; it is shown as failed, the other volumes go on, and it is tried again when its agent sends",
+		"volume", info.Name, "id", info.ID, "machine", info.Machine, "err", err)
+	s.mu.Lock()
+	s.failed[info.ID] = failedVolume{info: info, err: err}
+	s.mu.Unlock()
+}
+
+// openVolume opens a volume's replica (creating it on the target when the
+// site has never seen it), records the replica's info in the spool once
+// the target has accepted it, loads the spooled segments and starts the
+// applier. A volume that is open already is returned as it is.
 func (s *Server) openVolume(ctx context.Context, info targets.VolumeInfo) (*volume, error) {
+	// One volume opens at a time, and none after Close began: two first
+	// uploads for a volume must not both open its replica, and a request
+	// still running during Close must not leave a replica open behind it.
+	s.openMu.Lock()
+	defer s.openMu.Unlock()
+	if s.closing {
+		return nil, errors.New("the process server is shutting down")
+	}
+	if v := s.volume(info.ID); v != nil {
+		return v, nil
+	}
 	rep, err := s.Target.Open(ctx, info)
 	if err != nil {
 		return nil, fmt.Errorf("open replica of %s (%s): %w", info.Name, info.ID, err)
 	}
-	st, err := rep.State(ctx)
+	v, err := s.loadVolume(ctx, rep)
 	if err != nil {
 		rep.Close()
+		return nil, err
+	}
+	// Logged before the applier starts: it owns v.pending from then on.
+	s.logger().Info("replica opened", "volume", v.info.Name, "id", v.info.ID, "machine", v.info.Machine,
+		"applied_seq", v.applied.Seq, "spooled_segments", len(v.pending))
+	s.mu.Lock()
+	s.vols[v.info.ID] = v
+	delete(s.failed, v.info.ID)
+	s.mu.Unlock()
+	s.wg.Add(1)
+	go v.applier(s.ctx)
+	v.kick()
+	return v, nil
+}
+
+// loadVolume records an open replica's info in the spool and loads its
+// spooled segments.
+func (s *Server) loadVolume(ctx context.Context, rep targets.Replica) (*volume, error) {
+	info := rep.Info() // the replica's own record: its machine, its geometry
+	st, err := rep.State(ctx)
+	if err != nil {
 		return nil, fmt.Errorf("state of replica %s: %w", info.Name, err)
+	}
+	if saved, err := s.spool.loadInfo(info.ID); err != nil || saved != info {
+		if err := s.spool.saveInfo(info); err != nil {
+			return nil, err
+		}
 	}
 	segs, err := s.spool.list(info.ID)
 	if err != nil {
-		rep.Close()
 		return nil, err
 	}
 	v := &volume{info: info, rep: rep, srv: s, wake: make(chan struct{}, 1), applied: st}
@@ -135,15 +191,6 @@ func (s *Server) openVolume(ctx context.Context, info targets.VolumeInfo) (*volu
 		s.spoolUsed.Add(seg.size)
 		v.spooledGen, v.spooledSeq = seg.generation, seg.last
 	}
-	// Logged before the applier starts: it owns v.pending from then on.
-	s.logger().Info("replica opened", "volume", info.Name, "id", info.ID, "applied_seq", st.Seq,
-		"spooled_segments", len(v.pending))
-	s.mu.Lock()
-	s.vols[info.ID] = v
-	s.mu.Unlock()
-	s.wg.Add(1)
-	go v.applier(s.ctx)
-	v.kick()
 	return v, nil
 }
 
@@ -161,6 +208,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/volumes/{id}/segments", s.handleSegment)
 	mux.HandleFunc("GET /v1/volumes/{id}/points", s.handlePoints)
 	mux.HandleFunc("GET /v1/volumes/{id}/points/{seq}", s.handlePointImage)
+	mux.HandleFunc("POST /v1/volumes/{id}/machine", s.handleMachine)
 	return mux
 }
 

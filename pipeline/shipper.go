@@ -47,10 +47,14 @@ type Shipper struct {
 
 // ShipperStatus is what an admin sees of a volume's replication.
 type ShipperStatus struct {
-	Volume       string    `json:"volume"`
-	Server       string    `json:"server"`
-	Connected    bool      `json:"connected"`
-	LastError    string    `json:"last_error,omitempty"`
+	Volume    string `json:"volume"`
+	Server    string `json:"server"`
+	Connected bool   `json:"connected"`
+	LastError string `json:"last_error,omitempty"`
+	// Stopped says why the site refuses this volume (another machine's
+	// volume there, an answer that does not match this journal): nothing
+	// is shipped until that is fixed; the journal is kept.
+	Stopped      string    `json:"stopped,omitempty"`
 	LastAck      time.Time `json:"last_ack,omitzero"`
 	AckedSeq     uint64    `json:"acked_seq"`
 	SegmentsSent int64     `json:"segments_sent"`
@@ -157,7 +161,12 @@ func (s *Shipper) sendLoop(ctx context.Context) {
 	var refused [2]uint64 // first seq of the segment the server refused, and how often in a row
 	for ctx.Err() == nil {
 		if !resumed {
-			if err := s.resume(ctx); err != nil {
+			err := s.resume(ctx)
+			switch {
+			case errors.Is(err, ErrForbidden), errors.Is(err, ErrBadAck):
+				s.stopped(ctx, err)
+				continue
+			case err != nil:
 				backoff = s.failed(ctx, backoff, err)
 				continue
 			}
@@ -194,6 +203,9 @@ func (s *Shipper) sendLoop(ctx context.Context) {
 		case errors.Is(err, ErrGap):
 			resumed = false // ask the server where it is
 			backoff = s.failed(ctx, backoff, err)
+		case errors.Is(err, ErrForbidden), errors.Is(err, ErrBadAck):
+			resumed = false
+			s.stopped(ctx, err)
 		default:
 			backoff = s.failed(ctx, backoff, err)
 		}
@@ -208,6 +220,9 @@ func (s *Shipper) resume(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := s.checkSite(st.SpooledGeneration, st.SpooledSeq); err != nil {
+		return err
+	}
 	if acked := s.Volume.Status().AckedSeq; st.SpooledSeq < acked {
 		if err := s.replicaBehind(st, acked); err != nil {
 			return err
@@ -216,6 +231,11 @@ func (s *Shipper) resume(ctx context.Context) error {
 	for _, seg := range s.Volume.Segments() {
 		if seg.LastSeq > st.SpooledSeq {
 			break
+		}
+		if seg.Generation > st.SpooledGeneration {
+			return fmt.Errorf("%w: the site has generation %d up to seq %d, but this agent's segment %d..%d is generation %d: "+
+				"the site cannot hold it; nothing is deleted from the journal", ErrBadAck, st.SpooledGeneration, st.SpooledSeq,
+				seg.FirstSeq, seg.LastSeq, seg.Generation)
 		}
 		if err := s.Volume.Ack(seg.FirstSeq); err != nil {
 			return err
@@ -277,6 +297,24 @@ func (s *Shipper) damagedLocally(seg hrl.SegmentInfo) bool {
 	return true
 }
 
+// stopped records why the site refuses this volume (it belongs to another
+// machine there, or the site's answers do not match this journal): the
+// volume is not shipped, its journal stays (and, past the quota, its dirty
+// regions are tracked), and the site is asked again every MaxBackoff, so
+// that an admin's fix on the site (a reassignment) resumes it. Logged once
+// per episode.
+func (s *Shipper) stopped(ctx context.Context, err error) {
+	s.mu.Lock()
+	first := s.status.Stopped == ""
+	s.status.Connected, s.status.LastError, s.status.Stopped = false, err.Error(), err.Error()
+	s.mu.Unlock()
+	if first {
+		s.logger().Error("replication of this volume stopped; the journal is kept and the site is asked again",
+			"retry_every", s.maxBackoff(), "err", err)
+	}
+	sleepCtx(ctx, s.maxBackoff())
+}
+
 // failed records err, sleeps the next backoff (exponential with jitter,
 // capped) and returns it.
 func (s *Shipper) failed(ctx context.Context, backoff time.Duration, err error) time.Duration {
@@ -304,8 +342,12 @@ func (s *Shipper) setConnected(err error) {
 	s.status.Connected = err == nil
 	if err != nil {
 		s.status.LastError = err.Error()
-	} else {
-		s.status.LastError = ""
+		return
+	}
+	s.status.LastError = ""
+	if s.status.Stopped != "" {
+		s.status.Stopped = ""
+		s.logger().Info("the site accepts this volume again; replication resumes")
 	}
 }
 

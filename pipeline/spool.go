@@ -11,6 +11,8 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/google/uuid"
+
 	"lifeboat/hrl"
 	"lifeboat/targets"
 )
@@ -55,7 +57,8 @@ func parseSpoolName(name string) (first, last uint64, ok bool) {
 
 func (s *spool) volDir(id string) string { return filepath.Join(s.dir, id) }
 
-// volumes returns the ids of the volumes with a spool directory.
+// volumes returns the ids of the volumes with a spool directory (their
+// volume.json may be damaged: loadInfo says).
 func (s *spool) volumes() ([]string, error) {
 	if err := s.fs.MkdirAll(s.dir, 0o700); err != nil {
 		return nil, fmt.Errorf("spool: %w", err)
@@ -66,7 +69,7 @@ func (s *spool) volumes() ([]string, error) {
 	}
 	var ids []string
 	for _, n := range names {
-		if _, err := s.loadInfo(n); err == nil {
+		if _, err := uuid.Parse(n); err == nil && len(n) == 36 {
 			ids = append(ids, n)
 		}
 	}

@@ -41,6 +41,10 @@ type Properties struct {
 	// MaxExtent is the largest extent one Apply entry may carry; 0 is no
 	// limit. The pipeline splits larger records.
 	MaxExtent int64
+	// MaxSize is the largest volume the target holds, in bytes; 0 is no
+	// limit. The process server refuses a bigger volume before anything of
+	// it is stored.
+	MaxSize int64
 	// Snapshots is true when recovery points are native snapshots of the
 	// storage (page blob snapshots) rather than kept by the target itself.
 	Snapshots bool

@@ -118,6 +118,7 @@ func (v *Volume) Status() Status {
 	s := Status{VolumeID: v.st.VolumeID, Generation: v.st.Generation, Mode: v.st.Mode, ModeReason: v.st.ModeReason, Resync: v.st.Resync,
 		AckedSeq: v.acked, Sealed: len(v.sealed), RegionSize: v.RegionSize, Size: v.size,
 		JournalBytes: v.journalBytesLocked(), JournalQuota: v.JournalQuota}
+	s.NextSeq = v.resumeSeq // in bitmap mode, the seq journaling resumes at
 	if v.w != nil {
 		s.NextSeq = v.w.NextSeq()
 	}

@@ -265,7 +265,11 @@ func (v *Volume) Close() error {
 		st.Running = false
 		errs = append(errs, saveState(v.FS, v.JournalDir, st))
 	}
+	// An Ack in flight finishes before its file closes; later ones see
+	// v.closed and return ErrClosed.
+	v.ackMu.Lock()
 	errs = append(errs, v.closeFiles())
+	v.ackMu.Unlock()
 	return errors.Join(errs...)
 }
 

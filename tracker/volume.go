@@ -122,7 +122,7 @@ type Volume struct {
 	resumeSeq   uint64  // next seq when journaling resumes after bitmap mode
 	acked       uint64  // last acknowledged seq; seqs never go back below it
 	ackFile     *ackedFile
-	ackMu       sync.Mutex    // serialises Ack
+	ackMu       sync.Mutex    // serialises Ack, and Ack with Close closing the files; taken before mu
 	sealBroken  bool          // a seal failed: later segments are not offered until a new generation
 	closedBytes int64         // bytes of the segments rolled and not yet acknowledged (sealing and sealed)
 	freed       chan struct{} // closed and replaced when journal room may have become free, or the mode changed

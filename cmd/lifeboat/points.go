@@ -7,69 +7,13 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
-	"os"
-	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
-	"lifeboat/hrl"
 	"lifeboat/pipeline"
-	"lifeboat/pipeline/pki"
 )
-
-// adminFlags select the process server and the admin identity.
-func adminFlags() []cli.Flag {
-	return []cli.Flag{
-		&cli.StringFlag{Name: "server", Value: "https://127.0.0.1:9443", Usage: "`URL` of the process server"},
-		&cli.StringFlag{Name: "data-dir", Usage: "server `DIR`: use its admin identity (DIR/pki/admin.crt, admin.key, ca.crt)"},
-		&cli.StringFlag{Name: "cert", Usage: "admin certificate `FILE` (lifeboat certs issue --role admin)"},
-		&cli.StringFlag{Name: "key", Usage: "admin key `FILE`"},
-		&cli.StringFlag{Name: "ca", Usage: "the site's CA certificate `FILE`"},
-		&cli.StringFlag{Name: "volume", Required: true, Usage: "volume `NAME` (or id)"},
-	}
-}
-
-// adminClient builds the client and the volume URL from adminFlags.
-func adminClient(c *cli.Context) (*http.Client, string, error) {
-	cert, key, ca := c.String("cert"), c.String("key"), c.String("ca")
-	if d := c.String("data-dir"); d != "" {
-		p := pki.Paths(d)
-		cert, key, ca = p.AdminCert, p.AdminKey, p.CACert
-	}
-	if cert == "" || key == "" || ca == "" {
-		return nil, "", usageError("give --data-dir of the server, or --cert, --key and --ca of an admin identity")
-	}
-	u, err := url.Parse(c.String("server"))
-	if err != nil || u.Scheme != "https" || u.Host == "" {
-		return nil, "", usageError("--server %q: want https://HOST[:PORT]", c.String("server"))
-	}
-	client, err := httpClient(cert, key, ca)
-	if err != nil {
-		return nil, "", failure("%v", err)
-	}
-	return client, "https://" + hostPort(u.Host) + "/v1/volumes/" + url.PathEscape(c.String("volume")), nil
-}
-
-func getOK(client *http.Client, u string) (*http.Response, error) {
-	resp, err := client.Get(u)
-	if err != nil {
-		return nil, failure("%v", err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		var e pipeline.SegmentReply
-		msg := strings.TrimSpace(string(b))
-		if json.Unmarshal(b, &e) == nil && e.Error != "" {
-			msg = e.Error
-		}
-		return nil, failure("%s: %s", resp.Status, msg)
-	}
-	return resp, nil
-}
 
 func pointsCommand() *cli.Command {
 	return &cli.Command{
@@ -85,16 +29,17 @@ func pointsCommand() *cli.Command {
 			{
 				Name:         "list",
 				Usage:        "list a volume's recovery points, oldest first",
-				Flags:        append(adminFlags(), outputFlag()),
+				Flags:        append(adminFlags(), volumeFlag(), outputFlag()),
 				OnUsageError: onUsageError,
 				Action:       pointsList,
 			},
 			{
 				Name:  "export",
-				Usage: "write a recovery point's image to a file and print its sha256",
-				Flags: append(adminFlags(),
+				Usage: "write a recovery point's image to a file (or a block device) and print its sha256",
+				Flags: append(adminFlags(), volumeFlag(),
 					&cli.StringFlag{Name: "point", Value: "latest", Usage: "`SEQ` of the point, or latest"},
-					&cli.StringFlag{Name: "out", Required: true, Usage: "`FILE` to write (sparse where the image is zero)"}),
+					&cli.StringFlag{Name: "out", Required: true, Usage: "`FILE` to write (sparse where the image is zero; it appears only once\n" +
+						"\tcomplete), or a block device to restore onto (written in place, every byte)"}),
 				OnUsageError: onUsageError,
 				Action:       pointsExport,
 			},
@@ -103,20 +48,19 @@ func pointsCommand() *cli.Command {
 }
 
 func pointsList(c *cli.Context) error {
+	format, err := outputFormat(c)
+	if err != nil {
+		return err
+	}
 	client, base, err := adminClient(c)
 	if err != nil {
 		return err
 	}
-	resp, err := getOK(client, base+"/points")
-	if err != nil {
+	var points []pipeline.Point
+	if err := apiCall(client, http.MethodGet, volumeURL(c, base)+"/points", nil, &points); err != nil {
 		return err
 	}
-	defer resp.Body.Close()
-	var points []pipeline.Point
-	if err := json.NewDecoder(resp.Body).Decode(&points); err != nil {
-		return fmt.Errorf("points: %w", err)
-	}
-	if c.String("output") == "json" {
+	if format == "json" {
 		enc := json.NewEncoder(c.App.Writer)
 		enc.SetIndent("", "  ")
 		return enc.Encode(points)
@@ -130,55 +74,36 @@ func pointsList(c *cli.Context) error {
 	return tw.Flush()
 }
 
+// pointsExport writes a point's image all or nothing: exit 1 and no file
+// unless exactly the image's size arrived.
 func pointsExport(c *cli.Context) error {
 	client, base, err := adminClient(c)
 	if err != nil {
 		return err
 	}
-	resp, err := getOK(client, base+"/points/"+url.PathEscape(c.String("point")))
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	out := c.String("out")
-	f, err := os.Create(out)
+	d, err := pipeline.GetPoint(c.Context, client, volumeURL(c, base), c.String("point"))
 	if err != nil {
 		return failure("%v", err)
 	}
-	defer f.Close()
+	defer d.Close()
+	out := c.String("out")
+	e, err := createExport(out)
+	if err != nil {
+		return failure("--out: %v", err)
+	}
 	h := sha256.New()
-	n, err := streamSparse(f, io.TeeReader(resp.Body, h))
+	n, err := e.copy(io.TeeReader(d, h), d.Size)
 	if err == nil {
-		err = f.Sync()
+		err = e.commit()
 	}
 	if err != nil {
-		return fmt.Errorf("export to %s: %w", out, err)
+		e.abort()
+		what := "nothing was written to " + out
+		if e.device {
+			what = out + " holds a partial image: export again before using it"
+		}
+		return failure("export of point %d of %s failed after %d of %d bytes: %v; %s", d.Seq, c.String("volume"), n, d.Size, err, what)
 	}
-	fmt.Fprintf(c.App.Writer, "point %s of %s: %d bytes to %s\nsha256 %s\n", resp.Header.Get("X-Lifeboat-Point-Seq"),
-		c.String("volume"), n, out, hex.EncodeToString(h.Sum(nil)))
+	fmt.Fprintf(c.App.Writer, "point %d of %s: %d bytes to %s\nsha256 %s\n", d.Seq, c.String("volume"), n, out, hex.EncodeToString(h.Sum(nil)))
 	return nil
-}
-
-// streamSparse copies r to f, seeking over all-zero 64 KiB blocks so the file
-// stays sparse, and sets the final size.
-func streamSparse(f *os.File, r io.Reader) (int64, error) {
-	buf := make([]byte, 64<<10)
-	var off int64
-	for {
-		n, err := io.ReadFull(r, buf)
-		if n > 0 {
-			if !hrl.IsZero(buf[:n]) {
-				if _, werr := f.WriteAt(buf[:n], off); werr != nil {
-					return off, werr
-				}
-			}
-			off += int64(n)
-		}
-		if err == io.EOF || err == io.ErrUnexpectedEOF {
-			return off, f.Truncate(off)
-		}
-		if err != nil {
-			return off, err
-		}
-	}
 }

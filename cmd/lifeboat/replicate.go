@@ -215,10 +215,16 @@ func statusCommand() *cli.Command {
 
 func printStatus(w io.Writer, st pipeline.ShipperStatus) {
 	conn := "connected"
-	if !st.Connected {
+	switch {
+	case st.Stopped != "":
+		conn = "NOT replicating"
+	case !st.Connected:
 		conn = "NOT connected: " + st.LastError
 	}
 	fmt.Fprintf(w, "%s → %s (%s)\n", st.Volume, st.Server, conn)
+	if st.Stopped != "" {
+		fmt.Fprintf(w, "  REPLICATION STOPPED: %s\n", st.Stopped)
+	}
 	fmt.Fprintf(w, "  tracking: %s generation %d", st.Tracker.Mode, st.Tracker.Generation)
 	if st.Tracker.ModeReason != "" {
 		fmt.Fprintf(w, " (%s)", st.Tracker.ModeReason)

@@ -126,7 +126,7 @@ func New(loc Location, creds Credentials, opts Options) (*Target, error) {
 // Properties: page blobs take 512-byte pages, Put Page takes at most 4 MiB,
 // and recovery points are blob snapshots.
 func (t *Target) Properties() targets.Properties {
-	return targets.Properties{Alignment: planPage, MaxExtent: MaxPutPage, Snapshots: true}
+	return targets.Properties{Alignment: planPage, MaxExtent: MaxPutPage, MaxSize: VHDMaxDataSize, Snapshots: true}
 }
 
 // blobName is the page blob of a volume.

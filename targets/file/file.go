@@ -155,6 +155,12 @@ func (t *Target) Volumes(ctx context.Context) ([]targets.VolumeInfo, error) {
 		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ENOTDIR) || !ok && err == nil {
 			continue
 		}
+		if errors.Is(err, ErrCorrupt) {
+			// One damaged replica must not hide the others; opening it
+			// says what is wrong.
+			t.logger().Warn("listing replicas: skipping a damaged one", "dir", name, "err", err)
+			continue
+		}
 		if err != nil {
 			return nil, fmt.Errorf("list replicas: %w", err)
 		}
