@@ -97,11 +97,18 @@ func (p *protected) status() (st struct {
 // seq and the source image's sha256 at that moment.
 func (p *protected) settle(since time.Time) (uint64, string) {
 	p.t.Helper()
+	return p.site.settle("disk", p.jroot, p.img, since)
+}
+
+// settle is protected.settle for volume name of the agent whose journal
+// root is jroot and whose source image is img.
+func (s *site) settle(name, jroot, img string, since time.Time) (uint64, string) {
+	s.t.Helper()
 	var seq uint64
 	hits := 0
-	waitFor(p.t, 90*time.Second, "the agent's last record to be a tag applied as a recovery point", func() bool {
-		vs, ok := p.site.volume("disk")
-		st := shipperStatus(p.t, p.jroot, "disk")
+	waitFor(s.t, 90*time.Second, "the agent's last record to be a tag applied as a recovery point", func() bool {
+		vs, ok := s.volume(name)
+		st := shipperStatus(s.t, jroot, name)
 		if ok && vs.LatestPoint != nil && vs.LatestPoint.Time.After(since) && vs.AppliedSeq == vs.LatestPoint.Seq &&
 			st.Tracker.NextSeq == vs.LatestPoint.Seq+1 && st.AckedSeq == vs.LatestPoint.Seq {
 			if hits > 0 && seq == vs.LatestPoint.Seq {
@@ -114,7 +121,7 @@ func (p *protected) settle(since time.Time) (uint64, string) {
 		hits = 0
 		return false
 	})
-	return seq, sha256File(p.t, p.img)
+	return seq, sha256File(s.t, img)
 }
 
 // checkLatest settles and checks that the newest point equals the source.

@@ -97,7 +97,9 @@ func (s *Server) refuse(w http.ResponseWriter, r *http.Request, err error) {
 		}
 	}
 	switch code {
-	case http.StatusNotFound, http.StatusBadRequest:
+	case http.StatusNotFound: // a volume's first contact, a typo
+		log.Debug("request refused")
+	case http.StatusBadRequest:
 		log.Info("request refused")
 	default:
 		log.Warn("request refused")

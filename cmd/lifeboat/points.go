@@ -102,7 +102,8 @@ func pointsExport(c *cli.Context) error {
 		if e.device {
 			what = out + " holds a partial image: export again before using it"
 		}
-		return failure("export of point %d of %s failed after %d of %d bytes: %v; %s", d.Seq, c.String("volume"), n, d.Size, err, what)
+		return failure("export of point %d of %s failed after %s of %s: %v; %s", d.Seq, c.String("volume"),
+			humanBytes(uint64(n)), humanBytes(uint64(d.Size)), err, what)
 	}
 	fmt.Fprintf(c.App.Writer, "point %d of %s: %d bytes to %s\nsha256 %s\n", d.Seq, c.String("volume"), n, out, hex.EncodeToString(h.Sum(nil)))
 	return nil

@@ -57,9 +57,10 @@ type Target struct {
 	FS     hrl.FS       // default hrl.OSFS{}
 	Logger *slog.Logger // default slog.Default()
 
-	mu     sync.Mutex
-	open   map[string]*Replica
-	closed bool
+	mu      sync.Mutex
+	open    map[string]*Replica
+	closed  bool
+	damaged sync.Map // replica directories Volumes skipped, warned about once
 }
 
 var _ targets.Target = (*Target)(nil)
@@ -158,7 +159,9 @@ func (t *Target) Volumes(ctx context.Context) ([]targets.VolumeInfo, error) {
 		if errors.Is(err, ErrCorrupt) {
 			// One damaged replica must not hide the others; opening it
 			// says what is wrong.
-			t.logger().Warn("listing replicas: skipping a damaged one", "dir", name, "err", err)
+			if _, seen := t.damaged.LoadOrStore(name, true); !seen {
+				t.logger().Warn("listing replicas: skipping a damaged one", "dir", name, "err", err)
+			}
 			continue
 		}
 		if err != nil {
