@@ -29,7 +29,7 @@ type IssuedCert struct {
 	Holder    string     `json:"holder"` // the subject's CN
 	Role      Role       `json:"role"`   // the subject's OU
 	Serial    string     `json:"serial"` // lower-case hexadecimal, as SerialText
-	IssuedAt  time.Time  `json:"issued_at"`
+	ValidFrom time.Time  `json:"valid_from"`
 	ExpiresAt time.Time  `json:"expires_at"`
 	Status    Status     `json:"status"`
 	RevokedAt *time.Time `json:"revoked_at,omitempty"`
@@ -122,7 +122,7 @@ func issued(p Files, ca *x509.Certificate, now time.Time) ([]IssuedCert, *x509.R
 		if a.Holder != b.Holder {
 			return strings.Compare(a.Holder, b.Holder)
 		}
-		return a.IssuedAt.Compare(b.IssuedAt)
+		return a.ValidFrom.Compare(b.ValidFrom)
 	})
 	return out, crl, nil
 }
@@ -130,7 +130,7 @@ func issued(p Files, ca *x509.Certificate, now time.Time) ([]IssuedCert, *x509.R
 // issuedCert describes c; revoked maps serials to revocation times.
 func issuedCert(c *x509.Certificate, revoked map[string]time.Time, dir string, now time.Time) IssuedCert {
 	ic := IssuedCert{Holder: c.Subject.CommonName, Serial: SerialText(c.SerialNumber),
-		IssuedAt: c.NotBefore.UTC(), ExpiresAt: c.NotAfter.UTC(), Status: StatusValid}
+		ValidFrom: c.NotBefore.UTC(), ExpiresAt: c.NotAfter.UTC(), Status: StatusValid}
 	if ou := c.Subject.OrganizationalUnit; len(ou) > 0 {
 		ic.Role = Role(ou[0])
 	}
