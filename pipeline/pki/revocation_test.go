@@ -3,9 +3,12 @@ package pki_test
 import (
 	"bytes"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -205,5 +208,51 @@ func TestBadCRLKeepsLastGood(t *testing.T) {
 	os.WriteFile(p.CRL, foreign, 0o644)
 	if _, err := pki.Issued(dir, time.Now()); err == nil || !strings.Contains(err.Error(), "not signed by the site CA") {
 		t.Errorf("Issued with another CA's CRL: %v", err)
+	}
+}
+
+// BenchmarkVerifyConnection is the cost the revocation check adds to a
+// handshake or a request: a stat of ca.crl once it is older than a few
+// seconds ("settled"); while it is new, a read and compare as well.
+func BenchmarkVerifyConnection(b *testing.B) {
+	dir := filepath.Join(b.TempDir(), "data")
+	if _, err := pki.Init(dir, nil); err != nil {
+		b.Fatal(err)
+	}
+	ca, err := pki.Load(dir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for i := range 100 {
+		if _, err := ca.Issue(fmt.Sprintf("old%d", i), pki.RoleAgent, nil, 0); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := ca.Revoke(pki.Revocation{Name: fmt.Sprintf("old%d", i)}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	id, _ := ca.Issue("web01", pki.RoleAgent, nil, 0)
+	leaf, _ := id.Certificate()
+	cs := tls.ConnectionState{PeerCertificates: []*x509.Certificate{leaf}}
+	for _, settled := range []bool{false, true} {
+		name := "fresh"
+		if settled {
+			name = "settled"
+			old := time.Now().Add(-time.Minute)
+			if err := os.Chtimes(pki.Paths(dir).CRL, old, old); err != nil {
+				b.Fatal(err)
+			}
+		}
+		srv, err := pki.ServerTLS(dir)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Run(name, func(b *testing.B) {
+			for b.Loop() {
+				if err := srv.VerifyConnection(cs); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
