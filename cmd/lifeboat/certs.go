@@ -29,6 +29,7 @@ func serverInitCommand() *cli.Command {
 			"  server.crt, .key      the server's TLS certificate for 127.0.0.1, ::1, localhost, this host's name\n" +
 			"                        and every --host: agents must connect to one of these names\n" +
 			"  admin.crt, .key       an admin identity for the CLI\n" +
+			"  issued/               every certificate the CA issues, for 'certs list' and 'certs revoke'\n" +
 			"All traffic between agents and servers is HTTPS, TLS 1.3 only, with a certificate on both sides from\n" +
 			"this CA. Keys are ECDSA P-256; the CA is valid for 10 years, the certificates for one.\n\n" +
 			"Run it once: a CA that exists is never overwritten (exit 1), because every agent trusts it.\n" +
