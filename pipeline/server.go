@@ -223,6 +223,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	if s.Middleware != nil {
 		h = s.Middleware(h)
 	}
+	if conf.VerifyConnection != nil { // a revoked certificate, on a connection opened before
+		h = s.recheckPeer(h, conf.VerifyConnection)
+	}
 	s.mu.Lock()
 	// The error log carries refused TLS handshakes (an agent without a
 	// valid certificate): an admin needs to see those.

@@ -29,6 +29,7 @@ func serverInitCommand() *cli.Command {
 			"  server.crt, .key      the server's TLS certificate for 127.0.0.1, ::1, localhost, this host's name\n" +
 			"                        and every --host: agents must connect to one of these names\n" +
 			"  admin.crt, .key       an admin identity for the CLI\n" +
+			"  issued/               every certificate the CA issues, for 'certs list' and 'certs revoke'\n" +
 			"All traffic between agents and servers is HTTPS, TLS 1.3 only, with a certificate on both sides from\n" +
 			"this CA. Keys are ECDSA P-256; the CA is valid for 10 years, the certificates for one.\n\n" +
 			"Run it once: a CA that exists is never overwritten (exit 1), because every agent trusts it.\n" +
@@ -106,14 +107,16 @@ func runServerInit(w io.Writer, dataDir string, hosts []string) error {
 func certsCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "certs",
-		Usage: "issue certificates from the site CA for agents, admins and servers",
-		Description: "The site CA is created once by 'lifeboat server init'; these commands use its key, so they run on the\n" +
-			"server that holds DIR/pki/ca.key.\n\n" +
-			"Example:\n" +
-			"   lifeboat certs issue --data-dir /var/lib/lifeboat/server --name web01 --out ./web01",
+		Usage: "issue, list and revoke certificates of the site CA for agents, admins and servers",
+		Description: "The site CA is created once by 'lifeboat server init'; issue and revoke use its key, so they run on\n" +
+			"the server that holds DIR/pki/ca.key. Every certificate issued is recorded in DIR/pki/issued.\n\n" +
+			"Examples:\n" +
+			"   lifeboat certs issue --data-dir /var/lib/lifeboat/server --name web01 --out ./web01\n" +
+			"   lifeboat certs list --data-dir /var/lib/lifeboat/server\n" +
+			"   lifeboat certs revoke --data-dir /var/lib/lifeboat/server --name web01",
 		OnUsageError: onUsageError,
 		Action:       unknownCommand,
-		Subcommands:  []*cli.Command{certsIssueCommand()},
+		Subcommands:  []*cli.Command{certsIssueCommand(), certsListCommand(), certsRevokeCommand()},
 	}
 }
 
@@ -190,7 +193,12 @@ func runCertsIssue(w io.Writer, o certsIssueOptions) error {
 	if err != nil {
 		return fmt.Errorf("certs issue: %w", err)
 	}
-	id, err := ca.Issue(o.Name, o.Role, o.Hosts, o.ValidFor)
+	// Checked first: a certificate is recorded when it is issued.
+	err = pki.CheckWrite(o.Out, o.Name, ca.Certificate())
+	var id pki.Identity
+	if err == nil {
+		id, err = ca.Issue(o.Name, o.Role, o.Hosts, o.ValidFor)
+	}
 	if err == nil {
 		err = id.Write(o.Out, o.Name)
 	}
@@ -215,7 +223,9 @@ func runCertsIssue(w io.Writer, o certsIssueOptions) error {
 	}
 	fmt.Fprintf(w, "issued %s %s certificate for %s (serial %x, valid until %s):\n",
 		article, o.Role, o.Name, cert.SerialNumber, certsDay(cert.NotAfter))
-	fmt.Fprintf(w, "  %s\n  %s  (private key, 0600)\n  %s  (the site CA)\n\n", certFile, keyFile, caFile)
+	fmt.Fprintf(w, "  %s\n  %s  (private key, 0600)\n  %s  (the site CA)\n", certFile, keyFile, caFile)
+	fmt.Fprintf(w, "Recorded in %s; 'lifeboat certs revoke --data-dir %s --serial %x' revokes it.\n\n",
+		pki.Paths(o.DataDir).Issued, o.DataDir, cert.SerialNumber)
 	switch o.Role {
 	case pki.RoleAgent:
 		fmt.Fprintf(w, "Copy the three files to %s (keep the key 0600) and give them to the agent there:\n"+

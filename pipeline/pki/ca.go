@@ -17,11 +17,14 @@ import (
 )
 
 // CA is the site's certificate authority: its certificate and private key.
+// A CA from Init or Load belongs to a data directory, where it records every
+// certificate it issues (see Issue) and keeps its revocation list (Revoke).
 // It is safe for concurrent use.
 type CA struct {
 	cert    *x509.Certificate
 	certPEM []byte
 	key     crypto.Signer
+	dataDir string // "" for a CA not (yet) stored: it records nothing
 }
 
 // Certificate returns the CA certificate. The caller must not modify it.
@@ -31,6 +34,7 @@ func (ca *CA) Certificate() *x509.Certificate { return ca.cert }
 // (see Paths): ca.crt and ca.key; server.crt and server.key for 127.0.0.1,
 // ::1, localhost, os.Hostname() and the given hosts (DNS names or IP
 // addresses); admin.crt and admin.key, a client identity with RoleAdmin.
+// Both certificates are recorded in the registry (issued/).
 //
 // Init never overwrites a CA, because every agent trusts it: if ca.crt or
 // ca.key exists it returns an error wrapping ErrExists and changes nothing.
@@ -86,9 +90,15 @@ func Init(dataDir string, hosts []string) (*CA, error) {
 			return nil, fmt.Errorf("init CA: %w", err)
 		}
 	}
+	for _, id := range []Identity{server, admin} {
+		if err := recordIssued(p.Issued, id.CertPEM); err != nil {
+			return nil, fmt.Errorf("init CA: %w", err)
+		}
+	}
 	if err := writeFile(p.CACert, ca.certPEM, 0o644, true); err != nil {
 		return nil, fmt.Errorf("init CA: %w", err)
 	}
+	ca.dataDir = dataDir
 	return ca, nil
 }
 
@@ -187,7 +197,7 @@ func Load(dataDir string) (*CA, error) {
 	if pub, ok := key.Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || !pub.Equal(cert.PublicKey) {
 		return nil, fmt.Errorf("load CA: %s is not the key of %s", p.CAKey, p.CACert)
 	}
-	return &CA{cert: cert, certPEM: pemCert(cert.Raw), key: key}, nil
+	return &CA{cert: cert, certPEM: pemCert(cert.Raw), key: key, dataDir: dataDir}, nil
 }
 
 // Issue creates a certificate for name (its CN) and role (its OU), signed
@@ -198,6 +208,11 @@ func Load(dataDir string) (*CA, error) {
 // A RoleServer certificate is for ServerAuth and needs hosts (DNS names or
 // IP addresses, its SANs); agent and admin certificates are for ClientAuth
 // and take no hosts.
+//
+// A CA from Init or Load records the certificate (never the key) in the
+// registry, DATA_DIR/pki/issued/SERIAL.crt, durably before it returns: a
+// certificate that could not be recorded is not handed out, because it
+// could not be listed or revoked by name.
 func (ca *CA) Issue(name string, role Role, hosts []string, validity time.Duration) (Identity, error) {
 	if err := checkName(name); err != nil {
 		return Identity{}, fmt.Errorf("issue certificate: %w", err)
@@ -260,6 +275,11 @@ func (ca *CA) Issue(name string, role Role, hosts []string, validity time.Durati
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, key.Public(), ca.key)
 	if err != nil {
 		return Identity{}, fmt.Errorf("issue certificate for %s: %w", name, err)
+	}
+	if ca.dataDir != "" {
+		if err := recordIssued(Paths(ca.dataDir).Issued, pemCert(der)); err != nil {
+			return Identity{}, fmt.Errorf("issue certificate for %s: %w", name, err)
+		}
 	}
 	return Identity{CertPEM: pemCert(der), KeyPEM: keyPEM, CAPEM: append([]byte(nil), ca.certPEM...)}, nil
 }

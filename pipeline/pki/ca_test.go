@@ -115,8 +115,8 @@ func TestInitTwiceRefuses(t *testing.T) {
 		}
 	}
 	ents, _ := os.ReadDir(p.Dir)
-	if len(ents) != 6 {
-		t.Errorf("%s holds %d entries after a refused Init, want 6 (no temporary files)", p.Dir, len(ents))
+	if len(ents) != 7 {
+		t.Errorf("%s holds %d entries after a refused Init, want 7 (6 files and issued/, no temporary files)", p.Dir, len(ents))
 	}
 }
 

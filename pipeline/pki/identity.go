@@ -35,12 +35,6 @@ func (id Identity) Certificate() (*x509.Certificate, error) {
 // CA, which other identities in dir may rely on. NAME must be a valid name
 // other than "ca".
 func (id Identity) Write(dir, name string) error {
-	if err := checkName(name); err != nil {
-		return fmt.Errorf("write identity: %w", err)
-	}
-	if name == "ca" {
-		return fmt.Errorf("write identity: %w: %q is reserved for the CA certificate ca.crt", ErrName, name)
-	}
 	if _, err := tls.X509KeyPair(id.CertPEM, id.KeyPEM); err != nil {
 		return fmt.Errorf("write identity %s: certificate and key do not belong together: %w", name, err)
 	}
@@ -48,17 +42,11 @@ func (id Identity) Write(dir, name string) error {
 	if err != nil {
 		return fmt.Errorf("write identity %s: %w", name, err)
 	}
-	certPath, keyPath, caPath := filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key"), filepath.Join(dir, caCertName)
-	writeCA := true
-	if old, err := ReadCertificate(caPath); err == nil {
-		if !bytes.Equal(old.Raw, caCert.Raw) {
-			return fmt.Errorf("write identity %s: %s is the certificate of another CA (%q); write to another directory",
-				name, caPath, old.Subject.CommonName)
-		}
-		writeCA = false
-	} else if !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("write identity %s: %w", name, err)
+	writeCA, err := checkWrite(dir, name, caCert)
+	if err != nil {
+		return err
 	}
+	certPath, keyPath, caPath := filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key"), filepath.Join(dir, caCertName)
 	if err := mkdirPrivate(dir); err != nil {
 		return fmt.Errorf("write identity %s: %w", name, err)
 	}
@@ -78,6 +66,43 @@ func (id Identity) Write(dir, name string) error {
 		}
 	}
 	return nil
+}
+
+// CheckWrite returns the error Write(dir, name) of an identity issued by
+// ca would fail with for its name or its files (an invalid name, an
+// existing NAME.key, a ca.crt of another CA), without writing anything.
+// Check before issuing, so that no certificate is issued, and recorded,
+// for files that cannot be written.
+func CheckWrite(dir, name string, ca *x509.Certificate) error {
+	_, err := checkWrite(dir, name, ca)
+	return err
+}
+
+// checkWrite is CheckWrite; writeCA says that dir has no ca.crt yet.
+func checkWrite(dir, name string, caCert *x509.Certificate) (writeCA bool, err error) {
+	if err := checkName(name); err != nil {
+		return false, fmt.Errorf("write identity: %w", err)
+	}
+	if name == "ca" {
+		return false, fmt.Errorf("write identity: %w: %q is reserved for the CA certificate ca.crt", ErrName, name)
+	}
+	keyPath, caPath := filepath.Join(dir, name+".key"), filepath.Join(dir, caCertName)
+	if _, err := os.Lstat(keyPath); err == nil {
+		return false, fmt.Errorf("write identity %s: %s %w; a key is never overwritten: remove it first if its certificate is no longer used, or write to another directory",
+			name, keyPath, ErrExists)
+	}
+	old, err := ReadCertificate(caPath)
+	switch {
+	case err == nil && !bytes.Equal(old.Raw, caCert.Raw):
+		return false, fmt.Errorf("write identity %s: %s is the certificate of another CA (%q); write to another directory",
+			name, caPath, old.Subject.CommonName)
+	case err == nil:
+		return false, nil
+	case errors.Is(err, fs.ErrNotExist):
+		return true, nil
+	default:
+		return false, fmt.Errorf("write identity %s: %w", name, err)
+	}
 }
 
 // ReadCertificate reads the first certificate of a PEM file.

@@ -16,6 +16,15 @@
 //	  server.key   0600
 //	  admin.crt            an admin identity for the CLI (ClientAuth)
 //	  admin.key    0600
+//	  issued/              every certificate the CA issued (never a key):
+//	    SERIAL.crt         by serial number in lower-case hex
+//	    SERIAL.reason      why it was revoked, if a reason was given
+//	  ca.crl               the revoked certificates: an X.509 CRL signed by the CA
+//
+// Revocation (CA.Revoke) adds certificates to ca.crl; a server built on
+// ServerTLS refuses them at the TLS handshake, re-reading ca.crl when it
+// changes (see ServerTLS). A scale-out process server with a copy of
+// DATA_DIR/pki uses the copy of ca.crl it has.
 //
 // The CA is a library, not only a command: a caller (the control plane's
 // registration, later) loads it with Load and issues certificates with
@@ -64,6 +73,15 @@ var (
 	ErrRole   = errors.New("unknown role: use server, agent or admin")
 	ErrName   = errors.New("invalid name: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
 	ErrHost   = errors.New("invalid host: use a DNS name or an IP address, without a port")
+	// ErrUnknown: no certificate in the registry matches a name or serial.
+	ErrUnknown = errors.New("no such certificate")
+	// ErrNothingToRevoke: the certificates that match are all revoked,
+	// expired or server certificates already.
+	ErrNothingToRevoke = errors.New("nothing to revoke")
+	// ErrRevoked is wrapped by the error of a refused connection.
+	ErrRevoked = errors.New("certificate revoked")
+	// ErrSerial: a serial number that is not hexadecimal.
+	ErrSerial = errors.New("invalid serial number: use the hexadecimal serial 'lifeboat certs list' shows")
 )
 
 // Valid reports whether r is one of the defined roles.
@@ -77,6 +95,8 @@ type Files struct {
 	CACert, CAKey         string
 	ServerCert, ServerKey string
 	AdminCert, AdminKey   string
+	Issued                string // the registry of issued certificates
+	CRL                   string // the revocation list
 }
 
 // Paths returns where Init writes and Load and ServerTLS read.
@@ -87,6 +107,7 @@ func Paths(dataDir string) Files {
 		CACert: filepath.Join(d, caCertName), CAKey: filepath.Join(d, caKeyName),
 		ServerCert: filepath.Join(d, "server.crt"), ServerKey: filepath.Join(d, "server.key"),
 		AdminCert: filepath.Join(d, "admin.crt"), AdminKey: filepath.Join(d, "admin.key"),
+		Issued: filepath.Join(d, "issued"), CRL: filepath.Join(d, "ca.crl"),
 	}
 }
 

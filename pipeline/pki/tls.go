@@ -15,6 +15,16 @@ import (
 // client certificates required and verified against the site CA (ca.crt).
 // Use Peer on a connection's state to learn who the client is.
 //
+// Client certificates that the CA revoked (ca.crl, see CA.Revoke) are
+// refused by the configuration's VerifyConnection, which Go calls on every
+// handshake, resumed TLS 1.3 sessions included; its error wraps ErrRevoked
+// and names the holder, role and serial. It notices a new ca.crl at the
+// next handshake (one stat per handshake; no restart, no signal). A server
+// that keeps connections open calls VerifyConnection again on each request
+// (pipeline.Server does). A ca.crl that is there but cannot be read or is
+// not signed by the CA is an error here; later, one is logged and the last
+// good list stays in force.
+//
 // It checks up front that the server certificate was issued by the CA and
 // has not expired, so that a server does not start with an identity no
 // agent will accept. The CA key is not needed.
@@ -24,6 +34,14 @@ func ServerTLS(dataDir string) (*tls.Config, error) {
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("server TLS: %w in %s: run 'lifeboat server init --data-dir %s' first", ErrNoCA, p.Dir, dataDir)
 	}
+	if err != nil {
+		return nil, fmt.Errorf("server TLS: %w", err)
+	}
+	caCert, err := ReadCertificate(p.CACert)
+	if err != nil {
+		return nil, fmt.Errorf("server TLS: %w", err)
+	}
+	revs, err := newRevocations(p.CRL, caCert)
 	if err != nil {
 		return nil, fmt.Errorf("server TLS: %w", err)
 	}
@@ -39,10 +57,11 @@ func ServerTLS(dataDir string) (*tls.Config, error) {
 			p.ServerCert, leaf.NotAfter.Format(time.DateOnly), p.CACert, err, dataDir, p.Dir)
 	}
 	return &tls.Config{
-		MinVersion:   tls.VersionTLS13,
-		Certificates: []tls.Certificate{pair},
-		ClientAuth:   tls.RequireAndVerifyClientCert,
-		ClientCAs:    pool,
+		MinVersion:       tls.VersionTLS13,
+		Certificates:     []tls.Certificate{pair},
+		ClientAuth:       tls.RequireAndVerifyClientCert,
+		ClientCAs:        pool,
+		VerifyConnection: revs.verifyConnection,
 	}, nil
 }
 
