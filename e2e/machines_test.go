@@ -87,15 +87,6 @@ func copyJournal(t *testing.T, p *protected) (img, jroot string) {
 	return img, jroot
 }
 
-func journalSegments(t *testing.T, dir string) int {
-	t.Helper()
-	files, err := filepath.Glob(filepath.Join(dir, "*.hrl"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(files)
-}
-
 // An agent with web02's certificate and a copy of web01's journal
 // directory is refused: 403, a clear line in its log and in 'lifeboat
 // status', its journal kept; a forged segment (a newer generation, first
@@ -141,7 +132,7 @@ func TestAgentWithAnotherMachinesJournalIsRefused(t *testing.T) {
 	if !strings.Contains(s.log(), "peer=web02") {
 		t.Fatalf("the server did not log the refusal of web02:\n%s", s.log())
 	}
-	if n, got := journalSegments(t, filepath.Join(jroot, "disk")), shipperStatus(t, jroot, "disk").Tracker.AckedSeq; n == 0 || got != acked {
+	if n, got := len(journalSegments(t, filepath.Join(jroot, "disk"))), shipperStatus(t, jroot, "disk").Tracker.AckedSeq; n == 0 || got != acked {
 		t.Fatalf("web02's journal: %d segments, acked seq %d (was %d): want its journal kept", n, got, acked)
 	}
 	if code, body := forge(t, s, s.clientAs("web02"), id, 64<<20); code != http.StatusForbidden || !strings.Contains(body, "web01") {
