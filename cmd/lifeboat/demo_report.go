@@ -57,21 +57,17 @@ func (r *demoRun) verify(ctx context.Context) error {
 // `lifeboat points export` does, and returns the point's seq, the hash and
 // the image size.
 func (r *demoRun) pointSum(ctx context.Context, point string) (uint64, string, int64, error) {
-	resp, err := r.site.adminGet(ctx, "/points/"+point)
+	d, err := pipeline.GetPoint(ctx, r.site.admin, r.site.url+"/v1/volumes/"+demoVolumeName, point)
 	if err != nil {
 		return 0, "", 0, err
 	}
-	defer resp.Body.Close()
-	seq, err := strconv.ParseUint(resp.Header.Get("X-Lifeboat-Point-Seq"), 10, 64)
-	if err != nil {
-		return 0, "", 0, fmt.Errorf("point %s: no seq in the reply: %w", point, err)
-	}
+	defer d.Close()
 	h := sha256.New()
-	n, err := io.Copy(h, resp.Body)
+	n, err := io.Copy(h, d)
 	if err != nil {
-		return 0, "", 0, fmt.Errorf("read point %d: %w", seq, err)
+		return 0, "", 0, fmt.Errorf("read point %d: %w", d.Seq, err)
 	}
-	return seq, hex.EncodeToString(h.Sum(nil)), n, nil
+	return d.Seq, hex.EncodeToString(h.Sum(nil)), n, nil
 }
 
 // checkPoint prints the point's hash beside the source's at its seq and
