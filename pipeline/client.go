@@ -132,6 +132,11 @@ func (s *Shipper) remoteStatus(ctx context.Context) (VolumeStatus, error) {
 // checkAck accepts the site's answer to seg only when it acknowledges seg
 // itself, and says no more than the agent has written.
 func (s *Shipper) checkAck(seg hrl.SegmentInfo, r SegmentReply) error {
+	if r.AckedGeneration == 0 && r.AckedFirstSeq == 0 && r.AckedLastSeq == 0 {
+		return fmt.Errorf("%w: the site's answer to segment %d..%d does not name the segment it acknowledges: it runs an "+
+			"older Lifeboat; upgrade the site's servers first, then the agents; the segment stays in the journal",
+			ErrBadAck, seg.FirstSeq, seg.LastSeq)
+	}
 	if r.AckedGeneration != seg.Generation || r.AckedFirstSeq != seg.FirstSeq || r.AckedLastSeq != seg.LastSeq {
 		return fmt.Errorf("%w: segment generation %d seqs %d..%d was answered with an acknowledgement of generation %d seqs %d..%d; "+
 			"the segment stays in the journal", ErrBadAck, seg.Generation, seg.FirstSeq, seg.LastSeq,

@@ -85,7 +85,7 @@ func TestShipperKeepsJournalOnAnswersItCannotCheck(t *testing.T) {
 		}, "has written only up to seq"},
 		{"an old-style answer without the acknowledged segment", notFound, func(gen, first, last uint64) any {
 			return pipeline.SegmentReply{SpooledGeneration: gen, SpooledSeq: last}
-		}, "answered with an acknowledgement"},
+		}, "upgrade the site's servers first"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
