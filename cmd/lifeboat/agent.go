@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -259,9 +260,12 @@ func parseNBDOptions(c *cli.Context, o *agentOptions) error {
 	if len(addrs) == 1 && addrs[0] == "" {
 		addrs = nil
 	}
-	for _, a := range addrs {
+	for i, a := range addrs {
 		if a == "" {
 			return usageError("--nbd \"\" disables NBD; do not combine it with another --nbd")
+		}
+		if slices.Contains(addrs[:i], a) {
+			return usageError("--nbd %s is given twice", a)
 		}
 	}
 	o.NBD = addrs

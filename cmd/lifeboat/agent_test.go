@@ -27,6 +27,7 @@ func TestAgentNBDFlagErrors(t *testing.T) {
 		{[]string{"--nbd", "", "--nbd-max-inflight", "1MiB"}, "--nbd-max-inflight is set but NBD is disabled"},
 		{[]string{"--nbd", "", "--fuse-mount", dir, "--nbd-max-connections", "3"}, "--nbd-max-connections is set but NBD is disabled"},
 		{[]string{"--nbd", "", "--nbd", "unix:" + filepath.Join(dir, "s")}, "do not combine"},
+		{[]string{"--nbd", "unix:/run/x.sock", "--nbd", "unix:/run/x.sock"}, "--nbd unix:/run/x.sock is given twice"},
 		{[]string{"--nbd", "unix:", "--journal-dir", filepath.Join(dir, "j")}, "needs a path"},
 		{[]string{"--nbd", "unix:" + notSocket, "--journal-dir", filepath.Join(dir, "j")}, "is not a socket; remove it"},
 	} {
