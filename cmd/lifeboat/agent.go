@@ -67,7 +67,7 @@ func agentCommand() *cli.Command {
 			&cli.StringFlag{Name: "journal-dir", Value: "/var/lib/lifeboat/journal",
 				Usage: "`DIR` holding one journal directory per volume (segments, dirty bitmap, state)"},
 			&cli.StringSliceFlag{Name: "nbd", Value: cli.NewStringSlice("127.0.0.1:10809"),
-				Usage: "`ADDR` to serve NBD on: HOST:PORT or unix:PATH (a socket of mode 0660); give it twice for both;\n" +
+				Usage: "`ADDR` to serve NBD on: HOST:PORT or unix:PATH (a socket of mode 0660); repeat it to serve on both;\n" +
 					"\texport names are the volume names; empty to disable"},
 			&cli.IntFlag{Name: "nbd-max-connections", Value: nbd.DefaultMaxConnections,
 				Usage: "serve at most `N` NBD connections at once; more are refused with an error"},
