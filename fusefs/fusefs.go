@@ -96,7 +96,8 @@ type File struct {
 //
 // Only the user who mounted (root) can open the files (no allow_other).
 // Each file has mode 0600 (0400 when ReadOnly), the size of its backend and
-// the mount time as its times until set with touch/utimes.
+// the mount time as its times until set with touch/utimes; the directory
+// has mode 0700, like the journal.
 type Mount struct {
 	Dir    string
 	Files  []File
@@ -156,7 +157,7 @@ func (m *Mount) Mount(ctx context.Context) error {
 	}
 	log := m.logger()
 	now := time.Now()
-	root := &fs.Inode{}
+	root := &rootDir{owner: fuse.Owner{Uid: uint32(syscall.Getuid()), Gid: uint32(syscall.Getgid())}, time: now}
 	attrTimeout := DefaultAttrTimeout
 	opts := &fs.Options{
 		MountOptions: fuse.MountOptions{
@@ -232,4 +233,21 @@ func (m *Mount) Unmount() error {
 	m.server = nil
 	m.logger().Info("FUSE mount removed", "dir", m.Dir)
 	return nil
+}
+
+// rootDir is the mount's root directory: mode 0700, owned by the user who
+// mounted.
+type rootDir struct {
+	fs.Inode
+	owner fuse.Owner
+	time  time.Time
+}
+
+var _ fs.NodeGetattrer = (*rootDir)(nil)
+
+func (r *rootDir) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	out.Mode = syscall.S_IFDIR | 0o700
+	out.Owner = r.owner
+	out.SetTimes(&r.time, &r.time, &r.time)
+	return 0
 }

@@ -76,6 +76,10 @@ func TestAttributes(t *testing.T) {
 				tc.name, st.Size, st.Mode, st.Blocks, st.Nlink, tc.size, syscall.S_IFREG|uint32(tc.mode), (tc.size+511)/512)
 		}
 	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(dir, &st); err != nil || st.Mode != syscall.S_IFDIR|0o700 || int(st.Uid) != os.Getuid() {
+		t.Errorf("mount root: mode %o uid %d (%v), want %o and uid %d", st.Mode, st.Uid, err, syscall.S_IFDIR|0o700, os.Getuid())
+	}
 	if _, err := os.OpenFile(filepath.Join(dir, "ro"), os.O_RDWR, 0); !errors.Is(err, syscall.EROFS) {
 		t.Errorf("open read-only file for writing: got %v, want EROFS", err)
 	}

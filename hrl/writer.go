@@ -98,7 +98,7 @@ func Create(fsys FS, dir string, h Header, cfg WriterConfig) (*Writer, error) {
 		h.Created = time.Now()
 	}
 	path := filepath.Join(dir, SegmentName(h.FirstSeq))
-	f, err := fsys.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	f, err := fsys.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, PrivateFile)
 	if err != nil {
 		return nil, fmt.Errorf("create segment: %w", err)
 	}

@@ -41,7 +41,8 @@ func option(opt uint32, data []byte) []byte {
 // FuzzOptions feeds arbitrary client bytes to the handshake: client flags
 // and options. It must end with an error or a session, never panic, and
 // a session must name an export and only allow block status when
-// structured replies were negotiated.
+// structured replies were negotiated. The same bytes on a connection
+// refused for the connection cap never reach a session.
 func FuzzOptions(f *testing.F) {
 	flags := []byte{0, 0, 0, 3}
 	info := binary.BigEndian.AppendUint32(nil, 4)
@@ -68,6 +69,11 @@ func FuzzOptions(f *testing.F) {
 	}
 	srv := fuzzServer(f)
 	f.Fuzz(func(t *testing.T, in []byte) {
+		refused := &conn{srv: srv, br: bufio.NewReader(bytes.NewReader(in)), bw: bufio.NewWriter(io.Discard), log: srv.logger(),
+			refused: "over the cap"}
+		if err := refused.handshake(); err == nil || refused.exp != nil {
+			t.Fatalf("refused connection entered transmission (err %v)", err)
+		}
 		c := &conn{srv: srv, br: bufio.NewReader(bytes.NewReader(in)), bw: bufio.NewWriter(io.Discard), log: srv.logger()}
 		err := c.handshake()
 		if err != nil {

@@ -23,6 +23,9 @@ var (
 	// errUnknownExport ends a handshake after NBD_OPT_EXPORT_NAME named an
 	// export that does not exist: that option cannot return an error.
 	errUnknownExport = errors.New("unknown export")
+	// errRefused ends the handshake of a refused connection whose client
+	// sent NBD_OPT_EXPORT_NAME, which cannot be answered with an error.
+	errRefused = errors.New("connection refused")
 )
 
 // handshake runs the fixed newstyle handshake and the option haggling on
@@ -88,6 +91,9 @@ func (c *conn) options() error {
 
 // option answers one option; done reports that transmission begins.
 func (c *conn) option(opt uint32, data []byte) (done bool, err error) {
+	if c.refused != "" {
+		return false, c.refuse(opt)
+	}
 	switch opt {
 	case optExportName:
 		e := c.srv.lookup(string(data))
@@ -136,6 +142,21 @@ func (c *conn) option(opt uint32, data []byte) (done bool, err error) {
 	}
 	c.optError(opt, repErrUnsup, fmt.Sprintf("option %d is not supported by this server", opt))
 	return false, nil
+}
+
+// refuse answers an option of a refused connection: NBD_REP_ERR_POLICY
+// with the reason, which clients show to the user (nbdinfo: "server
+// replied with error to opt_go request"). NBD_OPT_GO never succeeds.
+func (c *conn) refuse(opt uint32) error {
+	switch opt {
+	case optAbort:
+		c.optReply(opt, repAck)
+		return errAbort
+	case optExportName:
+		return fmt.Errorf("%w: %s", errRefused, c.refused)
+	}
+	c.optError(opt, repErrPolicy, c.refused)
+	return nil
 }
 
 // optInfoGo answers NBD_OPT_INFO and NBD_OPT_GO.

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -93,10 +94,15 @@ func dial(t testing.TB, addr string) *client {
 	return c
 }
 
-// dialRaw connects and reads the server's greeting.
+// dialRaw connects (to unix:PATH or HOST:PORT) and reads the server's
+// greeting.
 func dialRaw(t testing.TB, addr string) *client {
 	t.Helper()
-	nc, err := net.Dial("tcp", addr)
+	network := "tcp"
+	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
+		network, addr = "unix", path
+	}
+	nc, err := net.Dial(network, addr)
 	if err != nil {
 		t.Fatal(err)
 	}

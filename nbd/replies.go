@@ -70,7 +70,7 @@ func (w *worker) handle(r *request) {
 		return
 	case cmdWrite:
 		_, err = b.WriteAt((*r.buf)[bufHeadroom:], off)
-		putBuf(r.buf)
+		c.done(r)
 	case cmdFlush:
 		err = b.Flush()
 	case cmdTrim:
@@ -101,9 +101,9 @@ func (w *worker) backendError(r *request, err error) {
 func (w *worker) read(r *request) {
 	c := w.c
 	n := int(r.Length)
-	bp := getBuf(n)
-	defer putBuf(bp)
-	buf := *bp
+	r.buf = getBuf(n)
+	defer c.done(r)
+	buf := *r.buf
 	m, err := c.exp.Backend.ReadAt(buf[bufHeadroom:], int64(r.Offset))
 	if m == n && err == io.EOF {
 		err = nil

@@ -8,6 +8,10 @@
 // Errors a client can cause are answered with an NBD error and the
 // connection stays up; a protocol violation (a bad magic, a write payload
 // too large to skip) closes that connection only.
+//
+// Resources are bounded per connection (MaxInFlightBytes of payloads,
+// enforced by back-pressure) and per server (MaxConnections; a connection
+// over the cap is refused with an NBD error during option haggling).
 package nbd
 
 import (
@@ -25,7 +29,15 @@ import (
 // Defaults and limits.
 const (
 	DefaultMaxInFlight      = 16
+	DefaultMaxInFlightBytes = 64 << 20 // two MaxPayload requests
+	DefaultMaxConnections   = 64
 	DefaultHandshakeTimeout = 30 * time.Second
+
+	// A connection over MaxConnections is answered with NBD_REP_ERR_POLICY
+	// for at most refuseTimeout; beyond maxRefusing such connections at
+	// once, more are closed without a word.
+	refuseTimeout = 10 * time.Second
+	maxRefusing   = 16
 
 	// MinBlockSize, PreferredBlockSize and MaxPayload are advertised with
 	// NBD_INFO_BLOCK_SIZE. READ and WRITE requests longer than MaxPayload
@@ -65,6 +77,19 @@ type Server struct {
 	// MaxInFlight bounds the requests of one connection processed at the
 	// same time; more wait in the socket. Default DefaultMaxInFlight.
 	MaxInFlight int
+	// MaxInFlightBytes bounds the payload bytes one connection holds:
+	// WRITE payloads read and not yet written to the backend plus READ
+	// replies allocated and not yet sent, each counted as its pool buffer
+	// (the length rounded up to a power of two). A request that would
+	// exceed it waits, unread, until enough complete: the client is slowed
+	// through the socket, never answered with an error. One request larger
+	// than the budget runs alone. Default DefaultMaxInFlightBytes.
+	MaxInFlightBytes int64
+	// MaxConnections caps the connections served at once, handshakes
+	// included. One more is refused (logged with the peer and the cap):
+	// every option gets NBD_REP_ERR_POLICY with a message, then it is
+	// closed. Default DefaultMaxConnections.
+	MaxConnections int
 	// HandshakeTimeout bounds option haggling; negative disables it.
 	HandshakeTimeout time.Duration
 
@@ -77,8 +102,16 @@ type Server struct {
 	closing   atomic.Bool
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
-	conns     map[*conn]struct{}
+	conns     map[*conn]struct{} // admitted and refused
+	admitted  int                // conns being served, for MaxConnections
+	refusing  int                // conns being refused
 	connWG    sync.WaitGroup
+
+	// Payload bytes held by all connections, the most one connection has
+	// held, and the readers waiting for their budget (export_test.go).
+	held    atomic.Int64
+	peak    atomic.Int64
+	waiting atomic.Int32
 }
 
 type export struct {
@@ -88,7 +121,8 @@ type export struct {
 
 // NewServer returns a Server with default settings and no exports.
 func NewServer() *Server {
-	return &Server{MaxInFlight: DefaultMaxInFlight, HandshakeTimeout: DefaultHandshakeTimeout}
+	return &Server{MaxInFlight: DefaultMaxInFlight, MaxInFlightBytes: DefaultMaxInFlightBytes,
+		MaxConnections: DefaultMaxConnections, HandshakeTimeout: DefaultHandshakeTimeout}
 }
 
 func (s *Server) logger() *slog.Logger {
@@ -109,6 +143,12 @@ func (s *Server) buildExports() error {
 	}
 	if s.MaxInFlight <= 0 {
 		s.MaxInFlight = DefaultMaxInFlight
+	}
+	if s.MaxInFlightBytes <= 0 {
+		s.MaxInFlightBytes = DefaultMaxInFlightBytes
+	}
+	if s.MaxConnections <= 0 {
+		s.MaxConnections = DefaultMaxConnections
 	}
 	if s.HandshakeTimeout == 0 {
 		s.HandshakeTimeout = DefaultHandshakeTimeout
@@ -165,7 +205,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		ln.Close()
 		return err
 	}
-	if !s.track(ln, nil, true) {
+	if !s.trackListener(ln, true) {
 		ln.Close()
 		return ErrServerClosed
 	}
@@ -176,7 +216,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	err := s.accept(connCtx, ln, &wg)
 	stop()
 	ln.Close()
-	s.track(ln, nil, false)
+	s.trackListener(ln, false)
 	switch {
 	case s.closing.Load():
 		err = ErrServerClosed
@@ -207,14 +247,23 @@ func (s *Server) accept(ctx context.Context, ln net.Listener, wg *sync.WaitGroup
 		}
 		delay = 0
 		c := newConn(ctx, s, nc)
-		if !s.track(nil, c, true) {
+		switch s.addConn(c) {
+		case connClosing:
 			nc.Close()
 			continue
+		case connDrop:
+			c.log.Warn("nbd: connection refused and closed at once: too many connections",
+				"max_connections", s.MaxConnections, "being_refused", maxRefusing)
+			nc.Close()
+			continue
+		case connRefuse:
+			c.log.Warn("nbd: connection refused: too many connections; answering its options with an error",
+				"max_connections", s.MaxConnections)
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			defer s.track(nil, c, false)
+			defer s.removeConn(c)
 			stop := context.AfterFunc(ctx, c.interrupt)
 			defer stop()
 			c.serve()
@@ -222,33 +271,73 @@ func (s *Server) accept(ctx context.Context, ln net.Listener, wg *sync.WaitGroup
 	}
 }
 
-// track adds or removes a listener or connection; adding fails once
-// Shutdown has begun.
-func (s *Server) track(ln net.Listener, c *conn, add bool) bool {
+// trackListener adds or removes a listener; adding fails once Shutdown
+// has begun.
+func (s *Server) trackListener(ln net.Listener, add bool) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if add && s.closing.Load() {
+	if !add {
+		delete(s.listeners, ln)
+		return true
+	}
+	if s.closing.Load() {
 		return false
 	}
 	if s.listeners == nil {
 		s.listeners = map[net.Listener]struct{}{}
+	}
+	s.listeners[ln] = struct{}{}
+	return true
+}
+
+// What addConn decided for a new connection.
+const (
+	connServe   = iota // within MaxConnections
+	connRefuse         // over it: answer its options with an error
+	connDrop           // over it, and too many being refused: close it
+	connClosing        // Shutdown has begun: close it
+)
+
+// addConn admits, refuses or drops a new connection. Admitted and refused
+// connections are tracked until removeConn, so that Shutdown finds them.
+func (s *Server) addConn(c *conn) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing.Load() {
+		return connClosing
+	}
+	verdict := connServe
+	switch {
+	case s.admitted < s.MaxConnections:
+		s.admitted++
+	case s.refusing < maxRefusing:
+		s.refusing++
+		verdict = connRefuse
+		c.refused = fmt.Sprintf("the server is at its limit of %d connections; close one and try again", s.MaxConnections)
+	default:
+		return connDrop
+	}
+	if s.conns == nil {
 		s.conns = map[*conn]struct{}{}
 	}
-	switch {
-	case ln != nil && add:
-		s.listeners[ln] = struct{}{}
-	case ln != nil:
-		delete(s.listeners, ln)
-	case add:
-		s.connWG.Add(1)
-		s.conns[c] = struct{}{}
-	default:
-		if _, ok := s.conns[c]; ok {
-			delete(s.conns, c)
-			s.connWG.Done()
-		}
+	s.connWG.Add(1)
+	s.conns[c] = struct{}{}
+	return verdict
+}
+
+func (s *Server) removeConn(c *conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.conns[c]; !ok {
+		return
 	}
-	return true
+	delete(s.conns, c)
+	if c.refused != "" {
+		s.refusing--
+	} else {
+		s.admitted--
+	}
+	s.connWG.Done()
 }
 
 // Shutdown stops the server gracefully: it stops accepting, stops reading

@@ -31,6 +31,9 @@ type conn struct {
 	bw    *bufio.Writer // handshake only
 	log   *slog.Logger
 	phase atomic.Int32
+	// refused, when set, is why this connection is not served (over
+	// MaxConnections): every option is answered with it as an error.
+	refused string
 
 	// Negotiated in the handshake.
 	noZeroes       bool
@@ -53,19 +56,21 @@ type conn struct {
 	flushing bool
 	broken   atomic.Bool
 	work     chan request
+	budget   *budget // payload bytes held, at most MaxInFlightBytes
 }
 
 // request is one transmission request, decoded and checked.
 type request struct {
 	protocol.TransmissionRequestHeader
 	buf   *[]byte // WRITE payload at [bufHeadroom:], from the pool
+	cost  int64   // bytes taken from the connection's budget
 	errno uint32  // nonzero: answer with this error, do not run
 	msg   string  // why, for the error chunk and the log
 }
 
 func newConn(ctx context.Context, s *Server, nc net.Conn) *conn {
 	return &conn{srv: s, ctx: ctx, nc: nc, br: bufio.NewReaderSize(nc, 128<<10),
-		log: s.logger().With("remote", nc.RemoteAddr().String())}
+		budget: newBudget(s, s.MaxInFlightBytes), log: s.logger().With("remote", peerName(nc))}
 }
 
 // stopping reports whether Shutdown began or Serve's context is done.
@@ -79,12 +84,15 @@ func (c *conn) interrupt() {
 		c.nc.Close()
 		return
 	}
+	c.budget.stopAll()
 	c.nc.SetReadDeadline(time.Now())
 }
 
 func (c *conn) serve() {
 	defer c.nc.Close()
-	if t := c.srv.HandshakeTimeout; t > 0 {
+	if t := c.srv.HandshakeTimeout; c.refused != "" && (t <= 0 || t > refuseTimeout) {
+		c.nc.SetDeadline(time.Now().Add(refuseTimeout))
+	} else if t > 0 {
 		c.nc.SetDeadline(time.Now().Add(t))
 	}
 	c.bw = bufio.NewWriterSize(c.nc, 4<<10)
@@ -94,6 +102,8 @@ func (c *conn) serve() {
 			c.log.Warn("nbd: closing connection after a protocol violation in the handshake", "err", err)
 		case errors.Is(err, errUnknownExport):
 			c.log.Info("nbd: closing connection", "err", err)
+		case c.refused != "":
+			c.log.Debug("nbd: refused connection closed", "err", err)
 		case errors.Is(err, errAbort), errors.Is(err, io.EOF), c.stopping():
 			c.log.Debug("nbd: handshake ended", "err", err)
 		default:
@@ -135,7 +145,7 @@ func (c *conn) transmit() {
 	case errors.Is(err, errProtocol):
 		c.log.Warn("nbd: closing connection after a protocol violation", "err", err)
 		c.nc.Close()
-	case errors.Is(err, os.ErrDeadlineExceeded) && c.stopping():
+	case (errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, errStopped)) && c.stopping():
 		c.log.Debug("nbd: server shutting down; answering requests in flight")
 	case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed), c.broken.Load():
 		c.log.Debug("nbd: connection closed", "err", err)
@@ -160,6 +170,14 @@ func (c *conn) readRequests() error {
 			return nil
 		}
 		r.errno, r.msg = c.check(&r.TransmissionRequestHeader)
+		if r.errno == 0 && (r.Type == cmdRead || r.Type == cmdWrite) {
+			// Wait here, before reading the payload, while the bytes do
+			// not fit: the client's requests back up in the socket.
+			r.cost = bufCost(r.Length)
+			if !c.budget.acquire(r.cost) {
+				return errStopped
+			}
+		}
 		if r.Type == cmdWrite {
 			if err := c.readPayload(&r); err != nil {
 				return err
@@ -201,11 +219,21 @@ func (c *conn) readPayload(r *request) error {
 	}
 	r.buf = getBuf(int(r.Length))
 	if _, err := io.ReadFull(c.br, (*r.buf)[bufHeadroom:]); err != nil {
-		putBuf(r.buf)
-		r.buf = nil
+		c.done(r)
 		return err
 	}
 	return nil
+}
+
+// done returns a request's buffer to the pool and its bytes to the
+// budget.
+func (c *conn) done(r *request) {
+	if r.buf != nil {
+		putBuf(r.buf)
+		r.buf = nil
+	}
+	c.budget.release(r.cost)
+	r.cost = 0
 }
 
 // allowedFlags are the command flags valid for a command in this session.

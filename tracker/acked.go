@@ -34,7 +34,7 @@ type ackedFile struct {
 // openAcked opens the acked file and returns the last acknowledged seq (0
 // for a new file).
 func openAcked(fsys hrl.FS, dir string) (*ackedFile, uint64, error) {
-	f, err := fsys.OpenFile(filepath.Join(dir, ackedName), os.O_RDWR|os.O_CREATE, 0o644)
+	f, err := fsys.OpenFile(filepath.Join(dir, ackedName), os.O_RDWR|os.O_CREATE, hrl.PrivateFile)
 	if err != nil {
 		return nil, 0, fmt.Errorf("open acked seq: %w", err)
 	}

@@ -57,7 +57,7 @@ func regionCount(volumeSize, regionSize int64) int64 {
 // vouch for every region (new, damaged, different geometry) the regions it
 // cannot vouch for are marked dirty; reason says why, for the log.
 func openBitmap(fsys hrl.FS, path string, regionSize, volumeSize int64) (b *Bitmap, reason string, err error) {
-	f, err := fsys.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	f, err := fsys.OpenFile(path, os.O_RDWR|os.O_CREATE, hrl.PrivateFile)
 	if err != nil {
 		return nil, "", fmt.Errorf("open dirty bitmap: %w", err)
 	}

@@ -20,7 +20,7 @@ func (v *Volume) Open(ctx context.Context) error {
 	if err := v.checkConfig(); err != nil {
 		return err
 	}
-	if err := v.FS.MkdirAll(v.JournalDir, 0o755); err != nil {
+	if err := v.FS.MkdirAll(v.JournalDir, hrl.PrivateDir); err != nil {
 		return fmt.Errorf("journal directory: %w", err)
 	}
 	unlock, err := lockDir(v.FS, v.JournalDir)
@@ -28,6 +28,7 @@ func (v *Volume) Open(ctx context.Context) error {
 		return err
 	}
 	v.unlock = unlock
+	v.makePrivate()
 	v.sealCond.L = &v.mu
 	if err := v.open(); err != nil {
 		v.closeFiles()
@@ -42,6 +43,20 @@ func (v *Volume) Open(ctx context.Context) error {
 	v.wg.Add(1)
 	go v.background()
 	return nil
+}
+
+// makePrivate tightens a journal directory an earlier version created
+// readable by others; a failure is logged, as it leaves the journal as
+// usable as before.
+func (v *Volume) makePrivate() {
+	changed, err := hrl.MakePrivate(v.FS, v.JournalDir)
+	if err != nil {
+		v.logger().Warn("journal directory may stay readable by other users", "dir", v.JournalDir, "err", err)
+	}
+	if len(changed) > 0 {
+		v.logger().Info("journal made private: an earlier version had left it readable by other users",
+			"dir", v.JournalDir, "tightened", len(changed), "modes", "directories 0700, files 0600")
+	}
 }
 
 func (v *Volume) open() error {
@@ -220,7 +235,7 @@ func (v *Volume) quarantine(cause error) (uint64, error) {
 		return 0, err
 	}
 	qdir := filepath.Join(v.JournalDir, "quarantine", time.Now().UTC().Format("20060102T150405Z"))
-	if err := v.FS.MkdirAll(qdir, 0o755); err != nil {
+	if err := v.FS.MkdirAll(qdir, hrl.PrivateDir); err != nil {
 		return 0, err
 	}
 	next := v.acked + 1

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -22,10 +23,14 @@ import (
 type agentOptions struct {
 	Volumes    []volumeSpec
 	JournalDir string
-	NBD        string
+	NBD        []string // HOST:PORT or unix:PATH, one listener each
 	FuseMount  string
-	SegmentAge time.Duration
-	DrainTime  time.Duration
+	// NBD limits: connections served at once, payload bytes one
+	// connection holds.
+	NBDMaxConnections int
+	NBDMaxInFlight    int64
+	SegmentAge        time.Duration
+	DrainTime         time.Duration
 	// Replication ships the journal to a process server when Server is set.
 	Replication replicationOptions
 }
@@ -36,8 +41,11 @@ func agentCommand() *cli.Command {
 		Usage: "protect volumes: journal every write and serve them over NBD and/or as FUSE files",
 		Description: "Serves each --volume through tracker.Volume, the one interception point: every write is\n" +
 			"journaled (DIR/NAME under --journal-dir), written to the backing device or file, and marked in a\n" +
-			"persisted dirty bitmap. Attach the volumes with any NBD client (nbd://ADDR/NAME), or, where the\n" +
-			"kernel has no nbd module, with a loop device over the FUSE file (losetup -f --show MOUNT/NAME).\n\n" +
+			"persisted dirty bitmap. Attach the volumes with any NBD client (nbd://ADDR/NAME, or\n" +
+			"nbd+unix:///NAME?socket=PATH with --nbd unix:PATH), or, where the kernel has no nbd module, with a\n" +
+			"loop device over the FUSE file (losetup -f --show MOUNT/NAME).\n\n" +
+			"NBD has no authentication: whoever reaches the address can read and write the volumes. Prefer a\n" +
+			"Unix socket (mode 0660: root and the socket's group) or 127.0.0.1; another address is warned about.\n\n" +
 			"SIGTERM or SIGINT drains the requests in flight, flushes, seals the journal and unmounts.\n" +
 			"Only one agent may use a journal directory at a time.\n\n" +
 			"With --server, each volume is replicated: sealed segments go to the process server over HTTPS\n" +
@@ -46,6 +54,8 @@ func agentCommand() *cli.Command {
 			"--tag-interval. 'lifeboat status' shows progress and RPO.\n\n" +
 			"Examples:\n" +
 			"   lifeboat agent --volume db=/dev/sdb --journal-dir /var/lib/lifeboat/journal\n" +
+			"   lifeboat agent --volume db=/dev/sdb --nbd unix:/run/lifeboat/nbd.sock\n" +
+			"   qemu-io -f raw -c 'read 0 1M' 'nbd+unix:///db?socket=/run/lifeboat/nbd.sock'\n" +
 			"   lifeboat agent --volume scratch=/srv/scratch.img,size=10GiB --fuse-mount /run/lifeboat \\\n" +
 			"                  --journal-dir /var/lib/lifeboat/journal\n" +
 			"   losetup -f --show /run/lifeboat/scratch\n" +
@@ -56,8 +66,13 @@ func agentCommand() *cli.Command {
 				Usage: "`NAME=PATH[,size=SIZE][,ro]`: a block device or file to protect (repeatable); size= creates a sparse file when PATH does not exist; ro serves it read-only"},
 			&cli.StringFlag{Name: "journal-dir", Value: "/var/lib/lifeboat/journal",
 				Usage: "`DIR` holding one journal directory per volume (segments, dirty bitmap, state)"},
-			&cli.StringFlag{Name: "nbd", Value: "127.0.0.1:10809",
-				Usage: "`ADDR` to serve NBD on (export names are the volume names); empty to disable"},
+			&cli.StringSliceFlag{Name: "nbd", Value: cli.NewStringSlice("127.0.0.1:10809"),
+				Usage: "`ADDR` to serve NBD on: HOST:PORT or unix:PATH (a socket of mode 0660); repeat it to serve on both;\n" +
+					"\texport names are the volume names; empty to disable"},
+			&cli.IntFlag{Name: "nbd-max-connections", Value: nbd.DefaultMaxConnections,
+				Usage: "serve at most `N` NBD connections at once; more are refused with an error"},
+			&cli.StringFlag{Name: "nbd-max-inflight", Value: "64MiB",
+				Usage: "`SIZE` of payloads one NBD connection may hold; beyond it the agent stops reading its requests until some complete"},
 			&cli.StringFlag{Name: "fuse-mount", Usage: "`DIR` to show each volume as a file in (needs root and /dev/fuse)"},
 			&cli.DurationFlag{Name: "segment-age", Value: tracker.DefaultSegmentAge,
 				Usage: "seal a journal segment at this `AGE` so that it can be shipped"},
@@ -69,8 +84,11 @@ func agentCommand() *cli.Command {
 			if c.Args().Present() {
 				return usageError("agent takes no arguments, got %q; use --volume NAME=PATH", c.Args().Slice())
 			}
-			o := agentOptions{JournalDir: c.String("journal-dir"), NBD: c.String("nbd"), FuseMount: c.String("fuse-mount"),
+			o := agentOptions{JournalDir: c.String("journal-dir"), FuseMount: c.String("fuse-mount"),
 				SegmentAge: c.Duration("segment-age"), DrainTime: c.Duration("drain-timeout")}
+			if err := parseNBDOptions(c, &o); err != nil {
+				return err
+			}
 			seen := map[string]bool{}
 			for _, s := range c.StringSlice("volume") {
 				v, err := parseVolumeSpec(s)
@@ -88,7 +106,7 @@ func agentCommand() *cli.Command {
 				return err
 			}
 			o.Replication = r
-			if o.NBD == "" && o.FuseMount == "" {
+			if len(o.NBD) == 0 && o.FuseMount == "" {
 				return usageError("nothing to serve: give --nbd ADDR and/or --fuse-mount DIR")
 			}
 			return runAgent(c.Context, c.App.Writer, o)
@@ -102,7 +120,7 @@ type agent struct {
 	vols    []*tracker.Volume
 	specs   []volumeSpec
 	srv     *nbd.Server
-	srvDone chan error
+	srvDone chan error // one value per listener
 	mount   *fusefs.Mount
 }
 
@@ -178,21 +196,9 @@ func (a *agent) openVolumes(ctx context.Context, o agentOptions) error {
 }
 
 func (a *agent) startFrontEnds(ctx context.Context, out io.Writer, o agentOptions) error {
-	if o.NBD != "" {
-		ln, err := net.Listen("tcp", o.NBD)
-		if err != nil {
-			return usageError("--nbd %s: %v", o.NBD, err)
-		}
-		a.srv = nbd.NewServer()
-		a.srv.Logger = a.log
-		for i, v := range a.vols {
-			a.srv.Exports = append(a.srv.Exports, nbd.Export{Name: a.specs[i].Name, Description: a.specs[i].Path,
-				Backend: nbd.WithExtents(v, v.Extents), ReadOnly: a.specs[i].ReadOnly})
-		}
-		a.srvDone = make(chan error, 1)
-		go func() { a.srvDone <- a.srv.Serve(ctx, ln) }()
-		for _, s := range a.specs {
-			fmt.Fprintf(out, "serving %s (%s) at nbd://%s/%s\n", s.Name, s.Path, ln.Addr(), s.Name)
+	if len(o.NBD) > 0 {
+		if err := a.startNBD(ctx, out, o); err != nil {
+			return err
 		}
 	}
 	if o.FuseMount != "" {
@@ -211,6 +217,77 @@ func (a *agent) startFrontEnds(ctx context.Context, out io.Writer, o agentOption
 			fmt.Fprintf(out, "serving %s (%s) as %s\n", s.Name, s.Path, filepath.Join(o.FuseMount, s.Name))
 		}
 	}
+	return nil
+}
+
+// startNBD listens on every --nbd address and serves the volumes there.
+func (a *agent) startNBD(ctx context.Context, out io.Writer, o agentOptions) error {
+	var lns []net.Listener
+	for _, addr := range o.NBD {
+		ln, err := nbd.Listen(addr, a.log)
+		if err != nil {
+			for _, l := range lns {
+				l.Close()
+			}
+			if errors.Is(err, nbd.ErrAddress) {
+				return usageError("--nbd %s: %v", addr, err)
+			}
+			return fmt.Errorf("--nbd %s: %w", addr, err)
+		}
+		lns = append(lns, ln)
+	}
+	a.srv = nbd.NewServer()
+	a.srv.Logger = a.log
+	a.srv.MaxConnections, a.srv.MaxInFlightBytes = o.NBDMaxConnections, o.NBDMaxInFlight
+	for i, v := range a.vols {
+		a.srv.Exports = append(a.srv.Exports, nbd.Export{Name: a.specs[i].Name, Description: a.specs[i].Path,
+			Backend: nbd.WithExtents(v, v.Extents), ReadOnly: a.specs[i].ReadOnly})
+	}
+	a.srvDone = make(chan error, len(lns))
+	for _, ln := range lns {
+		go func() { a.srvDone <- a.srv.Serve(ctx, ln) }()
+		for _, s := range a.specs {
+			fmt.Fprintf(out, "serving %s (%s) at %s\n", s.Name, s.Path, nbd.URI(ln.Addr(), s.Name))
+		}
+	}
+	return nil
+}
+
+// parseNBDOptions reads --nbd and the NBD limits; "" alone disables NBD,
+// and then the limits may not be given.
+func parseNBDOptions(c *cli.Context, o *agentOptions) error {
+	addrs := c.StringSlice("nbd")
+	if len(addrs) == 1 && addrs[0] == "" {
+		addrs = nil
+	}
+	for i, a := range addrs {
+		if a == "" {
+			return usageError("--nbd \"\" disables NBD; do not combine it with another --nbd")
+		}
+		if slices.Contains(addrs[:i], a) {
+			return usageError("--nbd %s is given twice", a)
+		}
+	}
+	o.NBD = addrs
+	if len(addrs) == 0 {
+		for _, f := range []string{"nbd-max-connections", "nbd-max-inflight"} {
+			if c.IsSet(f) {
+				return usageError("--%s is set but NBD is disabled (--nbd \"\"); drop one of them", f)
+			}
+		}
+	}
+	if o.NBDMaxConnections = c.Int("nbd-max-connections"); o.NBDMaxConnections < 1 {
+		return usageError("--nbd-max-connections %d: want at least 1", o.NBDMaxConnections)
+	}
+	n, err := parseSize(c.String("nbd-max-inflight"))
+	if err != nil {
+		return usageError("--nbd-max-inflight: %v", err)
+	}
+	if n < nbd.MinBlockSize {
+		return usageError("--nbd-max-inflight %s: want at least %d bytes (64MiB holds two of the largest requests)",
+			c.String("nbd-max-inflight"), nbd.MinBlockSize)
+	}
+	o.NBDMaxInFlight = n
 	return nil
 }
 

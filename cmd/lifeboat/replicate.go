@@ -164,7 +164,7 @@ func writeStatus(path string, st pipeline.ShipperStatus) {
 		return
 	}
 	tmp := path + ".tmp"
-	if os.WriteFile(tmp, append(b, '\n'), 0o644) == nil {
+	if os.WriteFile(tmp, append(b, '\n'), 0o600) == nil {
 		os.Rename(tmp, path)
 	}
 }

@@ -21,7 +21,7 @@ var ErrLocked = errors.New("locked")
 // error wraps ErrLocked and reads "locked by pid N". flock locks are per
 // open file, so a second Lock in the same process is refused too.
 func Lock(path string) (release func(), err error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("lock %s: %w", path, err)
 	}

@@ -113,13 +113,14 @@ func (t *Target) Open(ctx context.Context, info targets.VolumeInfo) (targets.Rep
 		t.FS = hrl.OSFS{}
 	}
 	dir := filepath.Join(t.Dir, info.ID)
-	if err := t.FS.MkdirAll(filepath.Join(dir, undoDirName), 0o755); err != nil {
+	if err := t.FS.MkdirAll(filepath.Join(dir, undoDirName), hrl.PrivateDir); err != nil {
 		return nil, fmt.Errorf("open replica %s: %w", info.ID, err)
 	}
 	unlock, err := lockDir(t.FS, dir)
 	if err != nil {
 		return nil, fmt.Errorf("open replica %s: %w", info.ID, err)
 	}
+	t.makePrivate(dir, info.ID)
 	r, err := openReplica(t, dir, info)
 	if err != nil {
 		unlock()
@@ -205,4 +206,17 @@ func lockDir(fsys hrl.FS, dir string) (func(), error) {
 		return nil, fmt.Errorf("replica lock: %w", err)
 	}
 	return release, nil
+}
+
+// makePrivate tightens a replica directory an earlier version created
+// readable by others; a failure is logged, as the replica works as before.
+func (t *Target) makePrivate(dir, id string) {
+	changed, err := hrl.MakePrivate(t.FS, dir)
+	if err != nil {
+		t.logger().Warn("replica directory may stay readable by other users", "volume", id, "dir", dir, "err", err)
+	}
+	if len(changed) > 0 {
+		t.logger().Info("replica made private: an earlier version had left it readable by other users",
+			"volume", id, "dir", dir, "tightened", len(changed), "modes", "directories 0700, files 0600")
+	}
 }

@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"github.com/cespare/xxhash/v2"
+
+	"lifeboat/hrl"
 )
 
 // An index file (<seq>.idx beside <seq>.undo) caches the index of a closed
@@ -58,7 +60,7 @@ func (r *Replica) writeIndex(u *undoLog) {
 	b = binary.LittleEndian.AppendUint64(b, xxhash.Sum64(b))
 	path := indexPath(u.path)
 	err := func() error {
-		f, err := r.fs.OpenFile(path+".tmp", os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+		f, err := r.fs.OpenFile(path+".tmp", os.O_RDWR|os.O_CREATE|os.O_TRUNC, hrl.PrivateFile)
 		if err != nil {
 			return err
 		}

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"lifeboat/hrl"
 	"lifeboat/targets"
 )
 
@@ -58,7 +59,7 @@ func openReplica(t *Target, dir string, info targets.VolumeInfo) (*Replica, erro
 // create makes a new, empty replica. Whatever a crashed earlier create
 // left behind is reset: without state.json nothing was committed.
 func (r *Replica) create(info targets.VolumeInfo) error {
-	img, err := r.fs.OpenFile(filepath.Join(r.dir, imageName), os.O_RDWR|os.O_CREATE, 0o644)
+	img, err := r.fs.OpenFile(filepath.Join(r.dir, imageName), os.O_RDWR|os.O_CREATE, hrl.PrivateFile)
 	if err != nil {
 		return fmt.Errorf("create replica image: %w", err)
 	}

@@ -171,7 +171,7 @@ func (r *Replica) CreatePoint(ctx context.Context, p targets.Point) error {
 	}
 	udir := filepath.Join(r.dir, undoDirName)
 	path := filepath.Join(udir, undoName(p.Seq))
-	f, err := r.fs.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	f, err := r.fs.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, hrl.PrivateFile)
 	if err != nil {
 		return r.fail(fmt.Errorf("create point %d of %s: undo log: %w", p.Seq, r.info.ID, err))
 	}

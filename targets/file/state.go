@@ -81,7 +81,7 @@ func saveState(fsys hrl.FS, dir string, st stateFile) error {
 		return err
 	}
 	tmp := filepath.Join(dir, stateName+".tmp")
-	f, err := fsys.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	f, err := fsys.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, hrl.PrivateFile)
 	if err != nil {
 		return fmt.Errorf("save replica state: %w", err)
 	}
