@@ -74,7 +74,7 @@ func openTarget(o serverOptions) (targets.Target, error) {
 		if u.Host != "" || dir == "" {
 			return nil, usageError("--target %q: want file:///ABSOLUTE/DIR", raw)
 		}
-		if err := os.MkdirAll(dir, 0o755); err != nil {
+		if err := os.MkdirAll(dir, 0o700); err != nil { // replicas hold the volumes' data
 			return nil, failure("--target %s: %v", raw, err)
 		}
 		t := file.New(dir)
