@@ -22,7 +22,7 @@ func (s *Server) status(p peer) []VolumeStatus {
 	for _, v := range s.vols {
 		vols = append(vols, v)
 	}
-	var out []VolumeStatus
+	out := []VolumeStatus{} // [] rather than null in JSON
 	for _, f := range s.failed {
 		if p.mayReach(f.info) == nil && (p.admin() || f.info.Machine != "") {
 			out = append(out, VolumeStatus{Info: f.info, Failed: f.err.Error()})
