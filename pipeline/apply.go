@@ -124,13 +124,12 @@ func (v *volume) applier(ctx context.Context) {
 // records the replica already has, creating a recovery point at each TAG
 // and committing at the end. It returns the bytes of data applied.
 func (v *volume) applySegment(ctx context.Context, seg spooledSeg) (int64, error) {
-	bp := v.srv.getBuf(seg.size)
-	defer v.srv.bufs.Put(bp)
-	data, err := v.srv.spool.read(seg, (*bp)[:0])
+	bp := v.srv.bufs.get(seg.size)
+	defer v.srv.bufs.put(bp)
+	data, err := v.srv.spool.read(seg, *bp)
 	if err != nil {
 		return 0, err
 	}
-	*bp = data
 	return v.applyBytes(ctx, data, seg.path)
 }
 

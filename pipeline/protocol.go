@@ -16,8 +16,9 @@
 // the spool format, no record is re-encoded. The server answers 200 only
 // after the segment is fsynced in the spool; 409 when it does not continue
 // the volume's journal (the body says which seq it expects); 422 when a
-// checksum fails (resend); 503 with Retry-After when the spool is nearly
-// full (slow down).
+// checksum fails (resend); 408 when the body stalls (resend); 503 with
+// Retry-After when the spool is nearly full or the receive buffers are in
+// use (slow down).
 package pipeline
 
 import (
@@ -54,7 +55,7 @@ const (
 var (
 	ErrChecksum  = errors.New("segment checksum mismatch")
 	ErrGap       = errors.New("segment does not continue the replica's journal")
-	ErrSlowDown  = errors.New("process server is throttling: spool nearly full")
+	ErrSlowDown  = errors.New("process server is throttling")
 	ErrPermanent = errors.New("permanent error")
 	ErrNoReplica = errors.New("no such volume on this process server")
 )
