@@ -59,7 +59,8 @@ func (v *volume) status() VolumeStatus {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	st := VolumeStatus{Info: v.info, SpooledGeneration: v.spooledGen, SpooledSeq: v.spooledSeq,
-		AppliedGeneration: v.applied.Generation, AppliedSeq: v.applied.Seq, ApplyError: v.applyErr}
+		AppliedGeneration: v.applied.Generation, AppliedSeq: v.applied.Seq, ApplyError: v.applyErr,
+		Throttled: v.srv.throttle.current()}
 	for _, s := range v.pending {
 		st.SpoolBytes += s.size
 	}
@@ -68,7 +69,8 @@ func (v *volume) status() VolumeStatus {
 
 // applier applies spooled segments in order until ctx ends. A failed apply
 // (target down, disk full) is retried with backoff; the segment stays
-// spooled, so nothing is lost while the target is away.
+// spooled, so nothing is lost while the target is away. After a storage
+// failure the replica is reopened first (recover.go).
 func (v *volume) applier(ctx context.Context) {
 	defer v.srv.wg.Done()
 	log := v.srv.logger().With("volume", v.info.Name)
@@ -89,9 +91,6 @@ func (v *volume) applier(ctx context.Context) {
 			}
 			continue
 		}
-		if backoff > 0 && !sleepCtx(ctx, backoff) {
-			return
-		}
 		start := time.Now()
 		n, err := v.applySegment(ctx, seg)
 		if err != nil {
@@ -104,6 +103,9 @@ func (v *volume) applier(ctx context.Context) {
 			v.mu.Lock()
 			v.applyErr = err.Error()
 			v.mu.Unlock()
+			if !v.retryAfter(ctx, seg, backoff, err) {
+				return
+			}
 			continue
 		}
 		backoff = 0

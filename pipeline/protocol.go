@@ -17,8 +17,8 @@
 // after the segment is fsynced in the spool; 409 when it does not continue
 // the volume's journal (the body says which seq it expects); 422 when a
 // checksum fails (resend); 408 when the body stalls (resend); 503 with
-// Retry-After when the spool is nearly full or the receive buffers are in
-// use (slow down).
+// Retry-After when the spool or a disk of the site is nearly full, or the
+// receive buffers are in use (slow down; see diskfree.go).
 package pipeline
 
 import (
@@ -74,6 +74,9 @@ type VolumeStatus struct {
 	Points            int    `json:"points"`
 	LatestPoint       *Point `json:"latest_point,omitempty"`
 	ApplyError        string `json:"apply_error,omitempty"`
+	// Throttled says why the server refuses segments (503) while it does:
+	// its spool or a disk of the site is nearly full.
+	Throttled string `json:"throttled,omitempty"`
 }
 
 // Point is a recovery point as the API shows it.
@@ -94,4 +97,6 @@ type SegmentReply struct {
 	SpooledGeneration uint64 `json:"spooled_generation"`
 	SpooledSeq        uint64 `json:"spooled_seq"`
 	Error             string `json:"error,omitempty"`
+	// Throttled, in a 503, is ThrottleDiskFull or ThrottleSpoolFull.
+	Throttled string `json:"throttled,omitempty"`
 }

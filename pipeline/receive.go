@@ -135,9 +135,8 @@ func (s *Server) handleSegment(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusConflict, SegmentReply{SpooledGeneration: gen, SpooledSeq: seq, Error: err.Error()})
 		return
 	}
-	if free := s.SpoolQuota - s.spoolUsed.Load() - h.size; float64(free) < s.ThrottleFree*float64(s.SpoolQuota) {
-		w.Header().Set("Retry-After", "1")
-		httpError(w, http.StatusServiceUnavailable, fmt.Errorf("%w (%d of %d bytes used)", ErrSlowDown, s.spoolUsed.Load(), s.SpoolQuota))
+	if err := s.admit(h.size); err != nil {
+		writeThrottled(w, err)
 		return
 	}
 	bp, data, err := s.readSegment(s.progressBody(w, r), h)
@@ -151,8 +150,7 @@ func (s *Server) handleSegment(w http.ResponseWriter, r *http.Request) {
 	}
 	seg, err := s.spool.put(h.info.ID, spooledSeg{generation: h.generation, first: h.first, last: h.last}, data)
 	if err != nil {
-		log.Error("spool write failed", "err", err)
-		httpError(w, http.StatusInternalServerError, err)
+		s.spoolFailed(w, log, err)
 		return
 	}
 	s.spoolUsed.Add(seg.size)

@@ -37,6 +37,13 @@ type Server struct {
 	// injection in tests; see CorruptSegments).
 	Middleware func(http.Handler) http.Handler
 
+	// MinFree is the free space every file system the server writes (the
+	// spool's, a local target's) keeps: a segment that would leave less
+	// gets 503 "site disk full" (see diskfree.go). DiskSpace measures a
+	// directory's file system; StatDisk when nil.
+	MinFree   int64
+	DiskSpace func(dir string) (DiskSpace, error)
+
 	// StallTimeout aborts an upload that sends nothing for that long and
 	// releases its volume; IdleTimeout closes idle keep-alive connections.
 	// ReceiveMemory bounds the buffers of the uploads being received.
@@ -53,6 +60,7 @@ type Server struct {
 	decoders  sync.Pool
 	bufs      bufPool
 	recvMem   memBudget
+	throttle  throttleState
 	ctx       context.Context
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
@@ -62,7 +70,7 @@ type Server struct {
 // NewServer returns a Server with default settings.
 func NewServer(dataDir string, target targets.Target, tlsConf *tls.Config) *Server {
 	return &Server{DataDir: dataDir, Target: target, TLS: tlsConf, FS: hrl.OSFS{}, SpoolQuota: DefaultSpoolQuota,
-		ThrottleFree: DefaultThrottleFree, StallTimeout: DefaultStallTimeout,
+		ThrottleFree: DefaultThrottleFree, MinFree: DefaultMinFree, StallTimeout: DefaultStallTimeout,
 		IdleTimeout: DefaultIdleTimeout, ReceiveMemory: DefaultReceiveMemory,
 		Retention: targets.Retention{Window: targets.DefaultRetentionWindow}}
 }
@@ -93,9 +101,9 @@ func (s *Server) Open(ctx context.Context) error {
 	if s.SpoolQuota <= 0 || s.ThrottleFree < 0 || s.ThrottleFree >= 1 {
 		return fmt.Errorf("process server: spool quota %d and throttle threshold %.2f: want a positive quota and a threshold in [0,1)", s.SpoolQuota, s.ThrottleFree)
 	}
-	if s.StallTimeout < 0 || s.IdleTimeout < 0 || s.ReceiveMemory < 0 {
-		return fmt.Errorf("process server: stall timeout %v, idle timeout %v, receive memory %d: none may be negative",
-			s.StallTimeout, s.IdleTimeout, s.ReceiveMemory)
+	if s.MinFree < 0 || s.StallTimeout < 0 || s.IdleTimeout < 0 || s.ReceiveMemory < 0 {
+		return fmt.Errorf("process server: min free %d, stall timeout %v, idle timeout %v, receive memory %d: none may be negative",
+			s.MinFree, s.StallTimeout, s.IdleTimeout, s.ReceiveMemory)
 	}
 	if err := s.Retention.Validate(); err != nil {
 		return err
@@ -137,7 +145,7 @@ func (s *Server) openVolume(ctx context.Context, info targets.VolumeInfo) (*volu
 		rep.Close()
 		return nil, err
 	}
-	v := &volume{info: info, rep: rep, srv: s, wake: make(chan struct{}, 1), applied: st}
+	v := &volume{info: info, rep: newSwappable(rep), srv: s, wake: make(chan struct{}, 1), applied: st}
 	v.spooledGen, v.spooledSeq = st.Generation, st.Seq
 	for _, seg := range segs {
 		if seg.last <= st.Seq {
