@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -129,6 +130,9 @@ func TestSiteDiskFullHealsWithoutRestart(t *testing.T) {
 	})
 	if out := run(t, binary, "status", "--journal-dir", p.jroot); !strings.Contains(out, "site disk full: the recovery site refuses segments") {
 		t.Fatalf("lifeboat status while the site's disk is full:\n%s", out)
+	}
+	if !regexp.MustCompile(`shipping paused .*site disk full: .*--min-free.* \(503 Service Unavailable\)`).MatchString(p.a.Output()) {
+		t.Fatalf("the agent's log does not show the 503 and why:\n%s", p.a.Output())
 	}
 	if log := s.log(); strings.Count(log, "throttling agents") != 1 || !strings.Contains(log, "throttle=site_disk_full") {
 		t.Fatalf("want one 'throttling agents' line for the disk:\n%s", log)
