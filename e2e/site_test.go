@@ -44,8 +44,13 @@ func newSite(t *testing.T, env ...string) *site {
 // newSiteWith is newSite with extra server flags.
 func newSiteWith(t *testing.T, env, args []string) *site {
 	t.Helper()
-	root := t.TempDir()
-	s := &site{t: t, dir: filepath.Join(root, "server"), certs: filepath.Join(root, "certs"), env: env, args: args}
+	return newSiteAt(t, filepath.Join(t.TempDir(), "server"), env, args)
+}
+
+// newSiteAt is newSiteWith with the server's data directory at dir.
+func newSiteAt(t *testing.T, dir string, env, args []string) *site {
+	t.Helper()
+	s := &site{t: t, dir: dir, certs: filepath.Join(t.TempDir(), "certs"), env: env, args: args}
 	run(t, binary, "server", "init", "--data-dir", s.dir)
 	run(t, binary, "certs", "issue", "--data-dir", s.dir, "--name", "web01", "--out", s.certs)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

@@ -67,7 +67,8 @@ func (v *volume) status() VolumeStatus {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	st := VolumeStatus{Info: v.info, SpooledGeneration: v.spooledGen, SpooledSeq: v.spooledSeq,
-		AppliedGeneration: v.applied.Generation, AppliedSeq: v.applied.Seq, ApplyError: v.applyErr}
+		AppliedGeneration: v.applied.Generation, AppliedSeq: v.applied.Seq, ApplyError: v.applyErr,
+		Throttled: v.srv.throttle.current()}
 	for _, s := range v.pending {
 		st.SpoolBytes += s.size
 	}
@@ -76,7 +77,8 @@ func (v *volume) status() VolumeStatus {
 
 // applier applies spooled segments in order until ctx ends. A failed apply
 // (target down, disk full) is retried with backoff; the segment stays
-// spooled, so nothing is lost while the target is away.
+// spooled, so nothing is lost while the target is away. After a storage
+// failure the replica is reopened first (recover.go).
 func (v *volume) applier(ctx context.Context) {
 	defer v.srv.wg.Done()
 	log := v.srv.logger().With("volume", v.info.Name)
@@ -97,9 +99,6 @@ func (v *volume) applier(ctx context.Context) {
 			}
 			continue
 		}
-		if backoff > 0 && !sleepCtx(ctx, backoff) {
-			return
-		}
 		start := time.Now()
 		n, err := v.applySegment(ctx, seg)
 		if err != nil {
@@ -112,6 +111,9 @@ func (v *volume) applier(ctx context.Context) {
 			v.mu.Lock()
 			v.applyErr = err.Error()
 			v.mu.Unlock()
+			if !v.retryAfter(ctx, seg, backoff, err) {
+				return
+			}
 			continue
 		}
 		backoff = 0
@@ -132,13 +134,12 @@ func (v *volume) applier(ctx context.Context) {
 // records the replica already has, creating a recovery point at each TAG
 // and committing at the end. It returns the bytes of data applied.
 func (v *volume) applySegment(ctx context.Context, seg spooledSeg) (int64, error) {
-	bp := v.srv.getBuf(seg.size)
-	defer v.srv.bufs.Put(bp)
-	data, err := v.srv.spool.read(seg, (*bp)[:0])
+	bp := v.srv.bufs.get(seg.size)
+	defer v.srv.bufs.put(bp)
+	data, err := v.srv.spool.read(seg, *bp)
 	if err != nil {
 		return 0, err
 	}
-	*bp = data
 	return v.applyBytes(ctx, data, seg.path)
 }
 

@@ -93,6 +93,9 @@ func decodeReply(resp *http.Response, v any) error {
 		kind = ErrGap
 	case http.StatusServiceUnavailable, http.StatusTooManyRequests:
 		kind = ErrSlowDown
+		if e.Throttled == ThrottleDiskFull {
+			kind = ErrSiteDiskFull
+		}
 	case http.StatusNotFound:
 		kind = ErrNoReplica
 	case http.StatusForbidden:

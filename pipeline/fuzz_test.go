@@ -78,7 +78,8 @@ func FuzzReceiveAndApply(f *testing.F) {
 		if h.size < hrl.HeaderSize {
 			return
 		}
-		data, err := s.readSegment(bytes.NewReader(body), h, make([]byte, h.size))
+		bp, data, err := s.readSegment(bytes.NewReader(body), h)
+		defer s.releaseBuf(bp)
 		if err != nil {
 			return
 		}

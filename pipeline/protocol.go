@@ -22,11 +22,12 @@
 // the spool format, no record is re-encoded. The server answers 200 only
 // after the segment is fsynced in the spool; 409 when it does not continue
 // the volume's journal (the body says which seq it expects); 422 when a
-// checksum fails (resend); 503 with Retry-After when the spool is nearly
-// full (slow down); 403 when the volume belongs to another machine. A 200
-// names the segment it acknowledges (AckedGeneration, AckedFirstSeq,
-// AckedLastSeq): the agent deletes its copy only when they are the
-// segment's own.
+// checksum fails (resend); 408 when the body stalls (resend); 503 with
+// Retry-After when the spool or a disk of the site is nearly full, or the
+// receive buffers are in use (slow down; see diskfree.go); 403 when the
+// volume belongs to another machine. A 200 names the segment it
+// acknowledges (AckedGeneration, AckedFirstSeq, AckedLastSeq): the agent
+// deletes its copy only when they are the segment's own.
 package pipeline
 
 import (
@@ -68,7 +69,7 @@ const (
 var (
 	ErrChecksum  = errors.New("segment checksum mismatch")
 	ErrGap       = errors.New("segment does not continue the replica's journal")
-	ErrSlowDown  = errors.New("process server is throttling: spool nearly full")
+	ErrSlowDown  = errors.New("process server is throttling")
 	ErrPermanent = errors.New("permanent error")
 	ErrNoReplica = errors.New("no such volume on this process server")
 	ErrForbidden = errors.New("refused by the site")
@@ -96,6 +97,9 @@ type VolumeStatus struct {
 	// Failed says why the volume's replica cannot be opened (it is retried
 	// when its agent sends or asks again); the other fields are then zero.
 	Failed string `json:"failed,omitempty"`
+	// Throttled says why the server refuses segments (503) while it does:
+	// its spool or a disk of the site is nearly full.
+	Throttled string `json:"throttled,omitempty"`
 }
 
 // sortStatus orders volumes by machine, then name.
@@ -130,6 +134,8 @@ type SegmentReply struct {
 	SpooledGeneration uint64 `json:"spooled_generation"`
 	SpooledSeq        uint64 `json:"spooled_seq"`
 	Error             string `json:"error,omitempty"`
+	// Throttled, in a 503, is ThrottleDiskFull or ThrottleSpoolFull.
+	Throttled string `json:"throttled,omitempty"`
 }
 
 // MachineRequest is the body of POST /v1/volumes/{id}/machine.

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"strconv"
 
@@ -140,26 +139,22 @@ func (s *Server) handleSegment(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusConflict, SegmentReply{SpooledGeneration: gen, SpooledSeq: seq, Error: err.Error()})
 		return
 	}
-	if free := s.SpoolQuota - s.spoolUsed.Load() - h.size; float64(free) < s.ThrottleFree*float64(s.SpoolQuota) {
-		w.Header().Set("Retry-After", "1")
-		httpError(w, http.StatusServiceUnavailable, fmt.Errorf("%w (%d of %d bytes used)", ErrSlowDown, s.spoolUsed.Load(), s.SpoolQuota))
+	if err := s.admit(h.size); err != nil {
+		writeThrottled(w, err)
 		return
 	}
-	bp := s.getBuf(h.size)
-	defer s.bufs.Put(bp)
-	data, err := s.readSegment(r.Body, h, *bp)
+	bp, data, err := s.readSegment(s.progressBody(w, r), h)
+	defer s.releaseBuf(bp)
 	if err == nil {
 		err = verifySegment(data, h)
 	}
 	if err != nil {
-		log.Warn("segment refused; the agent will resend it", "err", err)
-		httpError(w, http.StatusUnprocessableEntity, err)
+		s.refuseBody(w, log, err)
 		return
 	}
 	seg, err := s.spool.put(h.info.ID, spooledSeg{generation: h.generation, first: h.first, last: h.last}, data)
 	if err != nil {
-		log.Error("spool write failed", "err", err)
-		httpError(w, http.StatusInternalServerError, err)
+		s.spoolFailed(w, log, err)
 		return
 	}
 	s.spoolUsed.Add(seg.size)
@@ -210,32 +205,6 @@ func (s *Server) volumeFor(ctx context.Context, p peer, want targets.VolumeInfo)
 			ErrPermanent, want.Name, v.info.Size, want.Size, v.info.BlockSize, want.BlockSize)
 	}
 	return v, nil
-}
-
-// readSegment reads the body, decompressing it, into buf; the result must
-// be exactly the announced size.
-func (s *Server) readSegment(body io.Reader, h segmentHeaders, buf []byte) ([]byte, error) {
-	src := body
-	if h.encoding == contentEncodingZstd {
-		d, err := s.decoder()
-		if err != nil {
-			return nil, err
-		}
-		defer s.decoders.Put(d)
-		if err := d.Reset(body); err != nil {
-			return nil, fmt.Errorf("zstd: %w", err)
-		}
-		src = d
-	}
-	n, err := io.ReadFull(src, buf)
-	if err != nil {
-		return nil, fmt.Errorf("%w: read %d of %d bytes: %v", ErrChecksum, n, len(buf), err)
-	}
-	var one [1]byte
-	if m, _ := src.Read(one[:]); m != 0 {
-		return nil, fmt.Errorf("%w: body longer than the announced %d bytes", ErrChecksum, len(buf))
-	}
-	return buf, nil
 }
 
 // verifySegment checks the whole-segment checksum, then every record and

@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -12,8 +13,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/klauspost/compress/zstd"
 
 	"lifeboat/hrl"
 	"lifeboat/targets"
@@ -38,6 +37,20 @@ type Server struct {
 	// injection in tests; see CorruptSegments).
 	Middleware func(http.Handler) http.Handler
 
+	// MinFree is the free space every file system the server writes (the
+	// spool's, a local target's) keeps: a segment that would leave less
+	// gets 503 "site disk full" (see diskfree.go). DiskSpace measures a
+	// directory's file system; StatDisk when nil.
+	MinFree   int64
+	DiskSpace func(dir string) (DiskSpace, error)
+
+	// StallTimeout aborts an upload that sends nothing for that long and
+	// releases its volume; IdleTimeout closes idle keep-alive connections.
+	// ReceiveMemory bounds the buffers of the uploads being received.
+	StallTimeout  time.Duration
+	IdleTimeout   time.Duration
+	ReceiveMemory int64
+
 	spool     spool
 	openMu    sync.Mutex // serialises opening volumes; guards closing
 	closing   bool
@@ -46,7 +59,9 @@ type Server struct {
 	failed    map[string]failedVolume // by id: replicas that could not be opened
 	spoolUsed atomic.Int64
 	decoders  sync.Pool
-	bufs      sync.Pool
+	bufs      bufPool
+	recvMem   memBudget
+	throttle  throttleState
 	ctx       context.Context
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
@@ -56,7 +71,9 @@ type Server struct {
 // NewServer returns a Server with default settings.
 func NewServer(dataDir string, target targets.Target, tlsConf *tls.Config) *Server {
 	return &Server{DataDir: dataDir, Target: target, TLS: tlsConf, FS: hrl.OSFS{}, SpoolQuota: DefaultSpoolQuota,
-		ThrottleFree: DefaultThrottleFree, Retention: targets.Retention{Window: targets.DefaultRetentionWindow}}
+		ThrottleFree: DefaultThrottleFree, MinFree: DefaultMinFree, StallTimeout: DefaultStallTimeout,
+		IdleTimeout: DefaultIdleTimeout, ReceiveMemory: DefaultReceiveMemory,
+		Retention: targets.Retention{Window: targets.DefaultRetentionWindow}}
 }
 
 func (s *Server) logger() *slog.Logger {
@@ -86,6 +103,10 @@ func (s *Server) Open(ctx context.Context) error {
 	}
 	if s.SpoolQuota <= 0 || s.ThrottleFree < 0 || s.ThrottleFree >= 1 {
 		return fmt.Errorf("process server: spool quota %d and throttle threshold %.2f: want a positive quota and a threshold in [0,1)", s.SpoolQuota, s.ThrottleFree)
+	}
+	if s.MinFree < 0 || s.StallTimeout < 0 || s.IdleTimeout < 0 || s.ReceiveMemory < 0 {
+		return fmt.Errorf("process server: min free %d, stall timeout %v, idle timeout %v, receive memory %d: none may be negative",
+			s.MinFree, s.StallTimeout, s.IdleTimeout, s.ReceiveMemory)
 	}
 	if err := s.Retention.Validate(); err != nil {
 		return err
@@ -180,7 +201,7 @@ func (s *Server) loadVolume(ctx context.Context, rep targets.Replica) (*volume, 
 	if err != nil {
 		return nil, err
 	}
-	v := &volume{info: info, rep: rep, srv: s, wake: make(chan struct{}, 1), applied: st}
+	v := &volume{info: info, rep: newSwappable(rep), srv: s, wake: make(chan struct{}, 1), applied: st}
 	v.spooledGen, v.spooledSeq = st.Generation, st.Seq
 	for _, seg := range segs {
 		if seg.last <= st.Seq {
@@ -229,7 +250,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	s.mu.Lock()
 	// The error log carries refused TLS handshakes (an agent without a
 	// valid certificate): an admin needs to see those.
-	s.http = &http.Server{Handler: h, TLSConfig: conf, ReadHeaderTimeout: 30 * time.Second,
+	// Bodies have no overall timeout (a segment may take long on a slow
+	// link); a stalled one is cut by progressBody.
+	s.http = &http.Server{Handler: h, TLSConfig: conf, ReadHeaderTimeout: 30 * time.Second, IdleTimeout: cmp.Or(s.IdleTimeout, DefaultIdleTimeout),
 		ErrorLog: slog.NewLogLogger(s.logger().Handler(), slog.LevelWarn)}
 	hs := s.http
 	s.mu.Unlock()
@@ -270,22 +293,4 @@ func (s *Server) Close() error {
 	}
 	s.vols = nil
 	return errors.Join(errs...)
-}
-
-func (s *Server) decoder() (*zstd.Decoder, error) {
-	if d, ok := s.decoders.Get().(*zstd.Decoder); ok {
-		return d, nil
-	}
-	return zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(false),
-		zstd.WithDecoderMaxMemory(maxSegmentWireBytes))
-}
-
-// getBuf returns a pooled buffer of length n.
-func (s *Server) getBuf(n int64) *[]byte {
-	if bp, ok := s.bufs.Get().(*[]byte); ok && int64(cap(*bp)) >= n {
-		*bp = (*bp)[:n]
-		return bp
-	}
-	b := make([]byte, n, max(n, 33<<20))
-	return &b
 }

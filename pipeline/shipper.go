@@ -69,6 +69,10 @@ type ShipperStatus struct {
 	RPOSeconds *float64       `json:"rpo_seconds"`
 	Resync     *Progress      `json:"resync,omitempty"`
 	Tracker    tracker.Status `json:"tracker"`
+
+	// SiteDiskFull is the site's answer while it refuses segments because
+	// its disk is full (the journal waits here meanwhile); "" otherwise.
+	SiteDiskFull string `json:"site_disk_full,omitempty"`
 }
 
 // Progress of a resync or initial replication. It lasts until the point
@@ -340,6 +344,10 @@ func (s *Shipper) setConnected(err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.status.Connected = err == nil
+	s.status.SiteDiskFull = ""
+	if errors.Is(err, ErrSiteDiskFull) {
+		s.status.SiteDiskFull = err.Error()
+	}
 	if err != nil {
 		s.status.LastError = err.Error()
 		return

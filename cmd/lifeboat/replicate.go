@@ -231,6 +231,14 @@ func printStatus(w io.Writer, st pipeline.ShipperStatus) {
 	}
 	fmt.Fprintf(w, "\n  shipped: %d segments, %s (%s on the wire), acked seq %d, RPO %s\n",
 		st.SegmentsSent, humanBytes(uint64(st.BytesRaw)), humanBytes(uint64(st.BytesWire)), st.AckedSeq, rpoString(st.RPOSeconds))
+	if st.SiteDiskFull != "" {
+		quota := ""
+		if q := st.Tracker.JournalQuota; q > 0 {
+			quota = " (--journal-quota " + humanBytes(uint64(q)) + ", then dirty regions only)"
+		}
+		fmt.Fprintf(w, "  site disk full: the recovery site refuses segments until space is freed there; %s of journal waits here%s\n",
+			humanBytes(uint64(st.Tracker.JournalBytes)), quota)
+	}
 	if p := st.Resync; p != nil {
 		pct := 0.0
 		if p.Total > 0 {

@@ -31,6 +31,7 @@ type serverOptions struct {
 	ThrottleFree float64
 	Retention    time.Duration
 	Azure        azureOptions
+	Limits       limitOptions
 }
 
 func serverFlags() []cli.Flag {
@@ -46,7 +47,7 @@ func serverFlags() []cli.Flag {
 			Usage: "throttle agents when less than this `FRACTION` of the spool quota is free"},
 		&cli.DurationFlag{Name: "retention", Value: targets.DefaultRetentionWindow,
 			Usage: "keep recovery points for this `WINDOW` (at most 360h), thinned on a tiered schedule"},
-	}, targetFlags()...)
+	}, append(limitFlags(), targetFlags()...)...)
 }
 
 func parseServerOptions(c *cli.Context) (serverOptions, error) {
@@ -68,6 +69,9 @@ func parseServerOptions(c *cli.Context) (serverOptions, error) {
 	}
 	if o.Target == "" {
 		o.Target = "file://" + filepath.Join(o.DataDir, "replicas")
+	}
+	if o.Limits, err = parseLimitOptions(c); err != nil {
+		return o, err
 	}
 	o.Azure, err = parseAzureOptions(c)
 	return o, err
@@ -153,6 +157,7 @@ func runServer(ctx context.Context, out io.Writer, o serverOptions) error {
 	srv := pipeline.NewServer(o.DataDir, target, tlsConf)
 	srv.SpoolQuota, srv.ThrottleFree = o.SpoolQuota, o.ThrottleFree
 	srv.Retention = targets.Retention{Window: o.Retention}
+	o.Limits.apply(srv)
 	srv.Logger = slog.Default()
 	if v := os.Getenv("LIFEBOAT_FAULT_CORRUPT_SEGMENTS"); v != "" {
 		n, err := strconv.Atoi(v)
