@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"lifeboat/internal/testenv"
 )
 
 var binary string
@@ -41,14 +43,7 @@ func TestMain(m *testing.M) {
 // required (CI), where that is a failure.
 func need(t *testing.T, tools ...string) {
 	t.Helper()
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			if os.Getenv("LIFEBOAT_REQUIRE_INTEGRATION") == "1" {
-				t.Fatalf("%s is required (LIFEBOAT_REQUIRE_INTEGRATION=1) but not installed: %v", tool, err)
-			}
-			t.Skipf("%s not installed", tool)
-		}
-	}
+	testenv.Tools(t, tools...)
 }
 
 // agentProc is a running lifeboat process (agent or server).
