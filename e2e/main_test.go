@@ -29,7 +29,10 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	binary = filepath.Join(dir, "lifeboat")
-	out, err := exec.Command("go", "build", "-o", binary, "lifeboat/cmd/lifeboat").CombinedOutput()
+	// The test build: -tags faultinject adds the fault-injection variables
+	// (LIFEBOAT_FAULT_*, cmd/lifeboat/faults_on.go) that the released
+	// binary does not have.
+	out, err := exec.Command("go", "build", "-tags", "faultinject", "-o", binary, "lifeboat/cmd/lifeboat").CombinedOutput()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "build lifeboat: %v\n%s", err, out)
 		os.Exit(1)
