@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"lifeboat/hrl"
+	"lifeboat/internal/testenv"
 	"lifeboat/tracker"
 )
 
@@ -175,12 +176,7 @@ func TestKill9DuringFio(t *testing.T) {
 // With --fuse-mount, SIGTERM unmounts: the volume file is gone from the
 // mount point and the journal is sealed.
 func TestAgentFuseMountStopsCleanly(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("LIFEBOAT_REQUIRE_INTEGRATION") == "1" {
-			t.Fatal("FUSE tests need root (LIFEBOAT_REQUIRE_INTEGRATION=1)")
-		}
-		t.Skip("FUSE needs root")
-	}
+	testenv.FUSE(t)
 	dir := t.TempDir()
 	mnt := filepath.Join(dir, "mnt")
 	img, jroot := filepath.Join(dir, "disk.img"), filepath.Join(dir, "journal")

@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"lifeboat/internal/testenv"
 )
 
 var binary string
@@ -27,7 +29,10 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	binary = filepath.Join(dir, "lifeboat")
-	out, err := exec.Command("go", "build", "-o", binary, "lifeboat/cmd/lifeboat").CombinedOutput()
+	// The test build: -tags faultinject adds the fault-injection variables
+	// (LIFEBOAT_FAULT_*, cmd/lifeboat/faults_on.go) that the released
+	// binary does not have.
+	out, err := exec.Command("go", "build", "-tags", "faultinject", "-o", binary, "lifeboat/cmd/lifeboat").CombinedOutput()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "build lifeboat: %v\n%s", err, out)
 		os.Exit(1)
@@ -41,14 +46,7 @@ func TestMain(m *testing.M) {
 // required (CI), where that is a failure.
 func need(t *testing.T, tools ...string) {
 	t.Helper()
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			if os.Getenv("LIFEBOAT_REQUIRE_INTEGRATION") == "1" {
-				t.Fatalf("%s is required (LIFEBOAT_REQUIRE_INTEGRATION=1) but not installed: %v", tool, err)
-			}
-			t.Skipf("%s not installed", tool)
-		}
-	}
+	testenv.Tools(t, tools...)
 }
 
 // agentProc is a running lifeboat process (agent or server).

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"lifeboat/fusefs"
+	"lifeboat/internal/testenv"
 	"lifeboat/tracker"
 )
 
@@ -25,26 +26,8 @@ var quiet = slog.New(slog.DiscardHandler)
 // named tools; with LIFEBOAT_REQUIRE_INTEGRATION=1 it fails instead.
 func requireFUSE(t testing.TB, tools ...string) {
 	t.Helper()
-	var missing []string
-	if os.Geteuid() != 0 {
-		missing = append(missing, "root")
-	}
-	if _, err := os.Stat("/dev/fuse"); err != nil {
-		missing = append(missing, "/dev/fuse")
-	}
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			missing = append(missing, tool)
-		}
-	}
-	if len(missing) == 0 {
-		return
-	}
-	msg := fmt.Sprintf("FUSE integration test: missing %s (run as root with fuse, e2fsprogs and util-linux)", strings.Join(missing, ", "))
-	if os.Getenv("LIFEBOAT_REQUIRE_INTEGRATION") == "1" {
-		t.Fatal(msg)
-	}
-	t.Skip(msg)
+	testenv.FUSE(t)
+	testenv.Tools(t, tools...)
 }
 
 // mountFiles mounts files on a new temporary directory and unmounts it when

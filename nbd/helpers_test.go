@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"lifeboat/hrl"
+	"lifeboat/internal/testenv"
 	"lifeboat/nbd"
 	"lifeboat/tracker"
 )
@@ -29,14 +30,7 @@ var _ nbd.Backend = (*tracker.Volume)(nil)
 // LIFEBOAT_REQUIRE_INTEGRATION=1 turns the skip into a failure.
 func requireTool(t testing.TB, names ...string) {
 	t.Helper()
-	for _, name := range names {
-		if _, err := exec.LookPath(name); err != nil {
-			if os.Getenv("LIFEBOAT_REQUIRE_INTEGRATION") == "1" {
-				t.Fatalf("%s is required (LIFEBOAT_REQUIRE_INTEGRATION=1): %v", name, err)
-			}
-			t.Skipf("%s not installed (apt-get install -y qemu-utils libnbd-bin fio): %v", name, err)
-		}
-	}
+	testenv.Tools(t, names...)
 }
 
 // volume is a tracker.Volume over a sparse file in a temporary directory.

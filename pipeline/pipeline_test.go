@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"lifeboat/internal/faultinject"
 	"lifeboat/pipeline"
 	"lifeboat/pipeline/pki"
 	"lifeboat/targets"
@@ -62,7 +63,7 @@ func TestPointsEqualSourceAtEachTag(t *testing.T) {
 
 func TestCorruptSegmentIsRefusedAndResent(t *testing.T) {
 	target := memory.New()
-	s := &site{t: t, dir: t.TempDir(), target: target, wrap: pipeline.CorruptSegments(3)}
+	s := &site{t: t, dir: t.TempDir(), target: target, wrap: faultinject.CorruptSegments(3)}
 	if _, err := pki.Init(s.dir, nil); err != nil {
 		t.Fatal(err)
 	}

@@ -33,8 +33,9 @@ type Server struct {
 	Retention    targets.Retention
 	Logger       *slog.Logger
 	Now          func() time.Time // clock for retention; default time.Now
-	// Middleware, if set, wraps the HTTP handler Serve uses (fault
-	// injection in tests; see CorruptSegments).
+	// Middleware, if set, wraps the HTTP handler Serve uses: the seam for
+	// wrappers around the whole API (the faultinject build of lifeboat
+	// installs internal/faultinject.CorruptSegments here).
 	Middleware func(http.Handler) http.Handler
 
 	// MinFree is the free space every file system the server writes (the

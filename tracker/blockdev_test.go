@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"lifeboat/hrl"
+	"lifeboat/internal/testenv"
 	"lifeboat/tracker"
 )
 
@@ -17,15 +18,8 @@ import (
 // trim and write-zeroes use fallocate on the device (or zeros), and the
 // journal replays to the device's bytes.
 func TestBlockDeviceBacking(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("LIFEBOAT_REQUIRE_INTEGRATION") == "1" {
-			t.Fatal("needs root for a loop device (LIFEBOAT_REQUIRE_INTEGRATION=1)")
-		}
-		t.Skip("needs root for a loop device")
-	}
-	if _, err := exec.LookPath("losetup"); err != nil {
-		t.Skip("losetup not installed")
-	}
+	testenv.Root(t, "a loop device")
+	testenv.Tools(t, "losetup")
 	dir := t.TempDir()
 	file := filepath.Join(dir, "dev.img")
 	os.WriteFile(file, nil, 0o644)

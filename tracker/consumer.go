@@ -92,24 +92,25 @@ func (v *Volume) Ack(firstSeq uint64) error {
 	return nil
 }
 
-// Status describes the tracking state of a volume.
+// Status describes the tracking state of a volume. It is part of `lifeboat
+// status --output json`: keys are snake_case and only ever added to.
 type Status struct {
-	VolumeID   string
-	Generation uint64
-	Mode       string
-	ModeReason string
-	Resync     string // why a resync is needed; empty when none is
-	NextSeq    uint64
-	AckedSeq   uint64
-	Sealed     int
+	VolumeID   string `json:"volume_id"`
+	Generation uint64 `json:"generation"`
+	Mode       string `json:"mode"`
+	ModeReason string `json:"mode_reason,omitempty"`
+	Resync     string `json:"resync,omitempty"` // why a resync is needed; empty when none is
+	NextSeq    uint64 `json:"next_seq"`
+	AckedSeq   uint64 `json:"acked_seq"`
+	Sealed     int    `json:"sealed_segments"`
 	// JournalBytes is the unacknowledged journal: segments sealed or being
 	// sealed and not yet acknowledged, and the open segment.
-	JournalBytes int64
-	JournalQuota int64 // Volume.JournalQuota; 0 for none
-	DirtyRegions int64
-	Regions      int64
-	RegionSize   int64
-	Size         int64
+	JournalBytes int64 `json:"journal_bytes"`
+	JournalQuota int64 `json:"journal_quota"` // Volume.JournalQuota; 0 for none
+	DirtyRegions int64 `json:"dirty_regions"`
+	Regions      int64 `json:"regions"`
+	RegionSize   int64 `json:"region_size"`
+	Size         int64 `json:"size"`
 }
 
 // Status returns the current tracking state.

@@ -7,9 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
@@ -159,13 +157,8 @@ func runServer(ctx context.Context, out io.Writer, o serverOptions) error {
 	srv.Retention = targets.Retention{Window: o.Retention}
 	o.Limits.apply(srv)
 	srv.Logger = slog.Default()
-	if v := os.Getenv("LIFEBOAT_FAULT_CORRUPT_SEGMENTS"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 0 {
-			return usageError("LIFEBOAT_FAULT_CORRUPT_SEGMENTS=%q: want a count", v)
-		}
-		slog.Warn("fault injection for tests: the first segments received will be corrupted", "count", n)
-		srv.Middleware = pipeline.CorruptSegments(n)
+	if err := installFaults(srv); err != nil {
+		return err
 	}
 	if err := srv.Open(ctx); err != nil {
 		return err

@@ -15,6 +15,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"lifeboat/internal/testenv"
 	"lifeboat/targets/azure"
 )
 
@@ -191,13 +192,8 @@ func TestCHSGeometry(t *testing.T) {
 // when it is missing, unless CI requires integration tests.
 func requireTool(t *testing.T, name string) string {
 	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		if os.Getenv("LIFEBOAT_REQUIRE_INTEGRATION") == "1" {
-			t.Fatalf("%s not found and LIFEBOAT_REQUIRE_INTEGRATION=1: apt-get install -y qemu-utils", name)
-		}
-		t.Skipf("%s not found (apt-get install -y qemu-utils)", name)
-	}
+	testenv.Tools(t, name)
+	p, _ := exec.LookPath(name)
 	return p
 }
 

@@ -27,6 +27,8 @@ import (
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/container"
+
+	"lifeboat/internal/testenv"
 )
 
 // The development account every Azurite accepts (published in Azurite's
@@ -41,7 +43,7 @@ const (
 	// EnvBinary names the azurite-blob (or azurite) executable to use.
 	EnvBinary = "LIFEBOAT_AZURITE"
 	// EnvRequire set to 1 turns a missing Azurite into a test failure.
-	EnvRequire = "LIFEBOAT_REQUIRE_INTEGRATION"
+	EnvRequire = testenv.EnvRequire
 )
 
 // Version is the Azurite release .ci/deps installs (3.36 and later need a
@@ -86,10 +88,8 @@ func Start(t testing.TB) *Server {
 	t.Helper()
 	bin, err := Find()
 	if err != nil {
-		if os.Getenv(EnvRequire) == "1" {
-			t.Fatalf("%v; %s=1 requires it: run .ci/deps (npm install --prefix ~/.cache/lifeboat/azurite-%s azurite@%s) or set %s to azurite-blob", err, EnvRequire, Version, Version, EnvBinary)
-		}
-		t.Skipf("%v: run .ci/deps to install Azurite %s", err, Version)
+		testenv.Missing(t, "%v: run .ci/deps (npm install --prefix ~/.cache/lifeboat/azurite-%s azurite@%s) or set %s to azurite-blob",
+			err, Version, Version, EnvBinary)
 	}
 	tmp := t.TempDir()
 	s := &Server{
