@@ -15,6 +15,7 @@ import (
 	"lifeboat/hrl"
 	"lifeboat/pipeline"
 	"lifeboat/pipeline/pki"
+	"lifeboat/targets"
 	"lifeboat/tracker"
 )
 
@@ -78,6 +79,38 @@ func TestGoldenPointsList(t *testing.T) {
 	srv.StartTLS()
 	defer srv.Close()
 	golden(t, "points_list.json", runJSON(t, "points", "list", "--data-dir", dir, "--server", srv.URL, "--volume", "db", "--output", "json"))
+}
+
+// `lifeboat volume list` against a server that answers with fixed volumes:
+// one as a volume in progress shows it, one with every field set (fillAll),
+// so that keys added later are in the golden file too.
+func TestGoldenVolumeList(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := pki.Init(dir, nil); err != nil {
+		t.Fatal(err)
+	}
+	conf, err := pki.ServerTLS(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var full pipeline.VolumeStatus
+	fillAll(t, reflect.ValueOf(&full).Elem(), "volume")
+	vols := []pipeline.VolumeStatus{{
+		Info:              targets.VolumeInfo{ID: "6f1c2d3e-4b5a-4c6d-8e7f-0123456789ab", Name: "db", Machine: "web01", Size: 1 << 30, BlockSize: 4096},
+		SpooledGeneration: 1, SpooledSeq: 4711, AppliedGeneration: 1, AppliedSeq: 4700, SpoolBytes: 12 << 20, Points: 3,
+		LatestPoint: &pipeline.Point{Seq: 4700, Generation: 1, Kind: "crash", Name: "crash-000042", Time: goldenTime},
+	}, full}
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet || r.URL.Path != "/v1/volumes" {
+			http.Error(w, "unexpected "+r.Method+" "+r.URL.Path, http.StatusNotFound)
+			return
+		}
+		json.NewEncoder(w).Encode(vols)
+	}))
+	srv.TLS = conf
+	srv.StartTLS()
+	defer srv.Close()
+	golden(t, "volume_list.json", runJSON(t, "volume", "list", "--data-dir", dir, "--server", srv.URL, "--output", "json"))
 }
 
 // `lifeboat journal inspect --records`: three segments written with fixed

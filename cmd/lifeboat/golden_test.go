@@ -20,6 +20,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"lifeboat/pipeline"
+	"lifeboat/pipeline/pki"
 )
 
 // The golden files in testdata/golden pin every `--output json` document,
@@ -133,6 +134,8 @@ func TestGoldenVersion(t *testing.T) {
 var jsonDocuments = map[string]any{
 	"status":          []pipeline.ShipperStatus{},
 	"points list":     []pipeline.Point{},
+	"volume list":     []pipeline.VolumeStatus{},
+	"certs list":      []pki.IssuedCert{},
 	"journal inspect": journalReport{},
 	"version":         versionInfo{},
 }
