@@ -30,9 +30,12 @@ test: deps unit fuzz
 deps:
 	@.ci/deps
 
+# The e2e package runs the real binaries for about 8 minutes under -race on
+# 2 cores: more than go test's default 10-minute budget per package leaves
+# on a loaded machine.
 unit:
 	$(GO) vet ./...
-	$(GO) test -race -count=1 ./...
+	$(GO) test -race -count=1 -timeout 25m ./...
 
 ## fuzz: run each fuzz target (func FuzzXxx in any *_test.go) for its count of executions in .ci/fuzz-counts (.ci/fuzz)
 fuzz:

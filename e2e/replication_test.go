@@ -255,7 +255,9 @@ func TestReplicationServerOutage30s(t *testing.T) {
 	p := protect(t, s, 256<<20, 8<<20)
 	start := time.Now()
 	fioWait := churn(t, p.uri)
-	time.Sleep(3 * time.Second)
+	// Down once the churn has made a point (fio may take seconds to start
+	// on a loaded machine).
+	s.waitPoint("disk", start, time.Minute)
 	s.stop(syscall.SIGKILL)
 	down := time.Now()
 	waitFor(t, 15*time.Second, "the agent to notice the server is gone", func() bool { return !p.status().Connected })
