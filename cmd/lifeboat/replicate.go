@@ -183,6 +183,10 @@ func statusCommand() *cli.Command {
 		},
 		OnUsageError: onUsageError,
 		Action: func(c *cli.Context) error {
+			format, err := outputFormat(c)
+			if err != nil {
+				return err
+			}
 			dir := c.String("journal-dir")
 			files, _ := filepath.Glob(filepath.Join(dir, "*", statusFileName))
 			if len(files) == 0 {
@@ -200,7 +204,7 @@ func statusCommand() *cli.Command {
 				}
 				all = append(all, st)
 			}
-			if c.String("output") == "json" {
+			if format == "json" {
 				enc := json.NewEncoder(c.App.Writer)
 				enc.SetIndent("", "  ")
 				return enc.Encode(all)
