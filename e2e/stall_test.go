@@ -19,6 +19,7 @@ import (
 	"github.com/google/uuid"
 
 	"lifeboat/hrl"
+	"lifeboat/hrl/hrltest"
 	"lifeboat/pipeline/pki"
 )
 
@@ -114,25 +115,9 @@ func trickleBody(b []byte) io.Reader {
 // 4 KiB WRITE at offset 0.
 func oneWriteSegment(t *testing.T, id string) []byte {
 	t.Helper()
-	dir := t.TempDir()
-	w, err := hrl.Create(hrl.OSFS{}, dir, hrl.Header{VolumeID: uuid.MustParse(id), Generation: 1, FirstSeq: 1}, hrl.WriterConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	data := make([]byte, 4096)
 	rand.Read(data)
-	if _, _, err := w.AppendData(hrl.TypeWrite, 0, data); err != nil {
-		t.Fatal(err)
-	}
-	info, err := w.Seal()
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(info.Path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
+	return hrltest.WriteSegment(t, hrl.Header{VolumeID: uuid.MustParse(id), Generation: 1, FirstSeq: 1}, data)
 }
 
 // procStatus reads a field of /proc/PID/status in bytes.

@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -68,22 +67,7 @@ func benchSegmentBytes(b *testing.B, data []byte, id uuid.UUID) []byte {
 // returns the sealed segment's bytes.
 func sealedSegment(tb testing.TB, id uuid.UUID, fill func(w *hrl.Writer) error) []byte {
 	tb.Helper()
-	w, err := hrl.Create(hrl.OSFS{}, tb.TempDir(), hrl.Header{VolumeID: id, Generation: 1, FirstSeq: 1}, hrl.WriterConfig{})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if err := fill(w); err != nil {
-		tb.Fatal(err)
-	}
-	info, err := w.Seal()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	seg, err := os.ReadFile(info.Path)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return seg
+	return hrltest.Segment(tb, hrl.Header{VolumeID: id, Generation: 1, FirstSeq: 1}, fill)
 }
 
 // BenchmarkReceive measures the process server's receive stage: zstd

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -267,23 +266,7 @@ func trickle(b []byte, n int, gap time.Duration) io.Reader {
 // one 4 KiB WRITE at seq.
 func oneRecordSegment(t *testing.T, id uuid.UUID, seq uint64) []byte {
 	t.Helper()
-	dir := t.TempDir()
-	w, err := hrl.Create(hrl.OSFS{}, dir, hrl.Header{VolumeID: id, Generation: 1, FirstSeq: seq}, hrl.WriterConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, _, err := w.AppendData(hrl.TypeWrite, 0, bytes.Repeat([]byte{byte(seq)}, 4096)); err != nil {
-		t.Fatal(err)
-	}
-	info, err := w.Seal()
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(info.Path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
+	return hrltest.WriteSegment(t, hrl.Header{VolumeID: id, Generation: 1, FirstSeq: seq}, bytes.Repeat([]byte{byte(seq)}, 4096))
 }
 
 // postSegment sends seg's headers with body and returns the answer.
