@@ -301,6 +301,15 @@ func TestReplicaBehindItsAcknowledgementGetsAFullResync(t *testing.T) {
 
 	second := newSite(t, memory.New())
 	a.open(second, 0, second.client("agent1", pki.RoleAgent))
+	// The shipper finds the replica behind when it resumes; a tag taken
+	// before that is in the journal the full resync drops.
+	deadline := time.Now().Add(30 * time.Second)
+	for a.vol.Status().Generation < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no full resync: %+v", a.ship.Status())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	a.writeRandom(rng, 5)
 	a.waitSynced()
 	seq2, sum2 := a.tag("on the second server")
