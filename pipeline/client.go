@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/cespare/xxhash/v2"
 
@@ -30,10 +31,15 @@ func (s *Shipper) send(ctx context.Context, seg hrl.SegmentInfo) error {
 		body, encoding = s.wire, contentEncodingZstd
 	}
 	st := s.Volume.Status()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.volumeURL(st.VolumeID)+"/segments", bytes.NewReader(body))
+	sb := &sentBody{Reader: bytes.NewReader(body), done: make(chan struct{})}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.volumeURL(st.VolumeID)+"/segments", sb)
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrPermanent, err)
 	}
+	req.ContentLength = int64(len(body))
+	// raw and wire are reused for the next segment: only once the transport
+	// has let go of this body (see sentBody).
+	defer sb.wait(ctx)
 	h := req.Header
 	h.Set("Content-Type", contentTypeSegment)
 	h.Set("Content-Encoding", encoding)
@@ -163,4 +169,29 @@ func (s *Shipper) checkSite(gen, seq uint64) error {
 		"was restored from an older copy. Nothing is deleted from the journal and shipping of this volume is stopped; "+
 		"compare 'lifeboat volume list' on the site with this machine, and if the site's replica is not this machine's, "+
 		"give this agent a new --journal-dir (a new volume id)", ErrBadAck, gen, seq, s.Name, st.VolumeID, st.NextSeq-1, st.Generation)
+}
+
+// sentBody is a request body over one of the shipper's reused buffers.
+// The transport closes it once it has stopped reading it, which can be
+// after Client.Do returned: when the server answers before it has read the
+// whole body (a 503, a 409, a 403), the transport may still be writing it.
+// Reusing the buffer before then would change the bytes under the write.
+type sentBody struct {
+	*bytes.Reader
+	once sync.Once
+	done chan struct{}
+}
+
+func (b *sentBody) Close() error {
+	b.once.Do(func() { close(b.done) })
+	return nil
+}
+
+// wait returns once the transport has closed the body (it always does,
+// errors included), or ctx ended.
+func (b *sentBody) wait(ctx context.Context) {
+	select {
+	case <-b.done:
+	case <-ctx.Done():
+	}
 }
