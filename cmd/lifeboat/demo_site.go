@@ -72,6 +72,9 @@ func (d *demoSite) startServer(ctx context.Context) error {
 	d.target.Logger = d.log
 	d.srv = pipeline.NewServer(d.serverDir, d.target, tlsConf)
 	d.srv.Logger = d.log
+	// The demo's site holds well under 100 MiB: a machine with less free
+	// space than a real site's reserve (1 GiB) still runs it.
+	d.srv.MinFree = 128 << 20
 	if err := d.srv.Open(ctx); err != nil {
 		return fmt.Errorf("open the process server: %w", err)
 	}
