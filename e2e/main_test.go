@@ -100,6 +100,9 @@ func startProc(t *testing.T, env []string, ready func(p *agentProc, line string)
 	t.Helper()
 	a := &agentProc{uri: map[string]string{}, exited: make(chan error, 1), gone: make(chan struct{})}
 	a.cmd = exec.Command(binary, args...)
+	// If the test binary dies (a -timeout panic skips every cleanup), its
+	// servers and agents die with it instead of running on.
+	a.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	a.cmd.Env = append(os.Environ(), env...)
 	stdout, _ := a.cmd.StdoutPipe()
 	a.cmd.Stderr = &lockedWriter{a}
