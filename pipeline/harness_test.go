@@ -39,10 +39,9 @@ type site struct {
 }
 
 func testLogger(t testing.TB) *slog.Logger {
-	if testing.Verbose() {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	return slog.New(slog.NewTextHandler(io.Discard, nil))
+	// t.Output shows the lines with the test's own when it fails (always
+	// with -v).
+	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
 func newSite(t *testing.T, target targets.Target) *site {
@@ -90,16 +89,21 @@ func (s *site) start(addr string) {
 		h = s.wrap(h)
 	}
 	hs := &http.Server{Handler: h, TLSConfig: conf}
-	go func() {
-		<-ctx.Done()
-		hs.Close()
-	}()
+	served := make(chan error, 1)
 	go func() {
 		err := hs.ServeTLS(ln, "", "")
 		if err == http.ErrServerClosed {
 			err = nil
 		}
-		s.done <- err
+		served <- err
+	}()
+	// stop returns once every connection is closed, not only the
+	// listener: a request on a kept-alive connection must not reach the
+	// stopped server's handler while the test damages what it would send.
+	go func() {
+		<-ctx.Done()
+		hs.Close()
+		s.done <- <-served
 	}()
 }
 
@@ -208,6 +212,7 @@ type agentVol struct {
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 	journal string
+	closed  bool // the volume, by close
 }
 
 func newAgentVol(t *testing.T, s *site, size int64, quota int64, client *http.Client) *agentVol {
@@ -236,8 +241,16 @@ func (a *agentVol) open(s *site, quota int64, client *http.Client) {
 	if err := v.Open(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	a.vol = v
-	a.ship = pipeline.NewShipper(v, "vol", s.url, client)
+	a.vol, a.closed = v, false
+	a.startShipper(s, client)
+}
+
+// startShipper starts a shipper for the open volume (again, after
+// stopShipper: an agent whose shipping stopped while its volume stayed
+// open).
+func (a *agentVol) startShipper(s *site, client *http.Client) {
+	t := a.t
+	a.ship = pipeline.NewShipper(a.vol, "vol", s.url, client)
 	a.ship.TagInterval = 0
 	a.ship.MaxBackoff = 500 * time.Millisecond
 	a.ship.Logger = testLogger(t)
@@ -252,13 +265,22 @@ func (a *agentVol) open(s *site, quota int64, client *http.Client) {
 	}()
 }
 
-func (a *agentVol) close() {
+// stopShipper stops the shipper and waits for it; the volume stays open.
+func (a *agentVol) stopShipper() {
 	if a.cancel == nil {
 		return
 	}
 	a.cancel()
 	a.wg.Wait()
 	a.cancel = nil
+}
+
+func (a *agentVol) close() {
+	if a.closed {
+		return
+	}
+	a.stopShipper()
+	a.closed = true
 	if err := a.vol.Close(); err != nil {
 		a.t.Errorf("close volume: %v", err)
 	}

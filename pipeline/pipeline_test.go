@@ -373,9 +373,13 @@ func TestExtentsRespectTheTargetsMaxExtent(t *testing.T) {
 // damage in its copy and copies every region again instead.
 func TestSegmentDamagedOnTheAgentsDiskLeadsToAFullResync(t *testing.T) {
 	s := newSite(t, memory.New())
-	a := newAgentVol(t, s, 4<<20, 0, s.client("agent1", pki.RoleAgent))
+	client := s.client("agent1", pki.RoleAgent)
+	a := newAgentVol(t, s, 4<<20, 0, client)
 	a.waitSynced()
-	s.stop()
+	// No shipper may read the segment before it is damaged (a stopped
+	// server is not enough: a shipper that read it first sends the good
+	// bytes once the server is back).
+	a.stopShipper()
 	a.writeRandom(rand.New(rand.NewPCG(15, 16)), 10)
 	a.tag("before the damage")
 	segs := a.vol.Segments()
@@ -391,7 +395,7 @@ func TestSegmentDamagedOnTheAgentsDiskLeadsToAFullResync(t *testing.T) {
 	f.ReadAt(b, off)
 	f.WriteAt([]byte{b[0] ^ 0x10}, off)
 	f.Close()
-	s.start(s.addr)
+	a.startShipper(s, client)
 	deadline := time.Now().Add(30 * time.Second)
 	for a.vol.Status().Generation < 2 || a.vol.Status().Resync != "" {
 		if time.Now().After(deadline) {
