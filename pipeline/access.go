@@ -60,6 +60,13 @@ func (p peer) mayReach(info targets.VolumeInfo) error {
 		ErrForbidden, info.Name, info.ID, info.Machine, p.name, p.name, info.Machine, info.Machine, info.Name, p.name, info.Machine)
 }
 
+// sees reports whether p lists info among its volumes: an admin every
+// volume, an agent its own machine's (not a replica that has no machine
+// yet, although it may claim one).
+func (p peer) sees(info targets.VolumeInfo) bool {
+	return p.admin() || info.Machine != "" && info.Machine == p.name
+}
+
 // known returns what the site knows of volume id that is not open: a
 // volume whose replica failed to open, or a replica the target holds (a
 // process server rebuilt, or added, on the same target). nil when neither.
@@ -132,7 +139,7 @@ func (s *Server) byName(ctx context.Context, p peer, key string) (targets.Volume
 	}
 	var found []targets.VolumeInfo
 	for _, info := range all {
-		if info.Name == name && (!qualified || info.Machine == machine) && (p.admin() || info.Machine == p.name) {
+		if info.Name == name && (!qualified || info.Machine == machine) && p.sees(info) {
 			found = append(found, info)
 		}
 	}

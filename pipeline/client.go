@@ -73,14 +73,18 @@ func (s *Shipper) send(ctx context.Context, seg hrl.SegmentInfo) error {
 	return nil
 }
 
-// decodeReply turns an answer into nil (200, body decoded into v) or an
-// error wrapping the package error its status code stands for.
+// decodeReply turns an answer into nil (200, body decoded into v unless v
+// is nil) or an error wrapping the package error its status code stands
+// for.
 func decodeReply(resp *http.Response, v any) error {
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	if err != nil {
 		return fmt.Errorf("read answer: %w", err)
 	}
 	if resp.StatusCode == http.StatusOK {
+		if v == nil {
+			return nil
+		}
 		if err := json.Unmarshal(b, v); err != nil {
 			return fmt.Errorf("answer: %w", err)
 		}

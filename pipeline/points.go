@@ -24,14 +24,14 @@ func (s *Server) status(p peer) []VolumeStatus {
 	}
 	out := []VolumeStatus{} // [] rather than null in JSON
 	for _, f := range s.failed {
-		if p.mayReach(f.info) == nil && (p.admin() || f.info.Machine != "") {
+		if p.sees(f.info) {
 			out = append(out, VolumeStatus{Info: f.info, Failed: f.err.Error()})
 		}
 	}
 	s.mu.Unlock()
 	for _, v := range vols {
 		st := v.status()
-		if p.mayReach(st.Info) != nil || !p.admin() && st.Info.Machine == "" {
+		if !p.sees(st.Info) {
 			continue
 		}
 		s.addPoints(v, &st)

@@ -1,13 +1,8 @@
 package main
 
 import (
-	"bytes"
-	"encoding/json"
-	"fmt"
-	"io"
 	"net/http"
 	"net/url"
-	"strings"
 
 	"github.com/urfave/cli/v2"
 
@@ -59,41 +54,12 @@ func volumeURL(c *cli.Context, base string) string {
 	return base + "/volumes/" + url.PathEscape(c.String("volume")) // MACHINE/NAME keeps its slash escaped
 }
 
-// apiCall sends a request with an optional JSON body and decodes a 200's
-// JSON answer into out; anything else is a failure carrying the server's
+// apiCall is pipeline.Call (an API request, its JSON answer decoded into
+// out) for a command: an error is a failure (exit 1) with the server's
 // message.
-func apiCall(client *http.Client, method, u string, in, out any) error {
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return err
-		}
-		body = bytes.NewReader(b)
-	}
-	req, err := http.NewRequest(method, u, body)
-	if err != nil {
-		return err
-	}
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := client.Do(req)
-	if err != nil {
+func apiCall(c *cli.Context, client *http.Client, method, u string, in, out any) error {
+	if err := pipeline.Call(c.Context, client, method, u, in, out); err != nil {
 		return failure("%v", err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
-	if resp.StatusCode != http.StatusOK {
-		var e pipeline.SegmentReply
-		msg := strings.TrimSpace(string(b))
-		if json.Unmarshal(b, &e) == nil && e.Error != "" {
-			msg = e.Error
-		}
-		return failure("%s: %s", resp.Status, msg)
-	}
-	if err := json.Unmarshal(b, out); err != nil {
-		return fmt.Errorf("answer of %s: %w", u, err)
 	}
 	return nil
 }

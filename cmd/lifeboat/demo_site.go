@@ -2,10 +2,8 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -197,34 +195,11 @@ func (d *demoSite) stop() error {
 func (d *demoSite) points(ctx context.Context) ([]pipeline.Point, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	resp, err := d.adminGet(ctx, "/points")
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
 	var pts []pipeline.Point
-	if err := json.NewDecoder(resp.Body).Decode(&pts); err != nil {
+	if err := pipeline.Call(ctx, d.admin, http.MethodGet, d.url+"/v1/volumes/"+demoVolumeName+"/points", nil, &pts); err != nil {
 		return nil, fmt.Errorf("points: %w", err)
 	}
 	return pts, nil
-}
-
-// adminGet GETs a path under /v1/volumes/demo with the admin certificate.
-func (d *demoSite) adminGet(ctx context.Context, path string) (*http.Response, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, d.url+"/v1/volumes/"+demoVolumeName+path, nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := d.admin.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	if resp.StatusCode != http.StatusOK {
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		resp.Body.Close()
-		return nil, fmt.Errorf("GET %s: %s: %s", req.URL.Path, resp.Status, b)
-	}
-	return resp, nil
 }
 
 // waitPoint polls the points list until a point with Seq >= seq exists and

@@ -57,7 +57,7 @@ func pointsList(c *cli.Context) error {
 		return err
 	}
 	var points []pipeline.Point
-	if err := apiCall(client, http.MethodGet, volumeURL(c, base)+"/points", nil, &points); err != nil {
+	if err := apiCall(c, client, http.MethodGet, volumeURL(c, base)+"/points", nil, &points); err != nil {
 		return err
 	}
 	if format == "json" {

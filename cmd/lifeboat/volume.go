@@ -67,7 +67,7 @@ func volumeList(c *cli.Context) error {
 		return err
 	}
 	var vols []pipeline.VolumeStatus
-	if err := apiCall(client, http.MethodGet, base+"/volumes", nil, &vols); err != nil {
+	if err := apiCall(c, client, http.MethodGet, base+"/volumes", nil, &vols); err != nil {
 		return err
 	}
 	if format == "json" {
@@ -123,7 +123,7 @@ func volumeReassign(c *cli.Context) error {
 	}
 	var st pipeline.VolumeStatus
 	u := base + "/volumes/" + url.PathEscape(args[0]) + "/machine"
-	if err := apiCall(client, http.MethodPost, u, pipeline.MachineRequest{Machine: to}, &st); err != nil {
+	if err := apiCall(c, client, http.MethodPost, u, pipeline.MachineRequest{Machine: to}, &st); err != nil {
 		return err
 	}
 	fmt.Fprintf(c.App.Writer, "volume %s (id %s) belongs to machine %s now: only its agent may replicate it,\n"+

@@ -1,13 +1,44 @@
 package pipeline
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
 	"strconv"
 )
+
+// Call sends an API request (method, url: https://HOST:PORT/v1/...) with
+// in, when not nil, as its JSON body, and decodes a 200's JSON answer into
+// out (when not nil). Any other answer is an error wrapping the package
+// error its status stands for (ErrForbidden, ErrNoReplica, ...) with the
+// server's message: what the CLI and the demo use to talk to a site.
+func Call(ctx context.Context, client *http.Client, method, url string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, url, body)
+	if err != nil {
+		return err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	return decodeReply(resp, out)
+}
 
 // PointDownload is a point's image being read from the site. Read returns
 // exactly Size bytes and then io.EOF; a body that ends early (the server
