@@ -76,9 +76,10 @@ func TestNBDOverUnixSocket(t *testing.T) {
 		t.Fatalf("after kill -9 the socket file is gone (%v): the restart would not show a stale one", err)
 	}
 	a := startAgent(t, append(append([]string{"--nbd", "127.0.0.1:0"}, p.args...), s.agentArgs()...)...) // p.args: --nbd unix:
-	if !strings.Contains(a.Output(), "stale socket") {
-		t.Fatalf("restart did not say it replaced the stale socket:\n%s", a.Output())
-	}
+	// The log line (stderr) may arrive after the serving lines (stdout).
+	waitFor(t, 20*time.Second, "the restart to say it replaced the stale socket", func() bool {
+		return strings.Contains(a.Output(), "stale socket")
+	})
 	checkSocket(t, sock)
 	uris := regexp.MustCompile(`(?m)^serving disk \(.*\) at (\S+)$`)
 	var got []string
