@@ -197,3 +197,33 @@ func (o *osFile) Preallocate(n int64) error {
 	}
 	return nil
 }
+
+// WriteFileDurably replaces dir/name with data so that a crash leaves the
+// old or the new content, never a mix: a temporary file written and
+// fsynced, renamed over name, the directory fsynced. The file is
+// PrivateFile.
+func WriteFileDurably(fsys FS, dir, name string, data []byte) error {
+	tmp := filepath.Join(dir, name+".tmp")
+	f, err := fsys.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, PrivateFile)
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteAt(data, 0)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = fsys.Rename(tmp, filepath.Join(dir, name))
+	}
+	if err == nil {
+		err = fsys.SyncDir(dir)
+	}
+	if err != nil {
+		fsys.Remove(tmp)
+		return fmt.Errorf("write %s: %w", filepath.Join(dir, name), err)
+	}
+	return nil
+}

@@ -230,6 +230,10 @@ func statusCode(err error) int {
 		return http.StatusBadRequest
 	case errors.Is(err, targets.ErrInUse):
 		return http.StatusLocked // another process server holds the replica; retried
+	case errors.Is(err, ErrFailedOver):
+		return http.StatusGone
+	case errors.Is(err, ErrRecoveryState):
+		return http.StatusConflict
 	}
 	return http.StatusInternalServerError
 }

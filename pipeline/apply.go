@@ -259,6 +259,7 @@ func (v *volume) prune(ctx context.Context) error {
 		return err
 	}
 	_, drop := v.srv.Retention.Select(points, v.srv.now())
+	drop = keep(drop, v.srv.pinned(v.info.ID)) // under test or failover
 	for _, p := range drop {
 		if err := v.rep.DeletePoint(ctx, p.Seq); err != nil && !errors.Is(err, targets.ErrNotFound) {
 			return fmt.Errorf("delete point %d: %w", p.Seq, err)

@@ -15,6 +15,7 @@ import (
 	"github.com/cespare/xxhash/v2"
 
 	"lifeboat/hrl"
+	"lifeboat/targets"
 )
 
 // send ships one segment and returns nil once the server has it durably.
@@ -101,6 +102,9 @@ func decodeReply(resp *http.Response, v any) error {
 		kind = ErrChecksum
 	case http.StatusConflict:
 		kind = ErrGap
+		if strings.HasPrefix(msg, ErrRecoveryState.Error()) {
+			kind = ErrRecoveryState
+		}
 	case http.StatusServiceUnavailable, http.StatusTooManyRequests:
 		kind = ErrSlowDown
 		if e.Throttled == ThrottleDiskFull {
@@ -108,8 +112,13 @@ func decodeReply(resp *http.Response, v any) error {
 		}
 	case http.StatusNotFound:
 		kind = ErrNoReplica
+		if strings.HasPrefix(msg, targets.ErrNotFound.Error()) { // a recovery point
+			kind = targets.ErrNotFound
+		}
 	case http.StatusForbidden:
 		kind = ErrForbidden
+	case http.StatusGone:
+		kind = ErrFailedOver
 	case http.StatusBadRequest, http.StatusUnauthorized:
 		kind = ErrPermanent
 	default:

@@ -53,15 +53,20 @@ func (s *Server) handleVolumes(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, s.status(p))
 }
 
-// addPoints adds the point count and the newest point to st.
+// addPoints adds the point count, the newest point and the recovery
+// volumes to st.
 func (s *Server) addPoints(v *volume, st *VolumeStatus) {
+	if s.Holds != nil {
+		st.Recovery = s.Holds.Recovery(v.info.ID)
+		st.PlannedFailover = s.Holds.PlannedFailover(v.info.ID)
+	}
 	points, err := v.rep.Points(s.ctx)
 	if err != nil {
 		return
 	}
 	st.Points = len(points)
 	if len(points) > 0 {
-		p := apiPoint(points[len(points)-1])
+		p := APIPoint(points[len(points)-1])
 		st.LatestPoint = &p
 	}
 }
@@ -129,7 +134,7 @@ func (s *Server) handlePoints(w http.ResponseWriter, r *http.Request) {
 	}
 	out := make([]Point, len(points))
 	for i, p := range points {
-		out[i] = apiPoint(p)
+		out[i] = APIPoint(p)
 	}
 	writeJSON(w, http.StatusOK, out)
 }

@@ -78,6 +78,9 @@ var (
 	// agent sent (another segment, a generation or seq the agent never
 	// wrote): the agent keeps its journal and says why.
 	ErrBadAck = errors.New("the site's answer does not match this agent's journal")
+	// ErrRecoveryState is a recovery request the volume's state does not
+	// allow (a second test failover, a commit without a failover): 409.
+	ErrRecoveryState = errors.New("not possible in the volume's recovery state")
 )
 
 // VolumeStatus is a volume's progress as the process server sees it.
@@ -100,6 +103,11 @@ type VolumeStatus struct {
 	// Throttled says why the server refuses segments (503) while it does:
 	// its spool or a disk of the site is nearly full.
 	Throttled string `json:"throttled,omitempty"`
+	// Recovery lists the volume's test failover and failover, if any.
+	Recovery []RecoveryState `json:"recovery,omitempty"`
+	// PlannedFailover, while set, asks the volume's agent to stop writes,
+	// flush and ship a tag named PlannedTagPrefix + this token.
+	PlannedFailover string `json:"planned_failover,omitempty"`
 }
 
 // sortStatus orders volumes by machine, then name.
@@ -118,7 +126,8 @@ type Point struct {
 	Time       time.Time `json:"time"`
 }
 
-func apiPoint(p targets.Point) Point {
+// APIPoint is p as the API shows it.
+func APIPoint(p targets.Point) Point {
 	return Point{Seq: p.Seq, Generation: p.Generation, Kind: p.Kind.String(), Name: p.Name, Time: p.Time}
 }
 

@@ -118,6 +118,11 @@ func (s *Server) handleSegment(w http.ResponseWriter, r *http.Request) {
 	}
 	v.recvMu.Lock()
 	defer v.recvMu.Unlock()
+	if err := s.failedOver(h.info.ID); err != nil { // checked under recvMu: see SiteVolume.Fence
+		log.Info("segment refused", "err", err)
+		httpError(w, statusCode(err), err)
+		return
+	}
 	gen, seq := v.spooled()
 	acked := SegmentReply{AckedGeneration: h.generation, AckedFirstSeq: h.first, AckedLastSeq: h.last}
 	switch {

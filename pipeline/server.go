@@ -37,6 +37,10 @@ type Server struct {
 	// wrappers around the whole API (the faultinject build of lifeboat
 	// installs internal/faultinject.CorruptSegments here).
 	Middleware func(http.Handler) http.Handler
+	// Holds, when set, is the site's recovery service (package failover):
+	// the points it pins are never pruned, and a volume it has failed
+	// over gets no more segments.
+	Holds Holds
 
 	// MinFree is the free space every file system the server writes (the
 	// spool's, a local target's) keeps: a segment that would leave less
@@ -67,6 +71,7 @@ type Server struct {
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
 	http      *http.Server
+	routes    []route // added by Handle
 }
 
 // NewServer returns a Server with default settings.
@@ -231,6 +236,9 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/volumes/{id}/points", s.handlePoints)
 	mux.HandleFunc("GET /v1/volumes/{id}/points/{seq}", s.handlePointImage)
 	mux.HandleFunc("POST /v1/volumes/{id}/machine", s.handleMachine)
+	for _, rt := range s.routes {
+		mux.Handle(rt.pattern, rt.h)
+	}
 	return mux
 }
 

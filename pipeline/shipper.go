@@ -34,7 +34,11 @@ type Shipper struct {
 	Compression zstd.EncoderLevel
 	TagInterval time.Duration // crash-consistent tags; 0 disables, at least MinTagInterval
 	MaxBackoff  time.Duration
-	Logger      *slog.Logger
+	// PollInterval is how often the shipper asks the site for requests
+	// (a planned failover) while it has nothing to send; default
+	// DefaultPollInterval.
+	PollInterval time.Duration
+	Logger       *slog.Logger
 
 	mu      sync.Mutex
 	status  ShipperStatus
@@ -43,6 +47,8 @@ type Shipper struct {
 	wire    []byte
 	lastTag uint64
 	tagTime time.Time
+	// planToken is the planned failover the volume was made read-only for.
+	planToken string
 }
 
 // ShipperStatus is what an admin sees of a volume's replication.
@@ -167,7 +173,7 @@ func (s *Shipper) sendLoop(ctx context.Context) {
 		if !resumed {
 			err := s.resume(ctx)
 			switch {
-			case errors.Is(err, ErrForbidden), errors.Is(err, ErrBadAck):
+			case errors.Is(err, ErrForbidden), errors.Is(err, ErrBadAck), errors.Is(err, ErrFailedOver):
 				s.stopped(ctx, err)
 				continue
 			case err != nil:
@@ -176,7 +182,7 @@ func (s *Shipper) sendLoop(ctx context.Context) {
 			}
 			resumed = true
 		}
-		seg, err := s.Volume.NextSegment(ctx, 0)
+		seg, err := s.nextSegment(ctx)
 		if err != nil {
 			if ctx.Err() == nil && !errors.Is(err, tracker.ErrClosed) {
 				log.Error("waiting for a segment", "err", err)
@@ -207,7 +213,7 @@ func (s *Shipper) sendLoop(ctx context.Context) {
 		case errors.Is(err, ErrGap):
 			resumed = false // ask the server where it is
 			backoff = s.failed(ctx, backoff, err)
-		case errors.Is(err, ErrForbidden), errors.Is(err, ErrBadAck):
+		case errors.Is(err, ErrForbidden), errors.Is(err, ErrBadAck), errors.Is(err, ErrFailedOver):
 			resumed = false
 			s.stopped(ctx, err)
 		default:
@@ -223,6 +229,12 @@ func (s *Shipper) resume(ctx context.Context) error {
 	st, err := s.remoteStatus(ctx)
 	if err != nil {
 		return err
+	}
+	s.onSite(st)
+	for _, r := range st.Recovery {
+		if r.Kind == RecoveryFailover {
+			return failedOverError(r)
+		}
 	}
 	if err := s.checkSite(st.SpooledGeneration, st.SpooledSeq); err != nil {
 		return err

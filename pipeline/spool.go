@@ -125,27 +125,8 @@ func (s *spool) put(id string, seg spooledSeg, data []byte) (spooledSeg, error) 
 // writeDurably writes name in dir through a temporary file: data fsynced,
 // renamed, directory fsynced.
 func (s *spool) writeDurably(dir, name string, data []byte) error {
-	tmp := filepath.Join(dir, name+tmpExt)
-	f, err := s.fs.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
+	if err := hrl.WriteFileDurably(s.fs, dir, name, data); err != nil {
 		return fmt.Errorf("spool: %w", err)
-	}
-	_, err = f.WriteAt(data, 0)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = s.fs.Rename(tmp, filepath.Join(dir, name))
-	}
-	if err == nil {
-		err = s.fs.SyncDir(dir)
-	}
-	if err != nil {
-		s.fs.Remove(tmp)
-		return fmt.Errorf("spool %s: %w", name, err)
 	}
 	return nil
 }

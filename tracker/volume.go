@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"lifeboat/hrl"
@@ -30,6 +31,9 @@ var (
 	ErrResync     = errors.New("dirty regions need a resync before a consistent recovery point can be taken")
 	ErrAckOrder   = errors.New("ack out of order: only the oldest sealed segment can be acknowledged")
 	ErrLocked     = errors.New("journal directory is in use by another process")
+	// ErrReadOnly is a write to a volume made read-only (a planned
+	// failover moved it to the recovery site); it wraps EPERM.
+	ErrReadOnly = errors.New("volume is read-only: it was failed over to the recovery site")
 	// ErrJournalQuota is the cause (in Status.ModeReason) of a switch to
 	// bitmap mode because the unacknowledged journal reached JournalQuota.
 	ErrJournalQuota = errors.New("journal quota exceeded")
@@ -129,6 +133,8 @@ type Volume struct {
 	pinned      regionSet     // dirty regions only a resync may clear (see the type's doc)
 	unflushed   []span        // ranges of records that may still be in the writer's batch
 	resyncMu    sync.Mutex    // one Resync at a time
+	readOnly    atomic.Bool   // SetReadOnly
+	writers     atomic.Int64  // writes, zeroes and trims in progress
 
 	done   chan struct{}
 	wg     sync.WaitGroup

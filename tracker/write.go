@@ -2,6 +2,8 @@ package tracker
 
 import (
 	"fmt"
+	"syscall"
+	"time"
 
 	"lifeboat/hrl"
 )
@@ -17,6 +19,31 @@ func (v *Volume) checkRange(off, n int64) error {
 	}
 	return nil
 }
+
+// enter admits a write, zero or trim unless the volume is read-only; the
+// caller does v.writers.Add(-1) when it is done.
+func (v *Volume) enter() error {
+	v.writers.Add(1)
+	if v.readOnly.Load() {
+		v.writers.Add(-1)
+		return fmt.Errorf("%w: %w", ErrReadOnly, syscall.EPERM)
+	}
+	return nil
+}
+
+// SetReadOnly makes writes, zeroes and trims fail with ErrReadOnly (which
+// wraps EPERM, so NBD and FUSE clients get EPERM) or, with false, work
+// again. Making it read-only waits for the writes in flight: a Flush after
+// it covers every write the volume acknowledged or ever will.
+func (v *Volume) SetReadOnly(ro bool) {
+	v.readOnly.Store(ro)
+	for ro && v.writers.Load() != 0 {
+		time.Sleep(100 * time.Microsecond)
+	}
+}
+
+// ReadOnly reports whether SetReadOnly(true) is in effect.
+func (v *Volume) ReadOnly() bool { return v.readOnly.Load() }
 
 // align widens [off, off+n) to whole blocks, clamped to the volume size.
 func (v *Volume) align(off, n int64) (int64, int64) {
@@ -71,6 +98,10 @@ func (v *Volume) WriteAt(p []byte, off int64) (int, error) {
 	if err := v.checkRange(off, n); err != nil || n == 0 {
 		return 0, err
 	}
+	if err := v.enter(); err != nil {
+		return 0, err
+	}
+	defer v.writers.Add(-1)
 	a0, a1 := v.align(off, n)
 	v.locks.lock(a0, a1)
 	defer v.locks.unlock(a0, a1)
@@ -120,6 +151,10 @@ func (v *Volume) zero(off, n int64, trim bool) error {
 	if err := v.checkRange(off, n); err != nil || n == 0 {
 		return err
 	}
+	if err := v.enter(); err != nil {
+		return err
+	}
+	defer v.writers.Add(-1)
 	a0, a1 := v.align(off, n)
 	v.locks.lock(a0, a1)
 	defer v.locks.unlock(a0, a1)

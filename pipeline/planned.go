@@ -1,0 +1,113 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"time"
+
+	"lifeboat/hrl"
+)
+
+// A planned failover, the agent's side.
+//
+// The site asks for it in the volume's status (VolumeStatus.PlannedFailover,
+// a token), which the shipper reads when it resumes and every PollInterval
+// while it has nothing to send. The agent then makes the volume read-only
+// (writes get EPERM; the writes in flight finish first), flushes it and
+// takes a tag named PlannedTagPrefix+token, which it ships like any other.
+// The site fails over to exactly that point, so every write the source
+// acknowledged is in the failover volume. The volume stays read-only while
+// the site reports the planned failover; if the site withdraws the request
+// (it timed out), writes are allowed again.
+
+// PlannedTagPrefix starts the name of a planned failover's tag.
+const PlannedTagPrefix = "planned failover "
+
+// DefaultPollInterval is how often an idle shipper asks the site for its
+// requests (a planned failover).
+const DefaultPollInterval = 2 * time.Second
+
+// onSite acts on what the site says of the volume: a planned failover it
+// asks for, one it withdrew, one it completed.
+func (s *Shipper) onSite(st VolumeStatus) {
+	v := s.Volume
+	plannedDone := false
+	for _, r := range st.Recovery {
+		if r.Kind == RecoveryFailover && r.Planned {
+			plannedDone = true
+		}
+	}
+	s.mu.Lock()
+	token := s.planToken
+	s.mu.Unlock()
+	switch {
+	case plannedDone:
+		if !v.ReadOnly() {
+			v.SetReadOnly(true)
+			s.logger().Warn("volume is read-only: a planned failover moved it to the recovery site")
+		}
+	case st.PlannedFailover != "" && st.PlannedFailover != token:
+		s.prepare(st.PlannedFailover)
+	case st.PlannedFailover == "" && token != "":
+		s.mu.Lock()
+		s.planToken = ""
+		s.mu.Unlock()
+		v.SetReadOnly(false)
+		s.logger().Warn("the site withdrew its planned failover (it did not complete in time); the volume takes writes again")
+	}
+}
+
+// prepare stops writes, flushes and tags for the planned failover token.
+func (s *Shipper) prepare(token string) {
+	v := s.Volume
+	s.mu.Lock()
+	s.planToken = token
+	s.mu.Unlock()
+	log := s.logger().With("token", token)
+	log.Warn("planned failover requested by the site: the volume is read-only from now on")
+	v.SetReadOnly(true)
+	if err := v.Flush(); err != nil {
+		log.Error("planned failover: flush failed; the site will time out and the volume takes writes again", "err", err)
+		return
+	}
+	seq, err := v.Tag(hrl.TagCrash, PlannedTagPrefix+token)
+	if err != nil {
+		log.Error("planned failover: tag failed; the site will time out and the volume takes writes again", "err", err)
+		return
+	}
+	log.Info("planned failover: every write is flushed and tagged; shipping it", "tag_seq", seq)
+}
+
+// poll asks the site about the volume while nothing is shipped.
+func (s *Shipper) poll(ctx context.Context) {
+	st, err := s.remoteStatus(ctx)
+	if err != nil {
+		return // the next send or resume says why
+	}
+	s.onSite(st)
+}
+
+// nextSegment waits for the next sealed segment, polling the site every
+// PollInterval meanwhile.
+func (s *Shipper) nextSegment(ctx context.Context) (hrl.SegmentInfo, error) {
+	every := s.PollInterval
+	if every <= 0 {
+		every = DefaultPollInterval
+	}
+	for {
+		wctx, cancel := context.WithTimeout(ctx, every)
+		seg, err := s.Volume.NextSegment(wctx, 0)
+		cancel()
+		if err == nil || ctx.Err() != nil || !errors.Is(err, context.DeadlineExceeded) {
+			return seg, err
+		}
+		s.poll(ctx)
+	}
+}
+
+// IsPlannedTag reports whether a tag name is a planned failover's, and its
+// token.
+func IsPlannedTag(name string) (string, bool) {
+	return strings.CutPrefix(name, PlannedTagPrefix)
+}
