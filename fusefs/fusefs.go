@@ -8,6 +8,13 @@
 // tracker.Volume): read, write, fsync, close and fallocate go through,
 // anything that would resize the file is refused with EPERM.
 //
+// Files can be added and removed while mounted (Mount.AddFile,
+// Mount.RemoveFile): the recovery site shows test-failover and failover
+// volumes as they are created and removed. A file that is open (a loop
+// device attached) cannot be removed: RemoveFile returns ErrBusy, as
+// Unmount does. Once RemoveFile returns, the requests that were in flight
+// on the file have finished and its backend is not called again.
+//
 // I/O choices, measured with dd (1 MiB, O_DIRECT) and fio through a loop
 // device over a tracker.Volume file on a 2-core machine:
 //   - direct_io (FOPEN_DIRECT_IO) on every open file: the loop device already
@@ -33,7 +40,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -53,8 +59,12 @@ const (
 var (
 	ErrConfig  = errors.New("invalid FUSE mount configuration")
 	ErrMounted = errors.New("already mounted")
-	// ErrBusy is returned by Unmount while a file of the mount is still open.
+	// ErrBusy is returned by Unmount while a file of the mount is still
+	// open, and by RemoveFile while that file is.
 	ErrBusy = errors.New("FUSE mount is busy: detach loop devices over its files (losetup -d) and close them, then retry")
+	// ErrNoSuchFile is wrapped by RemoveFile for a name the mount does not
+	// serve.
+	ErrNoSuchFile = errors.New("no such file in the FUSE mount")
 )
 
 // Backend is the volume behind one file of the mount. tracker.Volume
@@ -84,7 +94,10 @@ type Backend interface {
 	Size() int64
 }
 
-// File is one volume shown in the mount root.
+// File is one volume shown in the mount root: configured in Mount.Files,
+// or added with Mount.AddFile and removed with Mount.RemoveFile, also while
+// mounted. Its Backend is called from Mount (or AddFile) until RemoveFile
+// or Unmount returns.
 type File struct {
 	Name     string // file name; no "/" and not "." or ".."
 	Backend  Backend
@@ -92,18 +105,28 @@ type File struct {
 }
 
 // Mount serves Files in the directory Dir. Set the fields, then call Mount;
-// Unmount when done.
+// Unmount when done. AddFile and RemoveFile change the files, before Mount
+// or while mounted; the exported fields must be set before the first call
+// of Mount, AddFile or RemoveFile.
 //
 // Only the user who mounted (root) can open the files (no allow_other).
 // Each file has mode 0600 (0400 when ReadOnly), the size of its backend and
 // the mount time as its times until set with touch/utimes; the directory
 // has mode 0700, like the journal.
 type Mount struct {
-	Dir    string
-	Files  []File
-	Logger *slog.Logger // default slog.Default()
+	Dir   string
+	Files []File
+	// Dynamic says files come at run time (AddFile): Mount succeeds with
+	// none. Without it a mount without files is a configuration error.
+	Dynamic bool
+	Logger  *slog.Logger // default slog.Default()
 
 	mu     sync.Mutex
+	loaded bool    // files holds Files
+	files  []File  // served now or at Mount, in order
+	nodes  []*node // while mounted: files[i]'s node
+	ino    uint64  // the last inode number given out; never reused
+	root   *rootDir
 	server *fuse.Server
 	done   chan struct{}
 }
@@ -115,44 +138,25 @@ func (m *Mount) logger() *slog.Logger {
 	return m.Logger
 }
 
-func (m *Mount) check() error {
-	if m.Dir == "" {
-		return fmt.Errorf("%w: no mount directory", ErrConfig)
-	}
-	if len(m.Files) == 0 {
-		return fmt.Errorf("%w: no files to serve in %s", ErrConfig, m.Dir)
-	}
-	seen := map[string]bool{}
-	for _, f := range m.Files {
-		switch {
-		case f.Name == "" || f.Name == "." || f.Name == ".." || strings.ContainsAny(f.Name, "/\x00"):
-			return fmt.Errorf("%w: bad file name %q: use a plain name without /", ErrConfig, f.Name)
-		case seen[f.Name]:
-			return fmt.Errorf("%w: file name %q used twice", ErrConfig, f.Name)
-		case f.Backend == nil:
-			return fmt.Errorf("%w: file %q has no backend", ErrConfig, f.Name)
-		case f.Backend.Size() < 0:
-			return fmt.Errorf("%w: file %q has a negative size", ErrConfig, f.Name)
-		}
-		seen[f.Name] = true
-	}
-	return nil
-}
-
 // Mount mounts the file system on Dir and serves it until Unmount (or an
 // external umount). It mounts with the mount(2) system call and falls back
 // to the fusermount3/fusermount helper when that fails and the helper is
 // installed. ctx bounds only the mount itself.
 func (m *Mount) Mount(ctx context.Context) error {
-	if err := m.check(); err != nil {
-		return err
-	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.server != nil {
+	if err := m.load(); err != nil {
+		return err
+	}
+	switch {
+	case m.Dir == "":
+		return fmt.Errorf("%w: no mount directory", ErrConfig)
+	case len(m.files) == 0 && !m.Dynamic:
+		return fmt.Errorf("%w: no files to serve in %s (set Dynamic to add them later with AddFile)", ErrConfig, m.Dir)
+	case m.server != nil:
 		return fmt.Errorf("%s: %w", m.Dir, ErrMounted)
 	}
 	log := m.logger()
@@ -175,10 +179,9 @@ func (m *Mount) Mount(ctx context.Context) error {
 		EntryTimeout: &attrTimeout,
 		Logger:       slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		OnAdd: func(ctx context.Context) {
-			for i, f := range m.Files {
-				n := newNode(f, log, now)
-				ch := root.NewPersistentInode(ctx, n, fs.StableAttr{Mode: syscall.S_IFREG, Ino: uint64(i) + 2})
-				root.AddChild(f.Name, ch, false)
+			m.nodes = m.nodes[:0]
+			for _, f := range m.files {
+				m.nodes = append(m.nodes, m.addNode(ctx, root, f, now))
 			}
 		},
 	}
@@ -191,8 +194,8 @@ func (m *Mount) Mount(ctx context.Context) error {
 		server.Wait()
 		close(done)
 	}()
-	m.server, m.done = server, done
-	log.Info("FUSE mount ready", "dir", m.Dir, "files", len(m.Files))
+	m.server, m.done, m.root = server, done, root
+	log.Info("FUSE mount ready", "dir", m.Dir, "files", len(m.files))
 	return nil
 }
 
@@ -230,7 +233,7 @@ func (m *Mount) Unmount() error {
 		}
 		<-m.done
 	}
-	m.server = nil
+	m.server, m.root, m.nodes = nil, nil, nil
 	m.logger().Info("FUSE mount removed", "dir", m.Dir)
 	return nil
 }

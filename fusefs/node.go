@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -27,7 +28,18 @@ type node struct {
 
 	mu                  sync.Mutex
 	atime, mtime, ctime time.Time
+
+	// Use, for RemoveFile (files.go): requests that call the backend hold
+	// gate shared; removed is set under gate held exclusively.
+	gate    sync.RWMutex
+	removed bool
+	open    atomic.Int64 // open handles: Open to Release
 }
+
+// errRemoved answers a request on a file RemoveFile removed. RemoveFile
+// refuses while handles are open, so only a request racing with it can
+// get this.
+const errRemoved = syscall.ESTALE
 
 // handle is an open file; it remembers whether it was opened for writing,
 // so closing a read-only handle does not flush the volume.
@@ -35,6 +47,7 @@ type handle struct{ write bool }
 
 var (
 	_ fs.NodeOpener    = (*node)(nil)
+	_ fs.NodeReleaser  = (*node)(nil)
 	_ fs.NodeGetattrer = (*node)(nil)
 	_ fs.NodeSetattrer = (*node)(nil)
 	_ fs.NodeReader    = (*node)(nil)
@@ -78,7 +91,20 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	case flags&syscall.O_TRUNC != 0 && n.size != 0:
 		return nil, 0, syscall.EPERM
 	}
+	if !n.enter() {
+		return nil, 0, syscall.ENOENT // removed after the kernel looked it up
+	}
+	n.open.Add(1)
+	n.leave()
 	return &handle{write: write}, fuse.FOPEN_DIRECT_IO | fuse.FOPEN_PARALLEL_DIRECT_WRITES, 0
+}
+
+// Release is the last close of a handle (after its Flush).
+func (n *node) Release(ctx context.Context, f fs.FileHandle) syscall.Errno {
+	if _, ok := f.(*handle); ok {
+		n.open.Add(-1)
+	}
+	return 0
 }
 
 // Getattr reports a regular file of the backend's size.
@@ -136,7 +162,11 @@ func (n *node) Read(ctx context.Context, f fs.FileHandle, dest []byte, off int64
 		return fuse.ReadResultData(nil), 0
 	}
 	dest = dest[:min(int64(len(dest)), n.size-off)]
+	if !n.enter() {
+		return nil, errRemoved
+	}
 	got, err := n.backend.ReadAt(dest, off)
+	n.leave()
 	if err != nil && !(errors.Is(err, io.EOF) && got == len(dest)) {
 		return nil, n.errno("read", off, int64(len(dest)), err)
 	}
@@ -156,7 +186,12 @@ func (n *node) Write(ctx context.Context, f fs.FileHandle, data []byte, off int6
 		return 0, syscall.ENOSPC
 	}
 	data = data[:min(int64(len(data)), n.size-off)]
-	if _, err := n.backend.WriteAt(data, off); err != nil {
+	if !n.enter() {
+		return 0, errRemoved
+	}
+	_, err := n.backend.WriteAt(data, off)
+	n.leave()
+	if err != nil {
 		return 0, n.errno("write", off, int64(len(data)), err)
 	}
 	return uint32(len(data)), 0
@@ -180,7 +215,12 @@ func (n *node) Fsync(ctx context.Context, f fs.FileHandle, flags uint32) syscall
 }
 
 func (n *node) flush() syscall.Errno {
-	if err := n.backend.Flush(); err != nil {
+	if !n.enter() {
+		return errRemoved
+	}
+	err := n.backend.Flush()
+	n.leave()
+	if err != nil {
 		return n.errno("flush", 0, n.size, err)
 	}
 	return 0
@@ -213,12 +253,16 @@ func (n *node) Allocate(ctx context.Context, f fs.FileHandle, off, length uint64
 		return 0
 	}
 	o, l := int64(off), int64(min(end, uint64(n.size))-off)
+	if !n.enter() {
+		return errRemoved
+	}
 	var err error
 	if mode == punch {
 		err = n.backend.Trim(o, l)
 	} else {
 		err = n.backend.WriteZeroes(o, l)
 	}
+	n.leave()
 	if err != nil {
 		return n.errno("fallocate", o, l, err)
 	}

@@ -76,6 +76,12 @@ func FuzzOptions(f *testing.F) {
 		}
 		c := &conn{srv: srv, br: bufio.NewReader(bytes.NewReader(in)), bw: bufio.NewWriter(io.Discard), log: srv.logger()}
 		err := c.handshake()
+		if c.attached != nil {
+			defer c.attached.detach(c) // as serve does
+		}
+		if c.attached != c.exp {
+			t.Fatalf("handshake (err %v) attached to a different export than its session's", err)
+		}
 		if err != nil {
 			if c.exp != nil {
 				t.Fatalf("handshake failed (%v) but chose export %q", err, c.exp.Name)
@@ -153,8 +159,9 @@ func FuzzRequestHeader(f *testing.F) {
 			return
 		}
 		c := &conn{srv: srv, structured: mode&1 != 0, strict: mode&2 != 0}
-		c.metaAllocation, c.metaExport = mode&4 != 0 && c.structured, srv.list[0]
-		c.enter(srv.list[int(mode>>3)%2], c.strict)
+		list := srv.exports().list
+		c.metaAllocation, c.metaExport = mode&4 != 0 && c.structured, list[0]
+		c.enter(list[int(mode>>3)%2], c.strict)
 		errno, msg := c.check(&r.TransmissionRequestHeader)
 		if errno != 0 {
 			if msg == "" {

@@ -57,7 +57,7 @@ func (c *conn) handshake() error {
 func (c *conn) options() error {
 	var hdr [16]byte
 	var data []byte
-	limit := max(minOptions, 8*len(c.srv.list))
+	limit := max(minOptions, 8*len(c.srv.exports().list))
 	for n := 0; ; n++ {
 		if n == limit {
 			return fmt.Errorf("%w: more than %d options", errProtocol, limit)
@@ -97,7 +97,7 @@ func (c *conn) option(opt uint32, data []byte) (done bool, err error) {
 	switch opt {
 	case optExportName:
 		e := c.srv.lookup(string(data))
-		if e == nil {
+		if e == nil || !c.attach(e) {
 			return false, fmt.Errorf("%w %q requested with NBD_OPT_EXPORT_NAME", errUnknownExport, data)
 		}
 		c.enter(e, false)
@@ -119,7 +119,7 @@ func (c *conn) option(opt uint32, data []byte) (done bool, err error) {
 			c.optError(opt, repErrInvalid, "NBD_OPT_LIST takes no data")
 			return false, nil
 		}
-		for _, e := range c.srv.list {
+		for _, e := range c.srv.exports().list {
 			var n [4]byte
 			binary.BigEndian.PutUint32(n[:], uint32(len(e.Name)))
 			c.optReply(opt, repServer, n[:], []byte(e.Name), []byte(e.Description))
@@ -167,7 +167,7 @@ func (c *conn) optInfoGo(opt uint32, data []byte) (bool, error) {
 		return false, nil
 	}
 	e := c.srv.lookup(req.name)
-	if e == nil {
+	if e == nil || (opt == optGo && !c.attach(e)) {
 		c.optError(opt, repErrUnknown, c.unknownExportMessage(req.name))
 		return false, nil
 	}
@@ -239,6 +239,16 @@ func (c *conn) unknownExportMessage(name string) string {
 		return "there is no default export; name one of the exports (list them with nbdinfo --list)"
 	}
 	return fmt.Sprintf("no export named %q; list the exports with nbdinfo --list", name)
+}
+
+// attach records that c opens e, so that RemoveExport finds and drains c;
+// it fails when e is being removed. serve detaches c when it ends.
+func (c *conn) attach(e *export) bool {
+	if !e.attach(c) {
+		return false
+	}
+	c.attached = e
+	return true
 }
 
 // enter fixes the session for the transmission phase.

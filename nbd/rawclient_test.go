@@ -366,10 +366,14 @@ func (c *client) mustOK(typ, flags uint16, off uint64, length uint32, payload []
 	}
 }
 
-// closed reports whether the server closed the connection.
+// closed reports whether the server closed the connection; then it closes
+// its end too, as a real client does (a drained server waits for that).
 func (c *client) closed() bool {
 	c.nc.SetReadDeadline(time.Now().Add(5 * time.Second))
 	_, err := c.br.ReadByte()
+	if err != nil {
+		c.nc.Close()
+	}
 	return err != nil
 }
 

@@ -12,6 +12,14 @@
 // Resources are bounded per connection (MaxInFlightBytes of payloads,
 // enforced by back-pressure) and per server (MaxConnections; a connection
 // over the cap is refused with an NBD error during option haggling).
+//
+// Exports can change while the server runs (Server.Dynamic, AddExport,
+// RemoveExport): the recovery site serves test-failover and failover
+// volumes as they are created and removed. Removing an export drains it as
+// Shutdown drains the server: its connections stop reading requests,
+// answer the ones received, and are closed; then its backend is no longer
+// called. The per-request path takes no lock for this: a connection holds
+// its export from the handshake on.
 package nbd
 
 import (
@@ -54,10 +62,19 @@ const (
 // Errors of this package.
 var (
 	ErrServerClosed = errors.New("nbd: server closed")
-	ErrNoExports    = errors.New("nbd: no exports configured; add at least one Export")
+	ErrNoExports    = errors.New("nbd: no exports configured; add at least one Export, or set Dynamic and add them with AddExport")
+	// ErrNoSuchExport is wrapped by RemoveExport for a name not served.
+	ErrNoSuchExport = errors.New("no such export; list the exports with ExportNames")
+	// ErrExportExists is wrapped by AddExport (and Serve) for a name
+	// served already.
+	ErrExportExists = errors.New("an export of that name exists already")
 )
 
-// Export is one named volume served over NBD.
+// Export is one named volume served over NBD: configured in
+// Server.Exports, or added while serving with Server.AddExport and removed
+// with Server.RemoveExport. Its Backend is called from the first client
+// that opens it until RemoveExport returns (or the server's connections
+// have ended).
 type Export struct {
 	Name        string // what clients put in the URI: nbd://host:port/NAME
 	Description string // shown by nbdinfo; optional
@@ -65,13 +82,25 @@ type Export struct {
 	ReadOnly    bool // writes, trims and zeroes get EPERM
 }
 
-// Server serves Exports. Set the exported fields after NewServer and
-// before the first Serve; later changes are not seen.
+// Server serves Exports, and exports added and removed at run time with
+// AddExport and RemoveExport. Set the exported fields after NewServer and
+// before the first Serve, AddExport, RemoveExport or ExportNames; later
+// changes are not seen.
 type Server struct {
+	// Exports are served from the start. Serve refuses to start without
+	// any (ErrNoExports) unless Dynamic is set.
 	Exports []Export
+	// Dynamic says exports come at run time: Serve starts even with no
+	// Exports, AddExport adds them, and the empty name "" selects only
+	// DefaultExport, never "the only export" (which would change with
+	// each AddExport and RemoveExport).
+	Dynamic bool
 	// DefaultExport names the export a client gets when it asks for the
-	// empty name "" (nbd://host:port/ without a name). When it is empty,
-	// "" selects the only export if there is exactly one.
+	// empty name "" (nbd://host:port/ without a name), while an export of
+	// that name is served. Unless Dynamic is set it must be among Exports.
+	// When it is empty and Dynamic is not set, "" selects the only entry of
+	// Exports if there is exactly one, for as long as it is served; an
+	// export added later never becomes the default.
 	DefaultExport string
 	Logger        *slog.Logger
 	// MaxInFlight bounds the requests of one connection processed at the
@@ -95,9 +124,9 @@ type Server struct {
 
 	initOnce sync.Once
 	initErr  error
-	exports  map[string]*export
-	list     []*export // in configuration order, for NBD_OPT_LIST
-	deflt    *export
+	emu      sync.Mutex                  // serialises changes of table
+	table    atomic.Pointer[exportTable] // exports.go
+	implicit *export                     // "" without DefaultExport; see there
 
 	closing   atomic.Bool
 	mu        sync.Mutex
@@ -112,11 +141,6 @@ type Server struct {
 	held    atomic.Int64
 	peak    atomic.Int64
 	waiting atomic.Int32
-}
-
-type export struct {
-	Export
-	extents Extenter // nil: everything is data
 }
 
 // NewServer returns a Server with default settings and no exports.
@@ -137,62 +161,6 @@ func (s *Server) init() error {
 	return s.initErr
 }
 
-func (s *Server) buildExports() error {
-	if len(s.Exports) == 0 {
-		return ErrNoExports
-	}
-	if s.MaxInFlight <= 0 {
-		s.MaxInFlight = DefaultMaxInFlight
-	}
-	if s.MaxInFlightBytes <= 0 {
-		s.MaxInFlightBytes = DefaultMaxInFlightBytes
-	}
-	if s.MaxConnections <= 0 {
-		s.MaxConnections = DefaultMaxConnections
-	}
-	if s.HandshakeTimeout == 0 {
-		s.HandshakeTimeout = DefaultHandshakeTimeout
-	}
-	s.exports = make(map[string]*export, len(s.Exports))
-	for i := range s.Exports {
-		e := &export{Export: s.Exports[i]}
-		switch {
-		case e.Backend == nil:
-			return fmt.Errorf("nbd: export %q has no backend", e.Name)
-		case len(e.Name) > maxNameLen || len(e.Description) > maxNameLen:
-			return fmt.Errorf("nbd: export %q: name and description must be at most %d bytes", e.Name, maxNameLen)
-		case e.Backend.Size() < 0:
-			return fmt.Errorf("nbd: export %q: negative size %d", e.Name, e.Backend.Size())
-		}
-		if _, dup := s.exports[e.Name]; dup {
-			return fmt.Errorf("nbd: two exports are named %q; export names must be unique", e.Name)
-		}
-		e.extents, _ = e.Backend.(Extenter)
-		s.exports[e.Name] = e
-		s.list = append(s.list, e)
-	}
-	switch {
-	case s.DefaultExport != "":
-		if s.deflt = s.exports[s.DefaultExport]; s.deflt == nil {
-			return fmt.Errorf("nbd: default export %q is not among the exports", s.DefaultExport)
-		}
-	case len(s.list) == 1:
-		s.deflt = s.list[0]
-	}
-	return nil
-}
-
-// lookup resolves a client's export name; "" is the default export.
-func (s *Server) lookup(name string) *export {
-	if e, ok := s.exports[name]; ok {
-		return e
-	}
-	if name == "" {
-		return s.deflt
-	}
-	return nil
-}
-
 // Serve accepts connections on ln and serves them until ctx is done, ln
 // fails or Shutdown is called; it closes ln. Then it stops its connections
 // as Shutdown does: no new requests are read, the ones received are
@@ -204,6 +172,10 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	if err := s.init(); err != nil {
 		ln.Close()
 		return err
+	}
+	if !s.Dynamic && len(s.exports().list) == 0 {
+		ln.Close()
+		return ErrNoExports
 	}
 	if !s.trackListener(ln, true) {
 		ln.Close()

@@ -42,6 +42,7 @@ type conn struct {
 	metaAllocation bool    // ... and whether it selected base:allocation
 
 	// The session, fixed when transmission begins.
+	attached   *export // e.attach(c) succeeded: detach when done
 	exp        *export
 	size       int64
 	flags      uint16
@@ -73,15 +74,32 @@ func newConn(ctx context.Context, s *Server, nc net.Conn) *conn {
 		budget: newBudget(s, s.MaxInFlightBytes), log: s.logger().With("remote", peerName(nc))}
 }
 
-// stopping reports whether Shutdown began or Serve's context is done.
-func (c *conn) stopping() bool { return c.srv.closing.Load() || c.ctx.Err() != nil }
+// stopping reports whether Shutdown began, Serve's context is done or the
+// export is being removed.
+func (c *conn) stopping() bool {
+	return c.srv.closing.Load() || c.ctx.Err() != nil || c.exportRemoved()
+}
 
-// interrupt makes the connection stop for Shutdown: one in the handshake is
-// closed, one in transmission stops reading requests and drains. It is
+func (c *conn) exportRemoved() bool { return c.exp != nil && c.exp.removed.Load() }
+
+// interrupt makes the connection stop for Shutdown: one in the handshake
+// is closed, one in transmission stops reading requests and drains. It is
 // called after stopping() turned true.
 func (c *conn) interrupt() {
 	if c.phase.Load() == phaseHandshake {
 		c.nc.Close()
+		return
+	}
+	c.drain()
+}
+
+// drain makes a connection in transmission stop reading requests and
+// answer the ones received; serve then closes it. For RemoveExport, which
+// calls it after the export is marked removed: a connection still in the
+// handshake finishes its option replies, and serve closes it when it sees
+// the removal as transmission begins.
+func (c *conn) drain() {
+	if c.phase.Load() == phaseHandshake {
 		return
 	}
 	c.budget.stopAll()
@@ -89,7 +107,12 @@ func (c *conn) interrupt() {
 }
 
 func (c *conn) serve() {
-	defer c.nc.Close()
+	defer func() {
+		c.nc.Close()
+		if c.attached != nil {
+			c.attached.detach(c)
+		}
+	}()
 	if t := c.srv.HandshakeTimeout; c.refused != "" && (t <= 0 || t > refuseTimeout) {
 		c.nc.SetDeadline(time.Now().Add(refuseTimeout))
 	} else if t > 0 {
@@ -115,17 +138,43 @@ func (c *conn) serve() {
 	c.phase.Store(phaseTransmission)
 	c.nc.SetDeadline(time.Time{})
 	if c.stopping() {
-		return // Shutdown began during the handshake
+		return // Shutdown or RemoveExport began during the handshake
 	}
 	c.log = c.log.With("export", c.exp.Name)
 	c.log.Debug("nbd: transmission started", "size", c.size, "structured", c.structured, "block_status", c.allocation)
-	c.transmit()
+	if c.transmit() {
+		c.closeDrained()
+	}
+}
+
+// lingerTimeout bounds how long a drained connection waits for its client
+// to close after the server's end-of-file.
+const lingerTimeout = 2 * time.Second
+
+// closeWriter is a connection that can send end-of-file and still read
+// (*net.TCPConn, *net.UnixConn).
+type closeWriter interface{ CloseWrite() error }
+
+// closeDrained ends a drained connection without losing its last replies.
+// Closing a socket with requests still unread makes the kernel send a
+// reset instead of end-of-file, and the client's kernel drops the replies
+// its application has not read yet when the reset arrives. So it
+// half-closes (end-of-file after the last reply) and discards what the
+// client still sends until the client closes or lingerTimeout passes.
+func (c *conn) closeDrained() {
+	cw, ok := c.nc.(closeWriter)
+	if !ok || c.broken.Load() || cw.CloseWrite() != nil {
+		return
+	}
+	c.nc.SetReadDeadline(time.Now().Add(lingerTimeout))
+	io.Copy(io.Discard, c.nc)
 }
 
 // transmit reads requests and hands them to the workers until the client
-// disconnects, violates the protocol or the server shuts down; then it
-// answers what was received and returns.
-func (c *conn) transmit() {
+// disconnects, violates the protocol or the server shuts down or removes
+// the export; then it answers what was received and returns. drained
+// reports the last: the server stopped reading.
+func (c *conn) transmit() (drained bool) {
 	c.work = make(chan request)
 	var wg sync.WaitGroup
 	for range c.srv.MaxInFlight {
@@ -145,8 +194,12 @@ func (c *conn) transmit() {
 	case errors.Is(err, errProtocol):
 		c.log.Warn("nbd: closing connection after a protocol violation", "err", err)
 		c.nc.Close()
+	case (errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, errStopped)) && c.exportRemoved():
+		c.log.Debug("nbd: export removed; answering requests in flight, then closing")
+		drained = true
 	case (errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, errStopped)) && c.stopping():
 		c.log.Debug("nbd: server shutting down; answering requests in flight")
+		drained = true
 	case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed), c.broken.Load():
 		c.log.Debug("nbd: connection closed", "err", err)
 	default:
@@ -154,6 +207,7 @@ func (c *conn) transmit() {
 	}
 	close(c.work)
 	wg.Wait()
+	return drained
 }
 
 func (c *conn) readRequests() error {
