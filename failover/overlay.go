@@ -58,11 +58,11 @@ func lockOverlay(fsys hrl.FS, dir string) (func(), error) {
 
 // openOverlay opens the overlay in dir for a volume of size bytes made
 // from point seq, creating it when its map file is missing.
-func openOverlay(fsys hrl.FS, dir string, size int64, seq uint64) (o *overlayFiles, err error) {
+func openOverlay(fsys hrl.FS, dir string, size int64, seq uint64) (_ *overlayFiles, err error) {
 	if err := fsys.MkdirAll(dir, hrl.PrivateDir); err != nil {
 		return nil, fmt.Errorf("overlay directory: %w", err)
 	}
-	o = &overlayFiles{}
+	o := &overlayFiles{}
 	defer func() {
 		if err != nil {
 			o.close()
