@@ -12,13 +12,13 @@ import (
 	"lifeboat/failover"
 )
 
-// writeSome writes a mix of aligned, unaligned, zero and trim requests and
-// returns what the view must read afterwards.
-func writeSome(t *testing.T, v *failover.View, r *rand.Rand, base []byte, n int) []byte {
+// writeSome writes a mix of aligned, unaligned, zero and trim requests
+// below limit and returns what the view must read afterwards.
+func writeSome(t *testing.T, v *failover.View, r *rand.Rand, base []byte, n int, limit int64) []byte {
 	t.Helper()
 	want := append([]byte(nil), base...)
 	for range n {
-		off, l := randomRange(r, v.Size())
+		off, l := randomRange(r, limit)
 		switch r.IntN(4) {
 		case 0:
 			if err := v.Trim(off, l); err != nil {
@@ -43,7 +43,7 @@ func TestViewReopenKeepsWrites(t *testing.T) {
 	seq := src.point()
 	dir := filepath.Join(t.TempDir(), "ov")
 	v := src.openView(seq, dir)
-	want := writeSome(t, v, r, src.points[seq], 200)
+	want := writeSome(t, v, r, src.points[seq], 200, v.Size())
 	written := v.Written()
 	if err := v.Close(); err != nil {
 		t.Fatal(err)
@@ -97,7 +97,7 @@ func TestViewRefusesOtherOverlay(t *testing.T) {
 	p2 := src.point()
 	dir := filepath.Join(t.TempDir(), "ov")
 	v := src.openView(p1, dir)
-	writeSome(t, v, r, src.points[p1], 10)
+	writeSome(t, v, r, src.points[p1], 10, v.Size())
 	if err := v.Close(); err != nil {
 		t.Fatal(err)
 	}
