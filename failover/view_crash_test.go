@@ -133,7 +133,7 @@ func TestViewCrashDuringCreate(t *testing.T) {
 	for _, mode := range crashModes {
 		for k := 0; ; k++ {
 			fsys := hrltest.New()
-	fsys.CrashAfter(k)
+			fsys.CrashAfter(k)
 			v, err := failover.OpenViewFS(fsys, src.open(seq), "/ov")
 			if err == nil {
 				v.Close()
