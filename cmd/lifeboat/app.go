@@ -43,6 +43,8 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			processServerCommand(),
 			certsCommand(),
 			pointsCommand(),
+			testFailoverCommand(),
+			failoverCommand(),
 			volumeCommand(),
 			journalCommand(),
 			demoCommand(),

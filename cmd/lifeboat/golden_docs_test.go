@@ -228,3 +228,46 @@ func fillAll(t *testing.T, v reflect.Value, key string) {
 		t.Fatalf("fillAll: %s (%s) is a %s; teach fillAll that kind", key, v.Type(), v.Kind())
 	}
 }
+
+// The recovery commands against a server that answers each request with a
+// recovery volume that has every field set (fillAll): `test-failover list`
+// its list, every other command the volume itself, one document.
+func TestGoldenRecovery(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := pki.Init(dir, nil); err != nil {
+		t.Fatal(err)
+	}
+	conf, err := pki.ServerTLS(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st pipeline.RecoveryState
+	fillAll(t, reflect.ValueOf(&st).Elem(), "recovery")
+	routes := map[string]bool{"POST /v1/volumes/web01/db/test-failover": true, "DELETE /v1/volumes/web01/db/test-failover": true,
+		"POST /v1/volumes/web01/db/failover": true, "POST /v1/volumes/web01/db/failover/point": true,
+		"POST /v1/volumes/web01/db/failover/commit": true}
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		route := r.Method + " " + r.URL.Path
+		switch {
+		case route == "GET /v1/recovery":
+			json.NewEncoder(w).Encode([]pipeline.RecoveryState{st})
+		case routes[route]:
+			json.NewEncoder(w).Encode(st)
+		default:
+			http.Error(w, "unexpected "+route, http.StatusNotFound)
+		}
+	}))
+	srv.TLS = conf
+	srv.StartTLS()
+	defer srv.Close()
+	flags := []string{"--data-dir", dir, "--server", srv.URL, "--output", "json"}
+	golden(t, "recovery_list.json", runJSON(t, append([]string{"test-failover", "list"}, flags...)...))
+	want := runJSON(t, append([]string{"test-failover", "start", "web01/db", "--point", "latest-processed"}, flags...)...)
+	golden(t, "recovery_state.json", want)
+	for _, args := range [][]string{{"test-failover", "cleanup", "web01/db"}, {"failover", "start", "web01/db", "--point", "12"},
+		{"failover", "change-point", "web01/db", "--point", "7", "--force"}, {"failover", "commit", "web01/db"}} {
+		if got := runJSON(t, append(args, flags...)...); got != want {
+			t.Errorf("lifeboat %s: the document differs from test-failover start's:\n%s", strings.Join(args, " "), firstDiff(want, got))
+		}
+	}
+}

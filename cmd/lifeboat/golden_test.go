@@ -138,6 +138,13 @@ var jsonDocuments = map[string]any{
 	"certs list":      []pki.IssuedCert{},
 	"journal inspect": journalReport{},
 	"version":         versionInfo{},
+
+	"test-failover start":   pipeline.RecoveryState{},
+	"test-failover list":    []pipeline.RecoveryState{},
+	"test-failover cleanup": pipeline.RecoveryState{},
+	"failover start":        pipeline.RecoveryState{},
+	"failover change-point": pipeline.RecoveryState{},
+	"failover commit":       pipeline.RecoveryState{},
 }
 
 // Every field of every document type, through nested structs, pointers,

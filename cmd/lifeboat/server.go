@@ -14,7 +14,9 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/urfave/cli/v2"
 
+	"lifeboat/failover"
 	"lifeboat/internal/dirlock"
+	"lifeboat/nbd"
 	"lifeboat/pipeline"
 	"lifeboat/pipeline/pki"
 	"lifeboat/targets"
@@ -30,6 +32,11 @@ type serverOptions struct {
 	Retention    time.Duration
 	Azure        azureOptions
 	Limits       limitOptions
+	// Recovery volumes (lifeboat server only): NBD address ("" none) and
+	// FUSE mount directory ("" none).
+	Recovery    bool
+	RecoveryNBD string
+	FuseMount   string
 }
 
 func serverFlags() []cli.Flag {
@@ -75,12 +82,35 @@ func parseServerOptions(c *cli.Context) (serverOptions, error) {
 	return o, err
 }
 
+// recoveryFlags are the flags of the recovery volumes `lifeboat server`
+// serves (test failovers and failovers).
+func recoveryFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "recovery-nbd", Value: failover.DefaultNBDAddr,
+			Usage: "`ADDR` (HOST:PORT or unix:PATH) where test failover and failover volumes are served over NBD;\n" +
+				"\t\"\" serves none. NBD has no authentication: serve it beyond the loopback only on a network you trust"},
+		&cli.StringFlag{Name: "fuse-mount", Usage: "`DIR` where each test failover and failover volume also appears as a file, for a loop device\n" +
+			"\t(losetup -f --show DIR/MACHINE.NAME.test); needs root and /dev/fuse"},
+	}
+}
+
 func serverCommand() *cli.Command {
 	cmd := processServerCommand()
 	cmd.Name = "server"
+	cmd.Flags = append(cmd.Flags, recoveryFlags()...)
+	cmd.Action = func(c *cli.Context) error {
+		o, err := parseServerOptions(c)
+		if err != nil {
+			return err
+		}
+		o.Recovery, o.RecoveryNBD, o.FuseMount = true, c.String("recovery-nbd"), c.String("fuse-mount")
+		return runServer(c.Context, c.App.Writer, o)
+	}
 	cmd.Usage = "run the recovery site: process server and target (run 'server init' once first)"
 	cmd.Description = "Receives journal segments from agents over HTTPS with client certificates (TLS 1.3), spools\n" +
 		"them durably, applies them in order to the target and turns every tag into a recovery point.\n" +
+		"It also serves test failover and failover volumes (lifeboat test-failover, lifeboat failover) over\n" +
+		"NBD on --recovery-nbd and, with --fuse-mount, as files for a loop device.\n" +
 		"The configuration server and master target will join this process in later releases.\n\n" +
 		"Examples:\n" +
 		"   lifeboat server init --data-dir /var/lib/lifeboat/server\n" +
@@ -152,25 +182,43 @@ func runServer(ctx context.Context, out io.Writer, o serverOptions) error {
 	if err != nil {
 		return failure("--target %s is not usable: %v", o.Target, err)
 	}
-	srv := pipeline.NewServer(o.DataDir, target, tlsConf)
-	srv.SpoolQuota, srv.ThrottleFree = o.SpoolQuota, o.ThrottleFree
-	srv.Retention = targets.Retention{Window: o.Retention}
-	o.Limits.apply(srv)
-	srv.Logger = slog.Default()
-	if err := installFaults(srv); err != nil {
-		return err
+	var faultErr error
+	site := &failover.Site{DataDir: o.DataDir, Target: target, TLS: tlsConf, Logger: slog.Default(),
+		Configure: func(srv *pipeline.Server) {
+			srv.SpoolQuota, srv.ThrottleFree = o.SpoolQuota, o.ThrottleFree
+			srv.Retention = targets.Retention{Window: o.Retention}
+			o.Limits.apply(srv)
+			faultErr = installFaults(srv)
+		}}
+	if o.Recovery {
+		site.Recovery, site.NBDAddr, site.FUSEDir = true, o.RecoveryNBD, o.FuseMount
 	}
-	if err := srv.Open(ctx); err != nil {
-		return err
-	}
-	defer srv.Close()
 	ln, err := net.Listen("tcp", o.Listen)
 	if err != nil {
 		return usageError("--listen %s: %v", o.Listen, err)
 	}
+	defer ln.Close()
+	err = site.Open(ctx)
+	if err == nil {
+		err = faultErr
+	}
+	if errors.Is(err, nbd.ErrAddress) {
+		return usageError("--recovery-nbd %s: %v", o.RecoveryNBD, err)
+	}
+	if err != nil {
+		site.Close()
+		return err
+	}
+	defer site.Close()
 	fmt.Fprintf(out, "process server listening on https://%s (target %s, spool %s)\n", ln.Addr(), describeTarget(o),
 		filepath.Join(o.DataDir, "spool"))
-	err = srv.Serve(ctx, ln)
+	if a := site.NBDListenAddr(); a != nil {
+		fmt.Fprintf(out, "recovery volumes served over NBD at %s\n", nbd.URI(a, ""))
+	}
+	if o.Recovery && o.FuseMount != "" {
+		fmt.Fprintf(out, "recovery volumes shown as files in %s\n", o.FuseMount)
+	}
+	err = site.Serve(ctx, ln)
 	if err == nil && ctx.Err() != nil {
 		fmt.Fprintln(out, "lifeboat server stopped")
 	}

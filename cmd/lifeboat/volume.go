@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -97,6 +99,23 @@ func siteVolumeName(v pipeline.VolumeStatus) string {
 }
 
 func volumeState(v pipeline.VolumeStatus) string {
+	var rec []string
+	for _, r := range v.Recovery {
+		switch {
+		case r.Kind == pipeline.RecoveryFailover && r.Committed:
+			rec = append(rec, fmt.Sprintf("FAILED OVER to point %d at %s (committed)", r.Point.Seq, r.Since.UTC().Format(time.RFC3339)))
+		case r.Kind == pipeline.RecoveryFailover:
+			rec = append(rec, fmt.Sprintf("FAILED OVER to point %d at %s (not committed)", r.Point.Seq, r.Since.UTC().Format(time.RFC3339)))
+		default:
+			rec = append(rec, fmt.Sprintf("test failover of point %d since %s", r.Point.Seq, r.Since.UTC().Format(time.RFC3339)))
+		}
+	}
+	if v.PlannedFailover != "" {
+		rec = append(rec, "planned failover: waiting for the agent")
+	}
+	if len(rec) > 0 {
+		return strings.Join(rec, "; ")
+	}
 	switch {
 	case v.Failed != "":
 		return "FAILED: " + v.Failed

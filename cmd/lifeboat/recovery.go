@@ -1,0 +1,294 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"lifeboat/failover"
+	"lifeboat/pipeline"
+)
+
+// pointFlags choose a recovery point: --point or --at.
+func pointFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "point", Usage: "`P`: latest (apply everything the site has spooled first, then the newest point; the default),\n" +
+			"\tlatest-processed (the newest point already applied, no wait), or a point's seq (lifeboat points list)"},
+		&cli.TimestampFlag{Name: "at", Layout: time.RFC3339, Usage: "`TIME` (RFC 3339, e.g. 2026-12-03T14:00:00Z): the newest point at or before it, instead of --point"},
+	}
+}
+
+// recoveryRequest reads --point and --at.
+func recoveryRequest(c *cli.Context) (failover.Request, error) {
+	req := failover.Request{Point: c.String("point")}
+	if t := c.Timestamp("at"); t != nil {
+		if req.Point != "" {
+			return req, usageError("give --point or --at, not both")
+		}
+		at := *t
+		req.At = &at
+	}
+	return req, nil
+}
+
+func testFailoverCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "test-failover",
+		Usage: "check a recovery point without touching replication: serve it as a writable scratch volume",
+		Description: "A test failover serves a recovery point as a volume that can be attached and written (NBD from the\n" +
+			"site's --recovery-nbd address, a file in its --fuse-mount for a loop device). Its writes stay in an\n" +
+			"overlay on the site's disk: replication of the volume goes on, no write reaches the replica or a\n" +
+			"point, and retention keeps the point until cleanup. Opening takes constant time: nothing is copied.\n\n" +
+			"Examples:\n" +
+			"   lifeboat test-failover start web01/db --data-dir /var/lib/lifeboat/server\n" +
+			"   qemu-img compare nbd://127.0.0.1:10810/web01.db.test db-known-good.img\n" +
+			"   lifeboat test-failover list --data-dir /var/lib/lifeboat/server\n" +
+			"   lifeboat test-failover cleanup web01/db --data-dir /var/lib/lifeboat/server",
+		Action: unknownCommand,
+		Subcommands: []*cli.Command{
+			{
+				Name: "start", Usage: "serve a point of VOLUME as a test volume", ArgsUsage: "VOLUME",
+				Flags:        append(append(adminFlags(), pointFlags()...), outputFlag()),
+				OnUsageError: onUsageError,
+				Action: func(c *cli.Context) error {
+					return recoveryAction(c, http.MethodPost, "/test-failover", true, "test failover of %s started")
+				},
+			},
+			{
+				Name: "list", Usage: "list the site's test failovers and failovers",
+				Flags:        append(adminFlags(), outputFlag()),
+				OnUsageError: onUsageError,
+				Action:       recoveryList,
+			},
+			{
+				Name: "cleanup", Usage: "end the test failover of VOLUME: its export, file and overlay are removed", ArgsUsage: "VOLUME",
+				Flags:        append(adminFlags(), outputFlag()),
+				OnUsageError: onUsageError,
+				Action: func(c *cli.Context) error {
+					return recoveryAction(c, http.MethodDelete, "/test-failover", false, "test failover of %s cleaned up")
+				},
+			},
+		},
+	}
+}
+
+func failoverCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "failover",
+		Usage: "fail a volume over to the recovery site: serve a recovery point as the volume from now on",
+		Description: "Failover stops taking the volume's writes at the site (its agent, when alive, is told, stops shipping\n" +
+			"and keeps tracking its changes for the failback) and serves the chosen point as the failover volume,\n" +
+			"whose writes are journaled and dirty-tracked so that a failback sends back only what changed. Until\n" +
+			"commit, change-point moves it to another point. --planned, with the source alive, asks its agent to\n" +
+			"stop writes, flush and ship everything first: no write the source acknowledged is lost.\n\n" +
+			"Examples:\n" +
+			"   lifeboat failover start web01/db --point latest --data-dir /var/lib/lifeboat/server\n" +
+			"   lifeboat failover change-point web01/db --at 2026-12-03T13:55:00Z --data-dir /var/lib/lifeboat/server\n" +
+			"   lifeboat failover commit web01/db --data-dir /var/lib/lifeboat/server\n" +
+			"   lifeboat failover start web01/db --planned --timeout 2m --data-dir /var/lib/lifeboat/server",
+		Action: unknownCommand,
+		Subcommands: []*cli.Command{
+			{
+				Name: "start", Usage: "fail VOLUME over to a recovery point", ArgsUsage: "VOLUME",
+				Flags: append(append(adminFlags(), pointFlags()...), outputFlag(),
+					&cli.BoolFlag{Name: "planned", Usage: "the source is alive: its agent stops writes, flushes and ships everything first (no --point)"},
+					&cli.DurationFlag{Name: "timeout", Value: failover.DefaultPlannedTimeout, Usage: "with --planned: give up (changing nothing) after `D`"}),
+				OnUsageError: onUsageError,
+				Action: func(c *cli.Context) error {
+					return recoveryAction(c, http.MethodPost, "/failover", true, "%s failed over")
+				},
+			},
+			{
+				Name: "change-point", Usage: "move the uncommitted failover of VOLUME to another point", ArgsUsage: "VOLUME",
+				Flags: append(append(adminFlags(), pointFlags()...), outputFlag(),
+					&cli.BoolFlag{Name: "force", Usage: "drop the writes made to the failover volume since it started"}),
+				OnUsageError: onUsageError,
+				Action: func(c *cli.Context) error {
+					return recoveryAction(c, http.MethodPost, "/failover/point", true, "failover of %s moved")
+				},
+			},
+			{
+				Name: "commit", Usage: "make the failover of VOLUME final: its point can no longer change", ArgsUsage: "VOLUME",
+				Flags:        append(adminFlags(), outputFlag()),
+				OnUsageError: onUsageError,
+				Action: func(c *cli.Context) error {
+					return recoveryAction(c, http.MethodPost, "/failover/commit", false, "failover of %s committed")
+				},
+			},
+		},
+	}
+}
+
+// recoveryAction sends one recovery request for the VOLUME argument and
+// prints the recovery volume it answers.
+func recoveryAction(c *cli.Context, method, path string, withBody bool, done string) error {
+	format, err := outputFormat(c)
+	if err != nil {
+		return err
+	}
+	args, err := leafArgs(c, 1, "one VOLUME (MACHINE/NAME, an id, or a NAME only one machine has)")
+	if err != nil {
+		return err
+	}
+	var req *failover.Request
+	if withBody {
+		r, err := recoveryRequest(c)
+		if err != nil {
+			return err
+		}
+		if c.Bool("planned") {
+			if r.Point != "" || r.At != nil {
+				return usageError("--planned fails over to the agent's last write: drop --point and --at")
+			}
+			r.Planned, r.Timeout = true, c.Duration("timeout")
+		} else if c.IsSet("timeout") {
+			return usageError("--timeout applies to --planned only")
+		}
+		r.Force = c.Bool("force")
+		req = &r
+	}
+	client, base, err := adminClient(c)
+	if err != nil {
+		return err
+	}
+	volURL := base + "/volumes/" + url.PathEscape(args[0])
+	start := time.Now()
+	var st pipeline.RecoveryState
+	call := func(ctx context.Context) error {
+		var in any
+		if req != nil {
+			in = req
+		}
+		return pipeline.Call(ctx, client, method, volURL+path, in, &st)
+	}
+	if req != nil && req.At == nil && (req.Point == "" || req.Point == failover.PointLatest) && !req.Planned {
+		err = withSpoolProgress(c, client, volURL, call)
+	} else {
+		err = call(c.Context)
+	}
+	if err != nil {
+		return failure("%v", err)
+	}
+	if format == "json" {
+		enc := json.NewEncoder(c.App.Writer)
+		enc.SetIndent("", "  ")
+		return enc.Encode(st)
+	}
+	fmt.Fprintf(c.App.Writer, done+" in %v\n", args[0], time.Since(start).Round(time.Millisecond))
+	if method == http.MethodDelete {
+		fmt.Fprintf(c.App.Writer, "  removed: NBD export %s, its file and its overlay (%s written at point %d)\n",
+			st.Export, humanBytes(uint64(st.Written)), st.Point.Seq)
+		return nil
+	}
+	printRecovery(c, st)
+	return nil
+}
+
+// withSpoolProgress runs call while showing how much of the volume's
+// spool the site still applies (it waits for that before it takes the
+// latest point): one line a second, redrawn on a terminal.
+func withSpoolProgress(c *cli.Context, client *http.Client, volURL string, call func(context.Context) error) error {
+	done := make(chan error, 1)
+	go func() { done <- call(c.Context) }()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	tty := false
+	if f, ok := c.App.ErrWriter.(*os.File); ok {
+		fi, err := f.Stat()
+		tty = err == nil && fi.Mode()&os.ModeCharDevice != 0
+	}
+	shown := false
+	for {
+		select {
+		case err := <-done:
+			if shown && tty {
+				fmt.Fprintln(c.App.ErrWriter)
+			}
+			return err
+		case <-tick.C:
+			var v pipeline.VolumeStatus
+			ctx, cancel := context.WithTimeout(c.Context, 5*time.Second)
+			err := pipeline.Call(ctx, client, http.MethodGet, volURL, nil, &v)
+			cancel()
+			if err != nil || v.SpoolBytes == 0 {
+				continue
+			}
+			line := fmt.Sprintf("applying what the site has spooled before taking the latest point: %s left", humanBytes(uint64(v.SpoolBytes)))
+			if tty {
+				fmt.Fprintf(c.App.ErrWriter, "\r%-90s", line)
+			} else {
+				fmt.Fprintln(c.App.ErrWriter, line)
+			}
+			shown = true
+		}
+	}
+}
+
+// printRecovery shows a recovery volume for people.
+func printRecovery(c *cli.Context, st pipeline.RecoveryState) {
+	w := c.App.Writer
+	fmt.Fprintf(w, "  %s of %s/%s at point %d (%s, %s)\n", st.Kind, st.Volume.Machine, st.Volume.Name, st.Point.Seq,
+		st.Point.Time.UTC().Format(time.RFC3339), st.Point.Name)
+	if st.URL != "" {
+		fmt.Fprintf(w, "  NBD:  %s\n", st.URL)
+	}
+	if st.File != "" {
+		fmt.Fprintf(w, "  file: %s  (losetup -f --show %s)\n", st.File, st.File)
+	}
+	if st.Kind == pipeline.RecoveryFailover {
+		state := "not committed: lifeboat failover commit makes it final"
+		if st.Committed {
+			state = "committed"
+		}
+		fmt.Fprintf(w, "  %s; %s written since %s\n", state, humanBytes(uint64(st.Written)), st.Since.UTC().Format(time.RFC3339))
+	}
+}
+
+func recoveryList(c *cli.Context) error {
+	format, err := outputFormat(c)
+	if err != nil {
+		return err
+	}
+	if _, err := leafArgs(c, 0, "no arguments (only flags)"); err != nil {
+		return err
+	}
+	client, base, err := adminClient(c)
+	if err != nil {
+		return err
+	}
+	var list []pipeline.RecoveryState
+	if err := apiCall(c, client, http.MethodGet, base+"/recovery", nil, &list); err != nil {
+		return err
+	}
+	if format == "json" {
+		enc := json.NewEncoder(c.App.Writer)
+		enc.SetIndent("", "  ")
+		return enc.Encode(list)
+	}
+	tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "VOLUME\tKIND\tPOINT\tSINCE\tWRITTEN\tSTATE\tEXPORT")
+	for _, st := range list {
+		fmt.Fprintf(tw, "%s/%s\t%s\t%d\t%s\t%s\t%s\t%s\n", st.Volume.Machine, st.Volume.Name, st.Kind, st.Point.Seq,
+			st.Since.UTC().Format(time.RFC3339), humanBytes(uint64(st.Written)), recoveryStateText(st), st.Export)
+	}
+	return tw.Flush()
+}
+
+func recoveryStateText(st pipeline.RecoveryState) string {
+	switch {
+	case st.Error != "":
+		return "BROKEN: " + st.Error
+	case st.Kind == pipeline.RecoveryTest:
+		return "active"
+	case st.Committed:
+		return "committed"
+	}
+	return "not committed"
+}

@@ -1,0 +1,90 @@
+package failover
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+
+	"lifeboat/pipeline"
+)
+
+// The recovery API, served by the process server (admin certificates
+// only; anything else is 403 and logged):
+//
+//	GET    /v1/recovery                          every recovery volume ([]pipeline.RecoveryState)
+//	POST   /v1/volumes/{id}/test-failover        Request: start a test failover
+//	DELETE /v1/volumes/{id}/test-failover        clean it up
+//	POST   /v1/volumes/{id}/failover             Request: fail over (Planned: with the agent's help)
+//	POST   /v1/volumes/{id}/failover/point       Request: change the point (Force drops writes)
+//	POST   /v1/volumes/{id}/failover/commit      commit the failover
+//
+// Each answers the recovery volume's state; an error is {"error": ...}
+// with 400 (bad request), 404 (no such volume or point), 409 (the volume's
+// state does not allow it) or 403.
+
+// Register adds the recovery API to the process server's handler and makes
+// the manager its Holds. Call it before the server's Open.
+func (m *Manager) Register() {
+	s := m.Site
+	s.Holds = m
+	s.Handle("GET /v1/recovery", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.Admin(w, r) {
+			writeJSON(w, m.List())
+		}
+	}))
+	s.Handle("POST /v1/volumes/{id}/test-failover", m.handler(true, func(ctx context.Context, sv pipeline.SiteVolume, req Request) (pipeline.RecoveryState, error) {
+		return m.StartTest(ctx, sv, req, m.progress(sv))
+	}))
+	s.Handle("DELETE /v1/volumes/{id}/test-failover", m.handler(false, func(ctx context.Context, sv pipeline.SiteVolume, _ Request) (pipeline.RecoveryState, error) {
+		return m.Cleanup(ctx, sv)
+	}))
+	s.Handle("POST /v1/volumes/{id}/failover", m.handler(true, func(ctx context.Context, sv pipeline.SiteVolume, req Request) (pipeline.RecoveryState, error) {
+		return m.StartFailover(ctx, sv, req, m.progress(sv))
+	}))
+	s.Handle("POST /v1/volumes/{id}/failover/point", m.handler(true, func(ctx context.Context, sv pipeline.SiteVolume, req Request) (pipeline.RecoveryState, error) {
+		return m.ChangePoint(ctx, sv, req, m.progress(sv))
+	}))
+	s.Handle("POST /v1/volumes/{id}/failover/commit", m.handler(false, func(ctx context.Context, sv pipeline.SiteVolume, _ Request) (pipeline.RecoveryState, error) {
+		return m.Commit(ctx, sv)
+	}))
+}
+
+// handler checks the caller (an admin), resolves {id}, decodes the body
+// when withBody, calls fn and answers.
+func (m *Manager) handler(withBody bool, fn func(context.Context, pipeline.SiteVolume, Request) (pipeline.RecoveryState, error)) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		sv, ok := m.Site.AdminVolume(w, r)
+		if !ok {
+			return
+		}
+		var req Request
+		if withBody {
+			dec := json.NewDecoder(io.LimitReader(r.Body, 1<<16))
+			dec.DisallowUnknownFields()
+			if err := dec.Decode(&req); err != nil && err != io.EOF {
+				m.Site.Refuse(w, r, fmt.Errorf("%w: request body: %v", pipeline.ErrPermanent, err))
+				return
+			}
+		}
+		st, err := fn(r.Context(), sv, req)
+		if err != nil {
+			m.Site.Refuse(w, r, err)
+			return
+		}
+		writeJSON(w, st)
+	})
+}
+
+// progress logs how much of the spool is left to apply.
+func (m *Manager) progress(sv pipeline.SiteVolume) func(int64) {
+	return func(left int64) {
+		m.logger().Info("applying the spool before choosing the latest point", "volume", volName(sv.Info()), "bytes_left", left)
+	}
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(v)
+}

@@ -1,0 +1,140 @@
+package failover
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"lifeboat/pipeline"
+)
+
+// StartFailover fails sv over to the point req names: from then on the
+// site refuses the volume's segments (its agent, when alive, is told and
+// keeps tracking its changes for the failback), and the failover volume
+// is served: a view of the point whose writes go through a tracker
+// volume, journaled and dirty-tracked. The point is kept until the
+// failback.
+func (m *Manager) StartFailover(ctx context.Context, sv pipeline.SiteVolume, req Request, progress func(int64)) (pipeline.RecoveryState, error) {
+	info := sv.Info()
+	if req.Force {
+		return pipeline.RecoveryState{}, fmt.Errorf("%w: --force is for change-point", pipeline.ErrPermanent)
+	}
+	if err := m.begin(info.ID); err != nil {
+		return pipeline.RecoveryState{}, err
+	}
+	defer m.end(info.ID)
+	if r := m.get(info.ID, pipeline.RecoveryFailover); r != nil {
+		return pipeline.RecoveryState{}, fmt.Errorf("%w: volume %s is already failed over (since %s, point %d)",
+			pipeline.ErrRecoveryState, volName(info), r.state.Since.UTC().Format(time.RFC3339), r.state.Point.Seq)
+	}
+	if req.Planned {
+		return m.planned(ctx, sv, req)
+	}
+	// Fence first: no segment is taken after this, so "latest" is the
+	// newest point the site will have of this volume.
+	fence := &recovery{state: pipeline.RecoveryState{Volume: info, Kind: pipeline.RecoveryFailover, Since: m.now().UTC()}}
+	sv.Fence(func() {
+		m.mu.Lock()
+		m.recs[key{info.ID, pipeline.RecoveryFailover}] = fence
+		m.mu.Unlock()
+	})
+	unfence := func() {
+		m.mu.Lock()
+		if m.recs[key{info.ID, pipeline.RecoveryFailover}] == fence {
+			delete(m.recs, key{info.ID, pipeline.RecoveryFailover})
+		}
+		m.mu.Unlock()
+	}
+	p, err := choose(ctx, sv, req, progress)
+	if err != nil {
+		unfence()
+		return pipeline.RecoveryState{}, err
+	}
+	fence.state.Point = pipeline.APIPoint(p) // pinned while it opens
+	st, err := m.open(ctx, sv, pipeline.RecoveryFailover, p)
+	if err != nil {
+		unfence()
+		return pipeline.RecoveryState{}, err
+	}
+	return st, nil
+}
+
+// ChangePoint moves an uncommitted failover to another point. The failover
+// volume's writes are dropped, so it needs req.Force when there are any.
+func (m *Manager) ChangePoint(ctx context.Context, sv pipeline.SiteVolume, req Request, progress func(int64)) (pipeline.RecoveryState, error) {
+	info := sv.Info()
+	if req.Planned {
+		return pipeline.RecoveryState{}, fmt.Errorf("%w: --planned is for failover start", pipeline.ErrPermanent)
+	}
+	if err := m.begin(info.ID); err != nil {
+		return pipeline.RecoveryState{}, err
+	}
+	defer m.end(info.ID)
+	r := m.get(info.ID, pipeline.RecoveryFailover)
+	if r == nil {
+		return pipeline.RecoveryState{}, fmt.Errorf("%w: volume %s is not failed over (lifeboat failover start %s)",
+			pipeline.ErrRecoveryState, volName(info), volName(info))
+	}
+	if r.state.Committed {
+		return pipeline.RecoveryState{}, fmt.Errorf("%w: the failover of %s to point %d is committed; its point can no longer change",
+			pipeline.ErrRecoveryState, volName(info), r.state.Point.Seq)
+	}
+	if r.err != "" {
+		return pipeline.RecoveryState{}, fmt.Errorf("%w: the failover volume of %s could not be reopened (%s)", pipeline.ErrRecoveryState, volName(info), r.err)
+	}
+	if w := r.status().Written; w > 0 && !req.Force {
+		return pipeline.RecoveryState{}, fmt.Errorf("%w: the failover volume of %s has %d bytes written since %s; a new point drops them: add --force to go on",
+			pipeline.ErrRecoveryState, volName(info), w, r.state.Since.UTC().Format(time.RFC3339))
+	}
+	p, err := choose(ctx, sv, req, progress)
+	if err != nil {
+		return pipeline.RecoveryState{}, err
+	}
+	old := r.state.Point.Seq
+	// The old point stays pinned (r is recorded) until the new one is.
+	if err := m.unserve(ctx, r, false); err != nil {
+		return pipeline.RecoveryState{}, err
+	}
+	if err := r.close(); err != nil {
+		m.logger().Warn("closing the failover volume before a change of point", "volume", volName(info), "err", err)
+	}
+	st, err := m.open(ctx, sv, pipeline.RecoveryFailover, p)
+	if err != nil {
+		// Serve the old point again: nothing changed.
+		if rerr := m.reopen(ctx, r); rerr != nil {
+			r.err = rerr.Error()
+		}
+		return pipeline.RecoveryState{}, err
+	}
+	m.logger().Info("failover point changed", "volume", volName(info), "from", old, "to", p.Seq)
+	return st, nil
+}
+
+// Commit makes the failover of sv final: its point can no longer change.
+func (m *Manager) Commit(ctx context.Context, sv pipeline.SiteVolume) (pipeline.RecoveryState, error) {
+	info := sv.Info()
+	if err := m.begin(info.ID); err != nil {
+		return pipeline.RecoveryState{}, err
+	}
+	defer m.end(info.ID)
+	r := m.get(info.ID, pipeline.RecoveryFailover)
+	if r == nil {
+		return pipeline.RecoveryState{}, fmt.Errorf("%w: volume %s is not failed over; nothing to commit",
+			pipeline.ErrRecoveryState, volName(info))
+	}
+	if r.state.Committed {
+		return pipeline.RecoveryState{}, fmt.Errorf("%w: the failover of %s to point %d is already committed",
+			pipeline.ErrRecoveryState, volName(info), r.state.Point.Seq)
+	}
+	m.mu.Lock()
+	r.state.Committed = true
+	m.mu.Unlock()
+	if err := m.put(info.ID, pipeline.RecoveryFailover, r); err != nil {
+		m.mu.Lock()
+		r.state.Committed = false
+		m.mu.Unlock()
+		return pipeline.RecoveryState{}, err
+	}
+	m.logger().Info("failover committed", "volume", volName(info), "point", r.state.Point.Seq)
+	return r.status(), nil
+}
