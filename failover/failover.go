@@ -19,6 +19,9 @@ func (m *Manager) StartFailover(ctx context.Context, sv pipeline.SiteVolume, req
 	if req.Force {
 		return pipeline.RecoveryState{}, fmt.Errorf("%w: --force is for change-point", pipeline.ErrPermanent)
 	}
+	if err := m.checkDisk(req); err != nil {
+		return pipeline.RecoveryState{}, err
+	}
 	if err := m.begin(info.ID); err != nil {
 		return pipeline.RecoveryState{}, err
 	}
@@ -51,7 +54,7 @@ func (m *Manager) StartFailover(ctx context.Context, sv pipeline.SiteVolume, req
 		return pipeline.RecoveryState{}, err
 	}
 	fence.state.Point = pipeline.APIPoint(p) // pinned while it opens
-	st, err := m.open(ctx, sv, pipeline.RecoveryFailover, p)
+	st, err := m.open(ctx, sv, pipeline.RecoveryFailover, p, req.AzureDisk)
 	if err != nil {
 		unfence()
 		return pipeline.RecoveryState{}, err
@@ -65,6 +68,9 @@ func (m *Manager) ChangePoint(ctx context.Context, sv pipeline.SiteVolume, req R
 	info := sv.Info()
 	if req.Planned {
 		return pipeline.RecoveryState{}, fmt.Errorf("%w: --planned is for failover start", pipeline.ErrPermanent)
+	}
+	if err := m.checkDisk(req); err != nil {
+		return pipeline.RecoveryState{}, err
 	}
 	if err := m.begin(info.ID); err != nil {
 		return pipeline.RecoveryState{}, err
@@ -98,7 +104,7 @@ func (m *Manager) ChangePoint(ctx context.Context, sv pipeline.SiteVolume, req R
 	if err := r.close(); err != nil {
 		m.logger().Warn("closing the failover volume before a change of point", "volume", volName(info), "err", err)
 	}
-	st, err := m.open(ctx, sv, pipeline.RecoveryFailover, p)
+	st, err := m.open(ctx, sv, pipeline.RecoveryFailover, p, req.AzureDisk)
 	if err != nil {
 		// Serve the old point again: nothing changed.
 		if rerr := m.reopen(ctx, r); rerr != nil {

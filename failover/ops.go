@@ -17,8 +17,8 @@ import (
 // volume goes on; its point is kept until Cleanup.
 func (m *Manager) StartTest(ctx context.Context, sv pipeline.SiteVolume, req Request, progress func(int64)) (pipeline.RecoveryState, error) {
 	info := sv.Info()
-	if req.Planned || req.Force {
-		return pipeline.RecoveryState{}, fmt.Errorf("%w: --planned and --force are for failover, not test failover", pipeline.ErrPermanent)
+	if req.Planned || req.Force || req.AzureDisk {
+		return pipeline.RecoveryState{}, fmt.Errorf("%w: --planned, --force and --azure-disk are for failover, not test failover", pipeline.ErrPermanent)
 	}
 	if err := m.begin(info.ID); err != nil {
 		return pipeline.RecoveryState{}, err
@@ -33,13 +33,13 @@ func (m *Manager) StartTest(ctx context.Context, sv pipeline.SiteVolume, req Req
 	if err != nil {
 		return pipeline.RecoveryState{}, err
 	}
-	return m.open(ctx, sv, pipeline.RecoveryTest, p)
+	return m.open(ctx, sv, pipeline.RecoveryTest, p, false)
 }
 
 // open makes, serves and records a recovery volume of kind over point p.
 // The point is pinned first, so retention cannot take it meanwhile; on an
 // error nothing is left behind.
-func (m *Manager) open(ctx context.Context, sv pipeline.SiteVolume, kind string, p targets.Point) (pipeline.RecoveryState, error) {
+func (m *Manager) open(ctx context.Context, sv pipeline.SiteVolume, kind string, p targets.Point, disk bool) (pipeline.RecoveryState, error) {
 	info := sv.Info()
 	if m.NBD == nil && m.FUSE == nil {
 		return pipeline.RecoveryState{}, fmt.Errorf("%w: this site serves recovery volumes neither over NBD nor as files: "+
@@ -69,6 +69,11 @@ func (m *Manager) open(ctx context.Context, sv pipeline.SiteVolume, kind string,
 	err := m.openView(ctx, sv, r)
 	if errors.Is(err, targets.ErrNotFound) {
 		err = fmt.Errorf("%w (pruned while it was being opened; pick another)", err)
+	}
+	if err == nil && disk {
+		if r.state.AzureDisk, err = m.cloneDisk(ctx, sv, r); err != nil {
+			r.close()
+		}
 	}
 	if err == nil {
 		if err = m.serve(r); err != nil {

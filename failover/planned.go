@@ -70,7 +70,7 @@ func (m *Manager) planned(ctx context.Context, sv pipeline.SiteVolume, req Reque
 		delete(m.plans, info.ID) // the agent sees the failover from now on, and stays read-only
 		m.mu.Unlock()
 	})
-	st, err := m.open(ctx, sv, pipeline.RecoveryFailover, p)
+	st, err := m.open(ctx, sv, pipeline.RecoveryFailover, p, req.AzureDisk)
 	if err != nil {
 		m.mu.Lock()
 		if m.recs[key{info.ID, pipeline.RecoveryFailover}] == fence {

@@ -29,6 +29,9 @@ type Request struct {
 	// (failover start); Timeout bounds how long that may take.
 	Planned bool          `json:"planned,omitempty"`
 	Timeout time.Duration `json:"timeout,omitempty"`
+	// AzureDisk also copies the failover point to a page blob Azure can
+	// make a managed disk of (an azure:// target only).
+	AzureDisk bool `json:"azure_disk,omitempty"`
 }
 
 // choose finds the point req names among sv's retained points; for

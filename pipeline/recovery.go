@@ -24,7 +24,7 @@ import (
 
 // ErrFailedOver is the answer to an agent whose volume is failed over at
 // the site: its writes are no longer taken there.
-var ErrFailedOver = errors.New("volume is failed over at the site")
+var ErrFailedOver = errors.New("volume failed over at the site")
 
 // RecoveryState is a recovery volume of a site volume, as its status and
 // the recovery API show it.
@@ -41,6 +41,9 @@ type RecoveryState struct {
 	Export string `json:"export"`
 	URL    string `json:"url,omitempty"`
 	File   string `json:"file,omitempty"`
+	// AzureDisk is the URL of the page blob (a fixed VHD, in plaintext)
+	// made from the failover point for a managed disk (--azure-disk).
+	AzureDisk string `json:"azure_disk,omitempty"`
 	// Written is how much of the volume was written since it was opened
 	// (blocks of the overlay), in bytes.
 	Written int64 `json:"written_bytes"`
@@ -191,10 +194,10 @@ func failedOverError(f RecoveryState) error {
 	if f.Committed {
 		state = "committed"
 	}
-	return fmt.Errorf("%w: volume %s/%s was failed over at the site at %s to recovery point %d (%s, %s); "+
-		"the site takes no more of its writes, and this agent keeps tracking what changes here for the failback",
-		ErrFailedOver, f.Volume.Machine, f.Volume.Name, f.Since.UTC().Format(time.RFC3339), f.Point.Seq,
-		f.Point.Time.UTC().Format(time.RFC3339), state)
+	return fmt.Errorf("%w at %s to recovery point %d (%s, %s): the site takes no more writes of %s/%s, "+
+		"and this agent keeps tracking what changes here for the failback",
+		ErrFailedOver, f.Since.UTC().Format(time.RFC3339), f.Point.Seq, f.Point.Time.UTC().Format(time.RFC3339), state,
+		f.Volume.Machine, f.Volume.Name)
 }
 
 // keep removes the pinned points from drop.

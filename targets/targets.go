@@ -144,6 +144,15 @@ type Replica interface {
 	Close() error
 }
 
+// DiskCloner is a target that can copy a recovery point into a disk its
+// cloud can use directly (an Azure page blob that is a fixed VHD, from which
+// a managed disk is made), for a failover VM. The copy is in plaintext
+// whether or not the replica is encrypted at rest. It returns the new
+// disk's URL (no secret in it).
+type DiskCloner interface {
+	CloneDisk(ctx context.Context, p PointReader, volumeID, name string, progress func(done, total int64)) (string, error)
+}
+
 // PointReader reads one recovery point.
 type PointReader interface {
 	io.ReaderAt

@@ -99,7 +99,8 @@ func failoverCommand() *cli.Command {
 				Name: "start", Usage: "fail VOLUME over to a recovery point", ArgsUsage: "VOLUME",
 				Flags: append(append(adminFlags(), pointFlags()...), outputFlag(),
 					&cli.BoolFlag{Name: "planned", Usage: "the source is alive: its agent stops writes, flushes and ships everything first (no --point)"},
-					&cli.DurationFlag{Name: "timeout", Value: failover.DefaultPlannedTimeout, Usage: "with --planned: give up (changing nothing) after `D`"}),
+					&cli.DurationFlag{Name: "timeout", Value: failover.DefaultPlannedTimeout, Usage: "with --planned: give up (changing nothing) after `D`"},
+					azureDiskFlag()),
 				OnUsageError: onUsageError,
 				Action: func(c *cli.Context) error {
 					return recoveryAction(c, http.MethodPost, "/failover", true, "%s failed over")
@@ -108,7 +109,8 @@ func failoverCommand() *cli.Command {
 			{
 				Name: "change-point", Usage: "move the uncommitted failover of VOLUME to another point", ArgsUsage: "VOLUME",
 				Flags: append(append(adminFlags(), pointFlags()...), outputFlag(),
-					&cli.BoolFlag{Name: "force", Usage: "drop the writes made to the failover volume since it started"}),
+					&cli.BoolFlag{Name: "force", Usage: "drop the writes made to the failover volume since it started"},
+					azureDiskFlag()),
 				OnUsageError: onUsageError,
 				Action: func(c *cli.Context) error {
 					return recoveryAction(c, http.MethodPost, "/failover/point", true, "failover of %s moved")
@@ -124,6 +126,13 @@ func failoverCommand() *cli.Command {
 			},
 		},
 	}
+}
+
+// azureDiskFlag asks for a copy of the failover point that Azure can turn
+// into a managed disk.
+func azureDiskFlag() cli.Flag {
+	return &cli.BoolFlag{Name: "azure-disk", Usage: "azure:// targets: also copy the point to a page blob (a fixed VHD, in plaintext even when\n" +
+		"\tthe replica is encrypted) under PREFIX failover/ that Azure can turn into a managed disk"}
 }
 
 // recoveryAction sends one recovery request for the VOLUME argument and
@@ -151,7 +160,7 @@ func recoveryAction(c *cli.Context, method, path string, withBody bool, done str
 		} else if c.IsSet("timeout") {
 			return usageError("--timeout applies to --planned only")
 		}
-		r.Force = c.Bool("force")
+		r.Force, r.AzureDisk = c.Bool("force"), c.Bool("azure-disk")
 		req = &r
 	}
 	client, base, err := adminClient(c)
@@ -241,6 +250,9 @@ func printRecovery(c *cli.Context, st pipeline.RecoveryState) {
 	}
 	if st.File != "" {
 		fmt.Fprintf(w, "  file: %s  (losetup -f --show %s)\n", st.File, st.File)
+	}
+	if st.AzureDisk != "" {
+		fmt.Fprintf(w, "  Azure disk (a fixed VHD page blob): %s\n", st.AzureDisk)
 	}
 	if st.Kind == pipeline.RecoveryFailover {
 		state := "not committed: lifeboat failover commit makes it final"

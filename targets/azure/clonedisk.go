@@ -1,0 +1,110 @@
+package azure
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/blob"
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/bloberror"
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/pageblob"
+	"github.com/google/uuid"
+
+	"lifeboat/targets"
+)
+
+var _ targets.DiskCloner = (*Target)(nil)
+
+// cloneChunk is the size of one Put Page of a decrypted clone (the
+// service's largest).
+const cloneChunk = 4 << 20
+
+// CloneDisk makes a page blob PREFIX failover/NAME.vhd that Azure can turn
+// into a managed disk, holding point p of volume volumeID in plaintext: a
+// server-side copy of the point's snapshot when the replica is not
+// encrypted (ClonePoint), otherwise an upload of p's plaintext (read
+// through the site's key), all-zero chunks skipped, with the VHD footer.
+// progress is called after each chunk with the bytes done and the total.
+// An unfinished clone is deleted; an existing name is ErrCloneExists.
+func (t *Target) CloneDisk(ctx context.Context, p targets.PointReader, volumeID, name string, progress func(done, total int64)) (string, error) {
+	u, err := t.ClonePoint(ctx, volumeID, p.Point().Seq, name)
+	if !errors.Is(err, ErrCloneEncrypted) {
+		if err == nil && progress != nil {
+			progress(p.Size(), p.Size())
+		}
+		return u, err
+	}
+	return t.cloneDecrypted(ctx, p, volumeID, name, progress)
+}
+
+// cloneDecrypted uploads p's plaintext to a new fixed-VHD page blob.
+func (t *Target) cloneDecrypted(ctx context.Context, p targets.PointReader, volumeID, name string, progress func(done, total int64)) (string, error) {
+	vid, err := uuid.Parse(volumeID)
+	if err != nil {
+		return "", fmt.Errorf("azure clone: volume id %q is not a UUID: %v", volumeID, err)
+	}
+	dstName, err := t.cloneBlob(name)
+	if err != nil {
+		return "", err
+	}
+	size := p.Size()
+	what := fmt.Sprintf("azure decrypted clone of point %d of %s to %s", p.Point().Seq, volumeID, dstName)
+	m := pointMetadata(p.Point())
+	m[metaVolumeID] = volumeID
+	m[metaSize] = strconv.FormatInt(size, 10)
+	m[metaCloneOf] = t.blobName(volumeID)
+	dst := t.cont.NewPageBlobClient(dstName)
+	_, err = dst.Create(ctx, blobSize(size), &pageblob.CreateOptions{Metadata: toPtrMap(m),
+		AccessConditions: &blob.AccessConditions{ModifiedAccessConditions: &blob.ModifiedAccessConditions{IfNoneMatch: ptr(azcore.ETagAny)}}})
+	if bloberror.HasCode(err, bloberror.BlobAlreadyExists, bloberror.ConditionNotMet) {
+		return "", fmt.Errorf("%s: %w", what, ErrCloneExists)
+	}
+	if err != nil {
+		return "", mapErr(what, err)
+	}
+	if err := t.uploadPlain(ctx, dst, p, vid, progress); err != nil {
+		t.dropClone(dst, "", err)
+		return "", fmt.Errorf("%s: %w", what, err)
+	}
+	return stripQuery(dst.URL()), nil
+}
+
+// uploadPlain writes p's non-zero chunks and the VHD footer to dst.
+func (t *Target) uploadPlain(ctx context.Context, dst *pageblob.Client, p targets.PointReader, vid uuid.UUID, progress func(done, total int64)) error {
+	size := p.Size()
+	buf := make([]byte, cloneChunk)
+	last := time.Now()
+	for off := int64(0); off < size; off += cloneChunk {
+		n := min(cloneChunk, size-off)
+		b := buf[:n]
+		if _, err := p.ReadAt(b, off); err != nil && !(errors.Is(err, io.EOF) && off+n == size) {
+			return fmt.Errorf("read the point at %d: %w", off, err)
+		}
+		if !allZero(b) { // a new page blob reads as zeros
+			pn := alignUp(n, 512) // the last chunk of a volume may be short of a page
+			page := b
+			if pn != n {
+				page = append(b[:n:n], make([]byte, pn-n)...)
+			}
+			if _, err := dst.UploadPages(ctx, nopCloser{bytes.NewReader(page)}, blob.HTTPRange{Offset: off, Count: pn}, nil); err != nil {
+				return mapErr(fmt.Sprintf("upload at %d", off), err)
+			}
+		}
+		if progress != nil && (time.Since(last) >= time.Second || off+n == size) {
+			progress(off+n, size)
+			last = time.Now()
+		}
+	}
+	f, err := NewFooter(vid, size, time.Now())
+	if err != nil {
+		return err
+	}
+	fb := EncodeFooter(f)
+	_, err = dst.UploadPages(ctx, nopCloser{bytes.NewReader(fb[:])}, blob.HTTPRange{Offset: VHDDataSize(size), Count: FooterSize}, nil)
+	return mapErr("write the vhd footer", err)
+}
