@@ -79,17 +79,26 @@ func (s *Shipper) prepare(token string) {
 	log.Info("planned failover: every write is flushed and tagged; shipping it", "tag_seq", seq)
 }
 
-// poll asks the site about the volume while nothing is shipped.
-func (s *Shipper) poll(ctx context.Context) {
+// poll asks the site about the volume while nothing is shipped; a
+// failover there is returned (ErrFailedOver), so that an idle agent says
+// so too.
+func (s *Shipper) poll(ctx context.Context) error {
 	st, err := s.remoteStatus(ctx)
 	if err != nil {
-		return // the next send or resume says why
+		return nil // the next send or resume says why
 	}
 	s.onSite(st)
+	for _, r := range st.Recovery {
+		if r.Kind == RecoveryFailover {
+			return failedOverError(r)
+		}
+	}
+	return nil
 }
 
 // nextSegment waits for the next sealed segment, polling the site every
-// PollInterval meanwhile.
+// PollInterval meanwhile; the site's failover of the volume ends the wait
+// with ErrFailedOver.
 func (s *Shipper) nextSegment(ctx context.Context) (hrl.SegmentInfo, error) {
 	every := s.PollInterval
 	if every <= 0 {
@@ -102,7 +111,9 @@ func (s *Shipper) nextSegment(ctx context.Context) (hrl.SegmentInfo, error) {
 		if err == nil || ctx.Err() != nil || !errors.Is(err, context.DeadlineExceeded) {
 			return seg, err
 		}
-		s.poll(ctx)
+		if err := s.poll(ctx); err != nil {
+			return hrl.SegmentInfo{}, err
+		}
 	}
 }
 

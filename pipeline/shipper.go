@@ -183,6 +183,11 @@ func (s *Shipper) sendLoop(ctx context.Context) {
 			resumed = true
 		}
 		seg, err := s.nextSegment(ctx)
+		if errors.Is(err, ErrFailedOver) {
+			resumed = false
+			s.stopped(ctx, err)
+			continue
+		}
 		if err != nil {
 			if ctx.Err() == nil && !errors.Is(err, tracker.ErrClosed) {
 				log.Error("waiting for a segment", "err", err)
