@@ -330,7 +330,11 @@ func (s *Shipper) stopped(ctx context.Context, err error) {
 	s.status.Connected, s.status.LastError, s.status.Stopped = false, err.Error(), err.Error()
 	s.mu.Unlock()
 	if first {
-		s.logger().Error("replication of this volume stopped; the journal is kept and the site is asked again",
+		level := slog.LevelError
+		if errors.Is(err, ErrFailedOver) { // an admin's decision, not a fault
+			level = slog.LevelWarn
+		}
+		s.logger().Log(context.Background(), level, "replication of this volume stopped; the journal is kept and the site is asked again",
 			"retry_every", s.maxBackoff(), "err", err)
 	}
 	sleepCtx(ctx, s.maxBackoff())

@@ -28,7 +28,7 @@ const demoMinSize = 16 << 20
 func demoCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "demo",
-		Usage: "replicate a volume to a recovery site on this machine and prove a recovery point is exact",
+		Usage: "replicate a volume to a recovery site on this machine, prove a recovery point is exact, then test failover and fail over to it",
 		Description: "Runs a whole site in this process, on 127.0.0.1 with ephemeral ports, in a temporary directory:\n" +
 			"no root, no kernel NBD, no cloud, nothing to install.\n" +
 			"  1. the recovery site: a CA (like 'lifeboat server init'), a process server over mutual TLS and a\n" +
@@ -91,7 +91,12 @@ func runDemo(ctx context.Context, w, errw io.Writer, o demoOptions) (err error) 
 	if o.Verbose {
 		level = slog.LevelInfo
 	}
+	quiet := slog.LevelError // the shipper's: the demo tells of the failover itself
+	if o.Verbose {
+		quiet = level
+	}
 	site := &demoSite{log: slog.New(slog.NewTextHandler(errw, &slog.HandlerOptions{Level: level})),
+		quiet:     slog.New(slog.NewTextHandler(errw, &slog.HandlerOptions{Level: quiet})),
 		serverDir: filepath.Join(dir, "server"), agentDir: filepath.Join(dir, "agent")}
 	site.volPath = filepath.Join(site.agentDir, demoVolumeName+".img")
 	r := &demoRun{o: o, w: w, site: site, start: time.Now(), dir: dir,
@@ -102,7 +107,8 @@ func runDemo(ctx context.Context, w, errw io.Writer, o demoOptions) (err error) 
 		}
 		err = r.finish(errw, ownDir, err, ctx.Err() != nil)
 	}()
-	fmt.Fprintf(w, "Lifeboat demo: protect a volume, replicate it to a recovery site, prove a recovery point is exact.\n"+
+	fmt.Fprintf(w, "Lifeboat demo: protect a volume, replicate it to a recovery site, prove a recovery point is exact,\n"+
+		"then test failover and fail over to it.\n"+
 		"Everything runs in this process on 127.0.0.1, in %s (no root, no kernel NBD, no cloud).\n", dir)
 	return r.run(ctx)
 }

@@ -116,5 +116,9 @@ func (r *demoRun) summary(points int) {
 	row("RPO", "flush → its point on the site: %s (a tag every %v); now %s", strings.Join(lags, ", "),
 		r.site.ship.TagInterval, rpoString(st.RPOSeconds))
 	row("verified", "latest point seq %d = source at its tag (sha256 %s…): MATCH", r.latest, r.latestHash[:16])
+	for _, rec := range r.recovery {
+		row(rec.kind, "point seq %d served in %s, first NBD read after %s, whole volume read in %s: MATCH", rec.point,
+			rec.started.Round(time.Millisecond), rec.firstRead.Round(time.Millisecond), rec.readAll.Round(time.Millisecond))
+	}
 	row("total", "%s", time.Since(r.start).Round(10*time.Millisecond))
 }

@@ -30,6 +30,7 @@ type demoRun struct {
 	lags         []time.Duration // flush acknowledged → point seen on the site
 	latest       uint64          // the latest point, verified
 	latestHash   string
+	recovery     []demoRecovery // the test failover and the failover
 }
 
 // Time allowed for the initial replication and for a point after a round.
@@ -40,7 +41,7 @@ const (
 
 func (r *demoRun) run(ctx context.Context) error {
 	d, w := r.site, r.w
-	step := func(n int, title string) { fmt.Fprintf(w, "\n[%d/6] %s\n", n, title) }
+	step := func(n int, title string) { fmt.Fprintf(w, "\n[%d/8] %s\n", n, title) }
 
 	step(1, "Recovery site")
 	if err := d.startServer(ctx); err != nil {
@@ -91,6 +92,16 @@ func (r *demoRun) run(ctx context.Context) error {
 
 	step(6, "Open the latest recovery point and compare it with the source at that tag")
 	if err := r.verify(ctx); err != nil {
+		return err
+	}
+
+	step(7, "Test failover of the latest point (as 'lifeboat test-failover start demo'): served over NBD, no copy")
+	if err := r.testFailover(ctx); err != nil {
+		return err
+	}
+
+	step(8, "Failover to the latest point (as 'lifeboat failover start demo'): the site serves the volume now")
+	if err := r.failover(ctx); err != nil {
 		return err
 	}
 	r.summary(len(pts))

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"lifeboat/failover"
 	"lifeboat/nbd"
 	"lifeboat/pipeline"
 	"lifeboat/pipeline/pki"
@@ -27,7 +28,8 @@ const demoVolumeName = "demo"
 // site (process server with a file target) and a protected server (an
 // agent's volume, NBD front end and shipper), all on 127.0.0.1.
 type demoSite struct {
-	log *slog.Logger
+	log   *slog.Logger
+	quiet *slog.Logger // errors only (the shipper's)
 
 	serverDir string // lifeboat server --data-dir: pki/, spool/, replicas/
 	agentDir  string // demo.img, journal/demo, demo-agent.crt|key, ca.crt
@@ -35,8 +37,8 @@ type demoSite struct {
 
 	// Recovery site.
 	target    *file.Target
-	srv       *pipeline.Server
-	url       string // https://127.0.0.1:PORT
+	site      *failover.Site // process server and recovery volumes (NBD)
+	url       string         // https://127.0.0.1:PORT
 	srvCancel context.CancelFunc
 	srvDone   chan error
 	admin     *http.Client // admin identity, for the points API
@@ -68,13 +70,15 @@ func (d *demoSite) startServer(ctx context.Context) error {
 	}
 	d.target = file.New(replicas)
 	d.target.Logger = d.log
-	d.srv = pipeline.NewServer(d.serverDir, d.target, tlsConf)
-	d.srv.Logger = d.log
-	// The demo's site holds well under 100 MiB: a machine with less free
-	// space than a real site's reserve (1 GiB) still runs it.
-	d.srv.MinFree = 128 << 20
-	if err := d.srv.Open(ctx); err != nil {
-		return fmt.Errorf("open the process server: %w", err)
+	// As lifeboat server runs it, with recovery volumes over NBD.
+	d.site = &failover.Site{DataDir: d.serverDir, Target: d.target, TLS: tlsConf, Logger: d.log,
+		Recovery: true, NBDAddr: "127.0.0.1:0",
+		// The demo's site holds well under 100 MiB: a machine with less
+		// free space than a real site's reserve (1 GiB) still runs it.
+		Configure: func(srv *pipeline.Server) { srv.MinFree = 128 << 20 }}
+	if err := d.site.Open(ctx); err != nil {
+		d.site = nil
+		return fmt.Errorf("open the recovery site: %w", err)
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -83,7 +87,7 @@ func (d *demoSite) startServer(ctx context.Context) error {
 	d.url = "https://" + ln.Addr().String()
 	sctx, cancel := context.WithCancel(context.Background())
 	d.srvCancel, d.srvDone = cancel, make(chan error, 1)
-	go func() { d.srvDone <- d.srv.Serve(sctx, ln) }()
+	go func() { d.srvDone <- d.site.Serve(sctx, ln) }()
 	p := pki.Paths(d.serverDir)
 	if d.admin, err = httpClient(p.AdminCert, p.AdminKey, p.CACert); err != nil {
 		return err
@@ -134,7 +138,9 @@ func (d *demoSite) startAgent(ctx context.Context) error {
 	d.ship = pipeline.NewShipper(v, demoVolumeName, d.url, d.agentHTTP)
 	d.ship.TagInterval = pipeline.MinTagInterval
 	d.ship.MaxBackoff = 2 * time.Second
-	d.ship.Logger = d.log
+	// The demo shows the agent's side of the failover itself; real
+	// errors still reach the log.
+	d.ship.Logger = d.quiet
 	sctx, cancel := context.WithCancel(context.Background())
 	d.shipCancel = cancel
 	d.shipWG.Add(1)
@@ -181,8 +187,8 @@ func (d *demoSite) stop() error {
 			errs = append(errs, fmt.Errorf("process server: %w", err))
 		}
 	}
-	if d.srv != nil {
-		errs = append(errs, d.srv.Close())
+	if d.site != nil {
+		errs = append(errs, d.site.Close())
 	}
 	if d.target != nil {
 		errs = append(errs, d.target.Close())

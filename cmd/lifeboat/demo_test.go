@@ -19,7 +19,9 @@ func TestDemo(t *testing.T) {
 		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
 	}
 	for _, w := range []string{
-		"[3/6] Initial replication", "walked", "first recovery point: seq",
+		"[3/8] Initial replication", "walked", "first recovery point: seq",
+		"[7/8] Test failover", "first NBD read returned after", "cleaned up in",
+		"[8/8] Failover", "the agent was told and stopped shipping: volume failed over at the site",
 		"round 1  ", "round 2  ", "RPO at the flush",
 		"← after initial replication", "← after round 1", "← after round 2",
 		"GET /v1/volumes/demo/points/latest", "(round 2)\n      MATCH: recovery point",
