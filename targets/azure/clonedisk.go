@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
@@ -74,31 +76,51 @@ func (t *Target) cloneDecrypted(ctx context.Context, p targets.PointReader, volu
 	return stripQuery(dst.URL()), nil
 }
 
-// uploadPlain writes p's non-zero chunks and the VHD footer to dst.
+// uploadPlain writes p's non-zero chunks (Options.Parallel at a time)
+// and the VHD footer to dst.
 func (t *Target) uploadPlain(ctx context.Context, dst *pageblob.Client, p targets.PointReader, vid uuid.UUID, progress func(done, total int64)) error {
 	size := p.Size()
-	buf := make([]byte, cloneChunk)
-	last := time.Now()
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	offs := make(chan int64)
+	var done atomic.Int64
+	var wg sync.WaitGroup
+	for range max(t.opts.Parallel, 1) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, cloneChunk)
+			for off := range offs {
+				if err := uploadChunk(ctx, dst, p, buf, off, size); err != nil {
+					cancel(err)
+					return
+				}
+				done.Add(min(cloneChunk, size-off))
+			}
+		}()
+	}
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+feed:
 	for off := int64(0); off < size; off += cloneChunk {
-		n := min(cloneChunk, size-off)
-		b := buf[:n]
-		if _, err := p.ReadAt(b, off); err != nil && !(errors.Is(err, io.EOF) && off+n == size) {
-			return fmt.Errorf("read the point at %d: %w", off, err)
-		}
-		if !allZero(b) { // a new page blob reads as zeros
-			pn := alignUp(n, 512) // the last chunk of a volume may be short of a page
-			page := b
-			if pn != n {
-				page = append(b[:n:n], make([]byte, pn-n)...)
+		select {
+		case offs <- off:
+		case <-ctx.Done():
+			break feed
+		case <-tick.C:
+			if progress != nil {
+				progress(done.Load(), size)
 			}
-			if _, err := dst.UploadPages(ctx, nopCloser{bytes.NewReader(page)}, blob.HTTPRange{Offset: off, Count: pn}, nil); err != nil {
-				return mapErr(fmt.Sprintf("upload at %d", off), err)
-			}
+			off -= cloneChunk // not sent: again
 		}
-		if progress != nil && (time.Since(last) >= time.Second || off+n == size) {
-			progress(off+n, size)
-			last = time.Now()
-		}
+	}
+	close(offs)
+	wg.Wait()
+	if err := context.Cause(ctx); err != nil {
+		return err
+	}
+	if progress != nil {
+		progress(size, size)
 	}
 	f, err := NewFooter(vid, size, time.Now())
 	if err != nil {
@@ -107,4 +129,22 @@ func (t *Target) uploadPlain(ctx context.Context, dst *pageblob.Client, p target
 	fb := EncodeFooter(f)
 	_, err = dst.UploadPages(ctx, nopCloser{bytes.NewReader(fb[:])}, blob.HTTPRange{Offset: VHDDataSize(size), Count: FooterSize}, nil)
 	return mapErr("write the vhd footer", err)
+}
+
+// uploadChunk reads the chunk of p at off and writes it to dst unless it
+// is all zeros (a new page blob reads as zeros).
+func uploadChunk(ctx context.Context, dst *pageblob.Client, p targets.PointReader, buf []byte, off, size int64) error {
+	n := min(cloneChunk, size-off)
+	b := buf[:n]
+	if _, err := p.ReadAt(b, off); err != nil && !(errors.Is(err, io.EOF) && off+n == size) {
+		return fmt.Errorf("read the point at %d: %w", off, err)
+	}
+	if allZero(b) {
+		return nil
+	}
+	if pn := alignUp(n, 512); pn != n { // the last chunk of a volume may be short of a page
+		b = append(b[:n:n], make([]byte, pn-n)...)
+	}
+	_, err := dst.UploadPages(ctx, nopCloser{bytes.NewReader(b)}, blob.HTTPRange{Offset: off, Count: int64(len(b))}, nil)
+	return mapErr(fmt.Sprintf("upload at %d", off), err)
 }
