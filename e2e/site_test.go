@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -50,6 +51,9 @@ func newSiteWith(t *testing.T, env, args []string) *site {
 // newSiteAt is newSiteWith with the server's data directory at dir.
 func newSiteAt(t *testing.T, dir string, env, args []string) *site {
 	t.Helper()
+	if !slices.Contains(args, "--recovery-nbd") { // not the fixed default: tests run side by side
+		args = append(slices.Clone(args), "--recovery-nbd", "127.0.0.1:0")
+	}
 	s := &site{t: t, dir: dir, certs: filepath.Join(t.TempDir(), "certs"), env: env, args: args}
 	run(t, binary, "server", "init", "--data-dir", s.dir)
 	run(t, binary, "certs", "issue", "--data-dir", s.dir, "--name", "web01", "--out", s.certs)

@@ -47,12 +47,7 @@ func (m *Manager) open(ctx context.Context, sv pipeline.SiteVolume, kind string,
 	}
 	r := &recovery{dir: filepath.Join(m.Dir, info.ID+"."+kind), state: pipeline.RecoveryState{
 		Volume: info, Kind: kind, Point: pipeline.APIPoint(p), Since: m.now().UTC(), Export: exportName(info, kind)}}
-	if m.NBD != nil {
-		r.state.URL = m.NBDURL(r.state.Export)
-	}
-	if m.FUSE != nil {
-		r.state.File = filepath.Join(m.FUSE.Dir, r.state.Export)
-	}
+	m.where(r)
 	if existing := m.get(info.ID, kind); existing != nil {
 		r.state.Since, r.state.Planned = existing.state.Since, existing.state.Planned // a change of point
 	}

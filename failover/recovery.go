@@ -49,10 +49,11 @@ type Manager struct {
 	Logger       *slog.Logger
 	Now          func() time.Time
 
-	mu    sync.Mutex
-	recs  map[key]*recovery
-	busy  map[string]bool   // volume ids with a request in progress
-	plans map[string]string // volume id -> token of the planned failover its agent is asked for
+	saveMu sync.Mutex // serialises put: the last state.json written holds the newest list
+	mu     sync.Mutex
+	recs   map[key]*recovery
+	busy   map[string]bool   // volume ids with a request in progress
+	plans  map[string]string // volume id -> token of the planned failover its agent is asked for
 }
 
 type key struct{ id, kind string }
@@ -121,6 +122,9 @@ func (m *Manager) Open(ctx context.Context) error {
 // reopen opens r's point, overlay and (failover) tracker volume, and
 // serves it.
 func (m *Manager) reopen(ctx context.Context, r *recovery) error {
+	m.mu.Lock()
+	m.where(r) // this run's NBD address and mount, not the saved ones
+	m.mu.Unlock()
 	sv, err := m.Site.Volume(ctx, r.state.Volume.ID)
 	if err != nil {
 		return err
@@ -239,8 +243,12 @@ func (m *Manager) get(id, kind string) *recovery {
 	return m.recs[key{id, kind}]
 }
 
-// put records r (nil: forgets it) and saves the state durably.
+// put records r (nil: forgets it) and saves the state durably. Puts of
+// different volumes run one at a time, so the last state.json written is
+// the newest list.
 func (m *Manager) put(id, kind string, r *recovery) error {
+	m.saveMu.Lock()
+	defer m.saveMu.Unlock()
 	m.mu.Lock()
 	if r == nil {
 		delete(m.recs, key{id, kind})
@@ -338,6 +346,18 @@ func (m *Manager) unserve(ctx context.Context, r *recovery, shutdown bool) error
 		}
 	}
 	return nil
+}
+
+// where sets how a client reaches r now: its NBD URL and FUSE file (empty
+// without NBD or a mount).
+func (m *Manager) where(r *recovery) {
+	r.state.URL, r.state.File = "", ""
+	if m.NBD != nil {
+		r.state.URL = m.NBDURL(r.state.Export)
+	}
+	if m.FUSE != nil {
+		r.state.File = filepath.Join(m.FUSE.Dir, r.state.Export)
+	}
 }
 
 // exportName is the NBD export and FUSE file name of a recovery volume:
