@@ -259,19 +259,22 @@ func tfLoopBacks(t *testing.T, dev, file string) bool {
 	return back == file
 }
 
-// tfLoopsOver lists the loop devices over file (losetup -j).
-func tfLoopsOver(t *testing.T, file string) string {
+// tfLoopsOver lists the loop devices over file. It reads sysfs rather
+// than asking losetup -j, which finds nothing once the file is gone (a
+// FUSE file removed under a loop device still backs it, "(deleted)").
+func tfLoopsOver(t *testing.T, file string) []string {
 	t.Helper()
-	out, err := exec.Command("losetup", "-j", file).CombinedOutput()
-	if err != nil && !os.IsNotExist(tfStatErr(file)) {
-		t.Fatalf("losetup -j %s: %v\n%s", file, err, out)
+	devs, err := filepath.Glob("/sys/block/loop*")
+	if err != nil {
+		t.Fatal(err)
 	}
-	return strings.TrimSpace(string(out))
-}
-
-func tfStatErr(path string) error {
-	_, err := os.Stat(path)
-	return err
+	var out []string
+	for _, d := range devs {
+		if dev := "/dev/" + filepath.Base(d); tfLoopBacks(t, dev, file) {
+			out = append(out, dev)
+		}
+	}
+	return out
 }
 
 // tfDetach detaches loop device dev and waits until it is gone.

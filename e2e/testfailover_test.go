@@ -140,7 +140,7 @@ func TestTestFailoverExt4(t *testing.T) {
 	tfCheckFiles(t, testFS, written)
 	run(t, "umount", testFS)
 	tfDetach(t, testDev, st.File)
-	if l := tfLoopsOver(t, st.File); l != "" {
+	if l := tfLoopsOver(t, st.File); len(l) != 0 {
 		t.Fatalf("loop devices left over %s: %s", st.File, l)
 	}
 
@@ -199,7 +199,7 @@ func TestTestFailoverExt4(t *testing.T) {
 		t.Fatalf("after cleanup, %s still reads:\n%s", st.URL, out)
 	}
 	tfOnlyStateJSON(t, s)
-	if l := tfLoopsOver(t, st.File); l != "" {
+	if l := tfLoopsOver(t, st.File); len(l) != 0 {
 		t.Fatalf("loop devices left over %s: %s", st.File, l)
 	}
 	for _, m := range []string{testFS, mountRO} {
@@ -341,9 +341,11 @@ func TestTestFailoverSurvivesServerRestart(t *testing.T) {
 	if got := s.tfRecoveryNBD(); got != nbdAddr {
 		t.Fatalf("the restarted server serves recovery volumes at %s, before at %s", got, nbdAddr)
 	}
-	if !strings.Contains(s.srv.Output(), "recovery volume served again") {
-		t.Fatalf("the restarted server does not say it serves the test volume again:\n%s", s.srv.Output())
-	}
+	// Logged (stderr) before the ready line (stdout); the two pipes are
+	// read apart, so wait for it.
+	waitFor(t, 10*time.Second, "the restarted server to log that it serves the test volume again", func() bool {
+		return strings.Contains(s.srv.Output(), "recovery volume served again")
+	})
 	if got := tfNBDExports(t, nbdAddr); !slices.Equal(got, []string{"web01.disk.test"}) {
 		t.Fatalf("after the restart the site serves %q", got)
 	}
