@@ -18,17 +18,9 @@ import (
 // moment: every request succeeds, and state.json, which a restarted server
 // reads, lists exactly the test failovers running.
 //
-// Known bug, so skipped unless LIFEBOAT_E2E_KNOWN_BUGS=1: failover.Manager.put
-// saves state.json outside its lock, so two volumes' requests write the
-// same state.json.tmp at once. One of them fails with 500 ("rename
-// state.json.tmp state.json: no such file or directory") after the other
-// renamed it, and the later writer may save an older list (a test failover
-// lost at the next restart) or, both writing one truncated file, a
-// damaged state.json (the next start refuses it).
+// (Two volumes' requests once wrote the same state.json.tmp at once: a 500,
+// or an older list written last.)
 func TestTestFailoverConcurrentRequests(t *testing.T) {
-	if os.Getenv("LIFEBOAT_E2E_KNOWN_BUGS") != "1" {
-		t.Skip("known bug: concurrent recovery requests race on state.json.tmp (LIFEBOAT_E2E_KNOWN_BUGS=1 runs it)")
-	}
 	s := newSiteWith(t, nil, []string{"--recovery-nbd", "127.0.0.1:0"})
 	dir := t.TempDir()
 	args := []string{"--journal-dir", filepath.Join(dir, "journal"), "--tag-interval", "1s"}
