@@ -199,9 +199,9 @@ func (v *Volume) Tag(kind hrl.TagKind, name string) (uint64, error) {
 		v.mu.Unlock()
 		return 0, ErrClosed
 	}
-	if v.st.Resync != "" {
+	if reason := v.st.Resync; reason != "" {
 		v.mu.Unlock()
-		return 0, fmt.Errorf("%w (%s)", ErrResync, v.st.Resync)
+		return 0, fmt.Errorf("%w (%s)", ErrResync, reason)
 	}
 	seq, err := v.w.AppendTag(hrl.Tag{Kind: kind, Name: name, Time: time.Now()})
 	if err != nil {

@@ -1,0 +1,42 @@
+package tracker_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"lifeboat/tracker"
+)
+
+// Tag refused during a resync read the reason after unlocking the volume
+// (-race saw it racing with the resync's end): tags taken in a loop while a
+// resync runs, under -race.
+func TestTagDuringResync(t *testing.T) {
+	for range 20 {
+		dir := t.TempDir()
+		path := filepath.Join(dir, "d.img")
+		f, _ := os.Create(path)
+		f.Truncate(4 << 20)
+		f.Close()
+		v := tracker.NewVolume(path, filepath.Join(dir, "j"))
+		v.InitialSync = true
+		if err := v.Open(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- v.Resync(context.Background(), nil) }()
+		for {
+			_, err := v.Tag(1, "x")
+			if err == nil {
+				break
+			}
+			if !errors.Is(err, tracker.ErrResync) {
+				t.Fatal(err)
+			}
+		}
+		<-done
+		v.Close()
+	}
+}
