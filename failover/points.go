@@ -47,7 +47,7 @@ func choose(ctx context.Context, sv pipeline.SiteVolume, req Request, progress f
 	default:
 		n, err := strconv.ParseUint(req.Point, 10, 64)
 		if err != nil || n == 0 {
-			return targets.Point{}, fmt.Errorf("%w: point %q: want %s, %s or a point's seq (lifeboat points list %s)",
+			return targets.Point{}, fmt.Errorf("%w: point %q: want %s, %s or a point's seq (lifeboat points list --volume %s)",
 				pipeline.ErrPermanent, req.Point, PointLatest, PointLatestProcessed, name)
 		}
 		seq = n
@@ -80,7 +80,7 @@ func choose(ctx context.Context, sv pipeline.SiteVolume, req Request, progress f
 				return p, nil
 			}
 		}
-		return targets.Point{}, fmt.Errorf("%w: recovery point %d of %s is not retained (pruned, or never taken); lifeboat points list %s shows the retained ones",
+		return targets.Point{}, fmt.Errorf("%w: recovery point %d of %s is not retained (pruned, or never taken); lifeboat points list --volume %s shows the retained ones",
 			targets.ErrNotFound, seq, name, name)
 	}
 	return points[len(points)-1], nil

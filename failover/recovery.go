@@ -282,6 +282,7 @@ func (m *Manager) openView(ctx context.Context, sv pipeline.SiteVolume, r *recov
 	path := filepath.Join(r.dir, "volume")
 	v := tracker.NewVolume(path, filepath.Join(r.dir, "journal"))
 	v.FS = ViewFS{FS: hrl.OSFS{}, Path: path, View: view}
+	v.CleanStart = true // it equals the point: only what changes from now on is dirty
 	v.JournalQuota = m.JournalQuota
 	if v.JournalQuota == 0 {
 		v.JournalQuota = DefaultJournalQuota

@@ -210,4 +210,3 @@ func readPoint(t *testing.T, sv pipeline.SiteVolume, seq uint64) []byte {
 	}
 	return b
 }
-

@@ -124,8 +124,21 @@ func decodeReply(resp *http.Response, v any) error {
 	default:
 		return fmt.Errorf("process server answered %s: %s", resp.Status, msg)
 	}
-	return fmt.Errorf("%w: %s (%s)", kind, strings.TrimPrefix(msg, kind.Error()+": "), resp.Status)
+	msg = strings.TrimPrefix(msg, kind.Error()+": ")
+	if kind == ErrPermanent { // "permanent error" says nothing to the admin who sent a bad request
+		return &replyError{kind: kind, msg: fmt.Sprintf("%s (%s)", msg, resp.Status)}
+	}
+	return fmt.Errorf("%w: %s (%s)", kind, msg, resp.Status)
 }
+
+// replyError is an answer's error that shows only the server's message.
+type replyError struct {
+	kind error
+	msg  string
+}
+
+func (e *replyError) Error() string { return e.msg }
+func (e *replyError) Unwrap() error { return e.kind }
 
 func (s *Shipper) volumeURL(id string) string {
 	return strings.TrimRight(s.URL, "/") + "/v1/volumes/" + id

@@ -97,22 +97,26 @@ func (s *Shipper) poll(ctx context.Context) error {
 }
 
 // nextSegment waits for the next sealed segment, polling the site every
-// PollInterval meanwhile; the site's failover of the volume ends the wait
-// with ErrFailedOver.
+// PollInterval, whether segments come or not (a volume written all the
+// time must see a planned failover too); the site's failover of the
+// volume ends the wait with ErrFailedOver.
 func (s *Shipper) nextSegment(ctx context.Context) (hrl.SegmentInfo, error) {
 	every := s.PollInterval
 	if every <= 0 {
 		every = DefaultPollInterval
 	}
 	for {
-		wctx, cancel := context.WithTimeout(ctx, every)
+		if time.Since(s.lastPoll) >= every {
+			s.lastPoll = time.Now()
+			if err := s.poll(ctx); err != nil {
+				return hrl.SegmentInfo{}, err
+			}
+		}
+		wctx, cancel := context.WithTimeout(ctx, every-time.Since(s.lastPoll))
 		seg, err := s.Volume.NextSegment(wctx, 0)
 		cancel()
 		if err == nil || ctx.Err() != nil || !errors.Is(err, context.DeadlineExceeded) {
 			return seg, err
-		}
-		if err := s.poll(ctx); err != nil {
-			return hrl.SegmentInfo{}, err
 		}
 	}
 }

@@ -49,6 +49,7 @@ type Shipper struct {
 	tagTime time.Time
 	// planToken is the planned failover the volume was made read-only for.
 	planToken string
+	lastPoll  time.Time // the sender loop's last poll of the site
 }
 
 // ShipperStatus is what an admin sees of a volume's replication.

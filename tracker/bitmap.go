@@ -83,6 +83,9 @@ func openBitmap(fsys hrl.FS, path string, regionSize, volumeSize int64) (b *Bitm
 	return b, reason, nil
 }
 
+// reasonNewBitmap is why a bitmap that did not exist starts all dirty.
+const reasonNewBitmap = "new bitmap: every region is dirty"
+
 // load reads the file into b.words. It returns how many regions the file
 // vouched for, or a reason why it vouches for none.
 func (b *Bitmap) load() (int64, string, error) {
@@ -91,7 +94,7 @@ func (b *Bitmap) load() (int64, string, error) {
 		return 0, "", fmt.Errorf("dirty bitmap: %w", err)
 	}
 	if size == 0 {
-		return 0, "new bitmap: every region is dirty", nil
+		return 0, reasonNewBitmap, nil
 	}
 	h := make([]byte, bitmapHeader)
 	if _, err := b.f.ReadAt(h, 0); err != nil && !errors.Is(err, io.EOF) {

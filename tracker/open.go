@@ -87,6 +87,15 @@ func (v *Volume) open() error {
 		return err
 	}
 	v.bitmap = bm
+	if !found && v.CleanStart && !v.InitialSync && reason == reasonNewBitmap {
+		for r := range bm.Regions() {
+			bm.Clear(r)
+		}
+		if err := bm.Sync(); err != nil {
+			return err
+		}
+		reason = ""
+	}
 	if reason != "" {
 		v.logger().Info("dirty bitmap initialised", "path", v.Path, "reason", reason, "dirty_regions", bm.Dirty())
 	}

@@ -98,7 +98,13 @@ type Volume struct {
 	// because the replica has nothing of it yet. Ignored for a volume that
 	// was opened before.
 	InitialSync bool
-	Logger      *slog.Logger
+	// CleanStart makes a volume opened for the first time (no volume.json
+	// and no dirty bitmap in JournalDir) start with no dirty region: its
+	// content is known elsewhere at that moment (a failover volume over a
+	// recovery point, whose failback sends what changed since the point).
+	// Ignored for a volume opened before, and with InitialSync.
+	CleanStart bool
+	Logger     *slog.Logger
 
 	backing  hrl.File
 	size     int64

@@ -1,0 +1,76 @@
+package tracker_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"lifeboat/tracker"
+)
+
+// Tag refused during a resync read the reason after unlocking the volume
+// (-race saw it racing with the resync's end): tags taken in a loop while a
+// resync runs, under -race.
+func TestTagDuringResync(t *testing.T) {
+	for range 20 {
+		dir := t.TempDir()
+		path := filepath.Join(dir, "d.img")
+		f, _ := os.Create(path)
+		f.Truncate(4 << 20)
+		f.Close()
+		v := tracker.NewVolume(path, filepath.Join(dir, "j"))
+		v.InitialSync = true
+		if err := v.Open(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- v.Resync(context.Background(), nil) }()
+		for {
+			_, err := v.Tag(1, "x")
+			if err == nil {
+				break
+			}
+			if !errors.Is(err, tracker.ErrResync) {
+				t.Fatal(err)
+			}
+		}
+		<-done
+		v.Close()
+	}
+}
+
+// CleanStart: a volume opened for the first time has no dirty region;
+// written, it has; reopened (not the first time), its bitmap is kept.
+func TestCleanStart(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "d.img")
+	f, _ := os.Create(path)
+	f.Truncate(4 << 20)
+	f.Close()
+	open := func() *tracker.Volume {
+		v := tracker.NewVolume(path, filepath.Join(dir, "j"))
+		v.CleanStart = true
+		if err := v.Open(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	v := open()
+	if d := v.Bitmap().Dirty(); d != 0 {
+		t.Fatalf("a new CleanStart volume has %d dirty regions, want 0", d)
+	}
+	if _, err := v.WriteAt(make([]byte, 4096), 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	if d := v.Bitmap().Dirty(); d != 1 {
+		t.Fatalf("after one write %d dirty regions, want 1", d)
+	}
+	v.Close()
+	v = open()
+	defer v.Close()
+	if d := v.Bitmap().Dirty(); d != 1 {
+		t.Fatalf("reopened: %d dirty regions, want the 1 written", d)
+	}
+}
