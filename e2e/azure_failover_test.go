@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"crypto/rand"
-	"encoding/json"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -14,30 +13,8 @@ import (
 
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/container"
 
-	"lifeboat/pipeline"
 	"lifeboat/targets/azure/azuritetest"
 )
-
-// recoveryCmd runs a lifeboat recovery command against s with --output
-// json and decodes the recovery volume it prints.
-func (s *site) recoveryCmd(args ...string) pipeline.RecoveryState {
-	s.t.Helper()
-	out := run(s.t, binary, append(args, "--server", s.url(), "--data-dir", s.dir, "--output", "json")...)
-	var st pipeline.RecoveryState
-	if err := json.Unmarshal([]byte(out), &st); err != nil {
-		s.t.Fatalf("lifeboat %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return st
-}
-
-// nbdSum reads a whole NBD export with nbdcopy and returns its sha256.
-func nbdSum(t *testing.T, uri string) string {
-	t.Helper()
-	out := filepath.Join(t.TempDir(), "nbd.img")
-	run(t, "nbdcopy", uri, out)
-	defer os.Remove(out)
-	return sha256File(t, out)
-}
 
 // downloadURL writes the blob at u (a clone's URL, in container cc) to a
 // file.
@@ -84,13 +61,13 @@ func TestAzureEncryptedFailover(t *testing.T) {
 	atPoint := copyFile(t, p.img)
 	point := []string{"--point", strconv.FormatUint(seq, 10)}
 
-	test := s.recoveryCmd(append([]string{"test-failover", "start", "disk"}, point...)...)
+	test := s.recovery(append([]string{"test-failover", "start", "disk"}, point...)...)
 	if got := nbdSum(t, test.URL); got != sum {
 		t.Fatalf("test failover of encrypted point %d reads %s over NBD, the plaintext is %s", seq, got, sum)
 	}
-	s.recoveryCmd("test-failover", "cleanup", "disk")
+	s.recovery("test-failover", "cleanup", "disk")
 
-	fo := s.recoveryCmd(append([]string{"failover", "start", "disk", "--azure-disk"}, point...)...)
+	fo := s.recovery(append([]string{"failover", "start", "disk", "--azure-disk"}, point...)...)
 	if fo.Point.Seq != seq || fo.AzureDisk == "" {
 		t.Fatalf("failover: %+v; want point %d and an Azure disk", fo, seq)
 	}
