@@ -176,7 +176,7 @@ func TestAzureSecondProcessServerIsRefused(t *testing.T) {
 	ln.Close()
 	srv2, err := startProc(t, s.env, func(_ *agentProc, line string) bool {
 		return strings.HasPrefix(line, "process server listening on")
-	}, append([]string{"process-server", "--data-dir", ps2, "--listen", addr2}, s.args...)...)
+	}, append([]string{"process-server", "--data-dir", ps2, "--listen", addr2}, s.targetArgs()...)...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -74,6 +74,20 @@ func newSiteAt(t *testing.T, dir string, env, args []string) *site {
 
 func (s *site) url() string { return "https://" + s.addr }
 
+// targetArgs are the server's extra flags without --recovery-nbd, which
+// only lifeboat server has (for a process-server on the same target).
+func (s *site) targetArgs() []string {
+	var out []string
+	for i := 0; i < len(s.args); i++ {
+		if s.args[i] == "--recovery-nbd" {
+			i++
+			continue
+		}
+		out = append(out, s.args[i])
+	}
+	return out
+}
+
 // start starts the server (again).
 func (s *site) start() {
 	s.t.Helper()
