@@ -77,10 +77,10 @@ func (m *Manager) handler(withBody bool, fn func(context.Context, pipeline.SiteV
 	})
 }
 
-// progress logs how much of the spool is left to apply.
+// progress shows how much of the spool is left to apply (Step, logged).
 func (m *Manager) progress(sv pipeline.SiteVolume) func(int64) {
 	return func(left int64) {
-		m.logger().Info("applying the spool before choosing the latest point", "volume", volName(sv.Info()), "bytes_left", left)
+		m.step(sv.Info(), "applying what the site has spooled before taking the latest point: %s left", mib(left))
 	}
 }
 

@@ -29,9 +29,9 @@ func (m *Manager) cloneDisk(ctx context.Context, sv pipeline.SiteVolume, r *reco
 	info := r.state.Volume
 	name := fmt.Sprintf("%s.%s.point%d", info.Machine, info.Name, r.state.Point.Seq)
 	log := m.logger().With("volume", volName(info), "point", r.state.Point.Seq, "disk", name)
-	log.Info("copying the failover point to a disk for Azure")
 	url, err := dc.CloneDisk(ctx, p, info.ID, name, func(done, total int64) {
-		log.Info("copying the failover point to a disk for Azure", "done_bytes", done, "total_bytes", total)
+		m.step(info, "copying point %d to the Azure disk %s: %d%% (%s of %s)", r.state.Point.Seq, name,
+			100*done/max(total, 1), mib(done), mib(total))
 	})
 	if err != nil {
 		return "", fmt.Errorf("--azure-disk: %w", err)

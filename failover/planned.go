@@ -48,8 +48,7 @@ func (m *Manager) planned(ctx context.Context, sv pipeline.SiteVolume, req Reque
 		delete(m.plans, info.ID)
 		m.mu.Unlock()
 	}
-	m.logger().Info("planned failover: asking the agent to stop writes, flush, tag and ship", "volume", volName(info),
-		"token", token, "timeout", timeout)
+	m.step(info, "planned failover: waiting for the agent of %s to stop writes, flush, tag and ship (up to %v)", volName(info), timeout)
 	wctx, cancel := context.WithTimeout(ctx, timeout)
 	p, err := waitPlannedPoint(wctx, sv, token)
 	cancel()

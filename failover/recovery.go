@@ -54,6 +54,7 @@ type Manager struct {
 	recs   map[key]*recovery
 	busy   map[string]bool   // volume ids with a request in progress
 	plans  map[string]string // volume id -> token of the planned failover its agent is asked for
+	steps  map[string]string // volume id -> what its request is doing now (Step)
 }
 
 type key struct{ id, kind string }
@@ -101,6 +102,7 @@ func (m *Manager) Open(ctx context.Context) error {
 	m.recs = map[key]*recovery{}
 	m.busy = map[string]bool{}
 	m.plans = map[string]string{}
+	m.steps = map[string]string{}
 	for _, s := range saved {
 		m.recs[key{s.State.Volume.ID, s.State.Kind}] = &recovery{state: s.State, dir: s.Dir}
 	}
@@ -234,8 +236,28 @@ func (m *Manager) begin(id string) error {
 func (m *Manager) end(id string) {
 	m.mu.Lock()
 	delete(m.busy, id)
+	delete(m.steps, id)
 	m.mu.Unlock()
 }
+
+// Step implements pipeline.Holds.
+func (m *Manager) Step(id string) string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.steps[id]
+}
+
+// step records what volume id's request is doing now (Step) and logs it.
+func (m *Manager) step(info targets.VolumeInfo, format string, a ...any) {
+	s := fmt.Sprintf(format, a...)
+	m.mu.Lock()
+	m.steps[info.ID] = s
+	m.mu.Unlock()
+	m.logger().Info(s, "volume", volName(info))
+}
+
+// mib formats a byte count for a step.
+func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
 
 func (m *Manager) get(id, kind string) *recovery {
 	m.mu.Lock()

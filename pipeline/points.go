@@ -59,6 +59,7 @@ func (s *Server) addPoints(v *volume, st *VolumeStatus) {
 	if s.Holds != nil {
 		st.Recovery = s.Holds.Recovery(v.info.ID)
 		st.PlannedFailover = s.Holds.PlannedFailover(v.info.ID)
+		st.RecoveryStep = s.Holds.Step(v.info.ID)
 	}
 	points, err := v.rep.Points(s.ctx)
 	if err != nil {

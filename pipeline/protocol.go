@@ -108,6 +108,9 @@ type VolumeStatus struct {
 	// PlannedFailover, while set, asks the volume's agent to stop writes,
 	// flush and ship a tag named PlannedTagPrefix + this token.
 	PlannedFailover string `json:"planned_failover,omitempty"`
+	// RecoveryStep says what a long recovery request on the volume is
+	// doing now, with its progress.
+	RecoveryStep string `json:"recovery_step,omitempty"`
 }
 
 // sortStatus orders volumes by machine, then name.

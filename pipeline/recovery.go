@@ -70,6 +70,10 @@ type Holds interface {
 	// PlannedFailover returns the token of the planned failover volume id's
 	// agent is asked to prepare, "" for none.
 	PlannedFailover(id string) string
+	// Step says what a long recovery request on volume id is doing now
+	// (applying the spool, copying a disk, waiting for the agent), "" when
+	// none runs.
+	Step(id string) string
 }
 
 // SiteVolume is a volume of the site, lent to the recovery service.

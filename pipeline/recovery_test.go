@@ -52,6 +52,8 @@ func (h *holds) Recovery(id string) []pipeline.RecoveryState {
 	return nil
 }
 
+func (h *holds) Step(string) string { return "" }
+
 func (h *holds) PlannedFailover(id string) string {
 	h.mu.Lock()
 	defer h.mu.Unlock()

@@ -177,8 +177,8 @@ func recoveryAction(c *cli.Context, method, path string, withBody bool, done str
 		}
 		return pipeline.Call(ctx, client, method, volURL+path, in, &st)
 	}
-	if req != nil && req.At == nil && (req.Point == "" || req.Point == failover.PointLatest) && !req.Planned {
-		err = withSpoolProgress(c, client, volURL, call)
+	if req != nil {
+		err = withProgress(c, client, volURL, call)
 	} else {
 		err = call(c.Context)
 	}
@@ -200,10 +200,12 @@ func recoveryAction(c *cli.Context, method, path string, withBody bool, done str
 	return nil
 }
 
-// withSpoolProgress runs call while showing how much of the volume's
-// spool the site still applies (it waits for that before it takes the
-// latest point): one line a second, redrawn on a terminal.
-func withSpoolProgress(c *cli.Context, client *http.Client, volURL string, call func(context.Context) error) error {
+// withProgress runs call while showing what the site does for it when
+// that takes long (applying the spool for latest, copying an Azure disk,
+// waiting for the agent of a planned failover): the volume's recovery
+// step, read every second, on one redrawn line on a terminal and as plain
+// lines otherwise.
+func withProgress(c *cli.Context, client *http.Client, volURL string, call func(context.Context) error) error {
 	done := make(chan error, 1)
 	go func() { done <- call(c.Context) }()
 	tick := time.NewTicker(time.Second)
@@ -213,7 +215,7 @@ func withSpoolProgress(c *cli.Context, client *http.Client, volURL string, call 
 		fi, err := f.Stat()
 		tty = err == nil && fi.Mode()&os.ModeCharDevice != 0
 	}
-	shown := false
+	shown, last := false, ""
 	for {
 		select {
 		case err := <-done:
@@ -226,10 +228,11 @@ func withSpoolProgress(c *cli.Context, client *http.Client, volURL string, call 
 			ctx, cancel := context.WithTimeout(c.Context, 5*time.Second)
 			err := pipeline.Call(ctx, client, http.MethodGet, volURL, nil, &v)
 			cancel()
-			if err != nil || v.SpoolBytes == 0 {
+			if err != nil || v.RecoveryStep == "" || v.RecoveryStep == last {
 				continue
 			}
-			line := fmt.Sprintf("applying what the site has spooled before taking the latest point: %s left", humanBytes(uint64(v.SpoolBytes)))
+			line := v.RecoveryStep
+			last = line
 			if tty {
 				fmt.Fprintf(c.App.ErrWriter, "\r%-90s", line)
 			} else {
