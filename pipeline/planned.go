@@ -28,8 +28,25 @@ const PlannedTagPrefix = "planned failover "
 // requests (a planned failover).
 const DefaultPollInterval = 2 * time.Second
 
+// plannedReason is the volume's read-only reason for a planned failover
+// token; plannedToken reads it back.
+func plannedReason(token string) string {
+	return "a planned failover (" + token + ") moves it to the recovery site"
+}
+
+func plannedToken(reason string) (string, bool) {
+	rest, ok := strings.CutPrefix(reason, "a planned failover (")
+	if !ok {
+		return "", false
+	}
+	token, _, ok := strings.Cut(rest, ")")
+	return token, ok
+}
+
 // onSite acts on what the site says of the volume: a planned failover it
-// asks for, one it withdrew, one it completed.
+// asks for, one it withdrew (the volume takes writes again, also after a
+// restart of the agent meanwhile), one it completed (the volume stays
+// read-only).
 func (s *Shipper) onSite(st VolumeStatus) {
 	v := s.Volume
 	plannedDone := false
@@ -38,35 +55,39 @@ func (s *Shipper) onSite(st VolumeStatus) {
 			plannedDone = true
 		}
 	}
-	s.mu.Lock()
-	token := s.planToken
-	s.mu.Unlock()
+	token, planned := plannedToken(v.ReadOnly())
 	switch {
 	case plannedDone:
-		if !v.ReadOnly() {
-			v.SetReadOnly(true)
-			s.logger().Warn("volume is read-only: a planned failover moved it to the recovery site")
+		if !planned {
+			s.setReadOnly(plannedReason("completed"))
 		}
 	case st.PlannedFailover != "" && st.PlannedFailover != token:
 		s.prepare(st.PlannedFailover)
-	case st.PlannedFailover == "" && token != "":
-		s.mu.Lock()
-		s.planToken = ""
-		s.mu.Unlock()
-		v.SetReadOnly(false)
-		s.logger().Warn("the site withdrew its planned failover (it did not complete in time); the volume takes writes again")
+	case st.PlannedFailover == "" && planned:
+		if s.setReadOnly("") {
+			s.logger().Warn("the site withdrew its planned failover (it did not complete in time); the volume takes writes again")
+		}
 	}
+}
+
+// setReadOnly sets the volume's read-only reason; false (logged) when it
+// could not be recorded.
+func (s *Shipper) setReadOnly(reason string) bool {
+	if err := s.Volume.SetReadOnly(reason); err != nil {
+		s.logger().Error("planned failover", "err", err)
+		return false
+	}
+	return true
 }
 
 // prepare stops writes, flushes and tags for the planned failover token.
 func (s *Shipper) prepare(token string) {
 	v := s.Volume
-	s.mu.Lock()
-	s.planToken = token
-	s.mu.Unlock()
 	log := s.logger().With("token", token)
 	log.Warn("planned failover requested by the site: the volume is read-only from now on")
-	v.SetReadOnly(true)
+	if !s.setReadOnly(plannedReason(token)) {
+		return
+	}
 	if err := v.Flush(); err != nil {
 		log.Error("planned failover: flush failed; the site will time out and the volume takes writes again", "err", err)
 		return

@@ -222,7 +222,7 @@ func TestPlannedFailoverRequestMakesTheAgentStopAndTag(t *testing.T) {
 	h.mu.Lock()
 	delete(h.plan, a.vol.VolumeID())
 	h.mu.Unlock()
-	for deadline := time.Now().Add(20 * time.Second); a.vol.ReadOnly(); time.Sleep(20 * time.Millisecond) {
+	for deadline := time.Now().Add(20 * time.Second); a.vol.ReadOnly() != ""; time.Sleep(20 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("the volume stays read-only after the site withdrew its planned failover")
 		}

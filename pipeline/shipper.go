@@ -40,16 +40,14 @@ type Shipper struct {
 	PollInterval time.Duration
 	Logger       *slog.Logger
 
-	mu      sync.Mutex
-	status  ShipperStatus
-	enc     *zstd.Encoder
-	raw     []byte
-	wire    []byte
-	lastTag uint64
-	tagTime time.Time
-	// planToken is the planned failover the volume was made read-only for.
-	planToken string
-	lastPoll  time.Time // the sender loop's last poll of the site
+	mu       sync.Mutex
+	status   ShipperStatus
+	enc      *zstd.Encoder
+	raw      []byte
+	wire     []byte
+	lastTag  uint64
+	tagTime  time.Time
+	lastPoll time.Time // the sender loop's last poll of the site
 }
 
 // ShipperStatus is what an admin sees of a volume's replication.

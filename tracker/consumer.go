@@ -99,7 +99,8 @@ type Status struct {
 	Generation uint64 `json:"generation"`
 	Mode       string `json:"mode"`
 	ModeReason string `json:"mode_reason,omitempty"`
-	Resync     string `json:"resync,omitempty"` // why a resync is needed; empty when none is
+	Resync     string `json:"resync,omitempty"`    // why a resync is needed; empty when none is
+	ReadOnly   string `json:"read_only,omitempty"` // why writes get EPERM (SetReadOnly); empty when they are taken
 	NextSeq    uint64 `json:"next_seq"`
 	AckedSeq   uint64 `json:"acked_seq"`
 	Sealed     int    `json:"sealed_segments"`
@@ -117,6 +118,7 @@ type Status struct {
 func (v *Volume) Status() Status {
 	v.mu.Lock()
 	s := Status{VolumeID: v.st.VolumeID, Generation: v.st.Generation, Mode: v.st.Mode, ModeReason: v.st.ModeReason, Resync: v.st.Resync,
+		ReadOnly: v.st.ReadOnly,
 		AckedSeq: v.acked, Sealed: len(v.sealed), RegionSize: v.RegionSize, Size: v.size,
 		JournalBytes: v.journalBytesLocked(), JournalQuota: v.JournalQuota}
 	s.NextSeq = v.resumeSeq // in bitmap mode, the seq journaling resumes at

@@ -82,6 +82,10 @@ func (v *Volume) open() error {
 	}
 	st.RegionSize = v.RegionSize
 	v.st = st
+	if st.ReadOnly != "" {
+		v.readOnly.Store(true)
+		v.logger().Warn("volume is read-only; writes get EPERM", "path", v.Path, "reason", st.ReadOnly)
+	}
 	bm, reason, err := openBitmap(v.FS, filepath.Join(v.JournalDir, bitmapName), v.RegionSize, v.size)
 	if err != nil {
 		return err

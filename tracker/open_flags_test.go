@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 
 	"lifeboat/tracker"
@@ -72,5 +73,57 @@ func TestCleanStart(t *testing.T) {
 	defer v.Close()
 	if d := v.Bitmap().Dirty(); d != 1 {
 		t.Fatalf("reopened: %d dirty regions, want the 1 written", d)
+	}
+}
+
+// SetReadOnly: writes, zeroes and trims get EPERM for the reason given,
+// also after the volume is closed and opened again; "" lifts it, durably
+// too.
+func TestReadOnlyHoldsAcrossRestarts(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "d.img")
+	f, _ := os.Create(path)
+	f.Truncate(4 << 20)
+	f.Close()
+	open := func() *tracker.Volume {
+		v := tracker.NewVolume(path, filepath.Join(dir, "j"))
+		if err := v.Open(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	refused := func(v *tracker.Volume) bool {
+		_, werr := v.WriteAt(make([]byte, 4096), 0)
+		zerr, terr := v.WriteZeroes(0, 4096), v.Trim(0, 4096)
+		for _, err := range []error{werr, zerr, terr} {
+			if err != nil && (!errors.Is(err, syscall.EPERM) || !errors.Is(err, tracker.ErrReadOnly)) {
+				t.Fatalf("refused with %v, want ErrReadOnly wrapping EPERM", err)
+			}
+		}
+		return werr != nil && zerr != nil && terr != nil
+	}
+	v := open()
+	if err := v.SetReadOnly("failed over"); err != nil {
+		t.Fatal(err)
+	}
+	if !refused(v) || v.ReadOnly() != "failed over" {
+		t.Fatalf("read-only volume took a write (reason %q)", v.ReadOnly())
+	}
+	v.Close()
+	v = open()
+	if !refused(v) || v.ReadOnly() != "failed over" {
+		t.Fatalf("reopened: took a write (reason %q); read-only must hold across restarts", v.ReadOnly())
+	}
+	if err := v.SetReadOnly(""); err != nil {
+		t.Fatal(err)
+	}
+	if refused(v) {
+		t.Fatal("writes refused after SetReadOnly(\"\")")
+	}
+	v.Close()
+	v = open()
+	defer v.Close()
+	if refused(v) || v.ReadOnly() != "" {
+		t.Fatal("writable volume reopened read-only")
 	}
 }

@@ -35,6 +35,9 @@ type state struct {
 	// Resync, when set, says why the dirty regions must be resynced before
 	// a new recovery point can be consistent.
 	Resync string `json:"resync,omitempty"`
+	// ReadOnly, when set, says why writes are refused (SetReadOnly); it
+	// holds across restarts.
+	ReadOnly string `json:"read_only,omitempty"`
 }
 
 func loadState(fsys hrl.FS, dir string) (state, bool, error) {

@@ -32,18 +32,34 @@ func (v *Volume) enter() error {
 }
 
 // SetReadOnly makes writes, zeroes and trims fail with ErrReadOnly (which
-// wraps EPERM, so NBD and FUSE clients get EPERM) or, with false, work
-// again. Making it read-only waits for the writes in flight: a Flush after
-// it covers every write the volume acknowledged or ever will.
-func (v *Volume) SetReadOnly(ro bool) {
-	v.readOnly.Store(ro)
-	for ro && v.writers.Load() != 0 {
+// wraps EPERM, so NBD and FUSE clients get EPERM) for the reason given,
+// or, with "", work again. The state is durable: a volume opened again is
+// read-only from its first request on. Making it read-only waits for the
+// writes in flight: a Flush after it covers every write the volume
+// acknowledged or ever will.
+func (v *Volume) SetReadOnly(reason string) error {
+	v.readOnly.Store(reason != "")
+	for reason != "" && v.writers.Load() != 0 {
 		time.Sleep(100 * time.Microsecond)
 	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.st.ReadOnly == reason {
+		return nil
+	}
+	v.st.ReadOnly = reason
+	if err := saveState(v.FS, v.JournalDir, v.st); err != nil {
+		return fmt.Errorf("record read-only: %w", err)
+	}
+	return nil
 }
 
-// ReadOnly reports whether SetReadOnly(true) is in effect.
-func (v *Volume) ReadOnly() bool { return v.readOnly.Load() }
+// ReadOnly returns why the volume refuses writes, "" when it takes them.
+func (v *Volume) ReadOnly() string {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.st.ReadOnly
+}
 
 // align widens [off, off+n) to whole blocks, clamped to the volume size.
 func (v *Volume) align(off, n int64) (int64, int64) {

@@ -229,6 +229,9 @@ func printStatus(w io.Writer, st pipeline.ShipperStatus) {
 	if st.Stopped != "" {
 		fmt.Fprintf(w, "  REPLICATION STOPPED: %s\n", st.Stopped)
 	}
+	if st.Tracker.ReadOnly != "" {
+		fmt.Fprintf(w, "  READ-ONLY (writes get EPERM): %s\n", st.Tracker.ReadOnly)
+	}
 	fmt.Fprintf(w, "  tracking: %s generation %d", st.Tracker.Mode, st.Tracker.Generation)
 	if st.Tracker.ModeReason != "" {
 		fmt.Fprintf(w, " (%s)", st.Tracker.ModeReason)
