@@ -35,25 +35,15 @@ func (m *Manager) StartFailover(ctx context.Context, sv pipeline.SiteVolume, req
 	}
 	// Fence first: no segment is taken after this, so "latest" is the
 	// newest point the site will have of this volume.
-	fence := &recovery{state: pipeline.RecoveryState{Volume: info, Kind: pipeline.RecoveryFailover, Since: m.now().UTC()}}
-	sv.Fence(func() {
-		m.mu.Lock()
-		m.recs[key{info.ID, pipeline.RecoveryFailover}] = fence
-		m.mu.Unlock()
-	})
-	unfence := func() {
-		m.mu.Lock()
-		if m.recs[key{info.ID, pipeline.RecoveryFailover}] == fence {
-			delete(m.recs, key{info.ID, pipeline.RecoveryFailover})
-		}
-		m.mu.Unlock()
-	}
+	fence, unfence := m.fence(sv, pipeline.RecoveryState{Volume: info, Kind: pipeline.RecoveryFailover, Since: m.now().UTC()}, nil)
 	p, err := choose(ctx, sv, req, progress)
 	if err != nil {
 		unfence()
 		return pipeline.RecoveryState{}, err
 	}
+	m.mu.Lock()
 	fence.state.Point = pipeline.APIPoint(p) // pinned while it opens
+	m.mu.Unlock()
 	st, err := m.open(ctx, sv, pipeline.RecoveryFailover, p, req.AzureDisk)
 	if err != nil {
 		unfence()
@@ -63,7 +53,10 @@ func (m *Manager) StartFailover(ctx context.Context, sv pipeline.SiteVolume, req
 }
 
 // ChangePoint moves an uncommitted failover to another point. The failover
-// volume's writes are dropped, so it needs req.Force when there are any.
+// volume's writes are dropped, so it needs req.Force when there are any
+// (or when the failover volume could not be served again after a restart:
+// its writes cannot be counted). The old volume's files stay until the new
+// one is recorded; if the new one fails, the old one is served again.
 func (m *Manager) ChangePoint(ctx context.Context, sv pipeline.SiteVolume, req Request, progress func(int64)) (pipeline.RecoveryState, error) {
 	info := sv.Info()
 	if req.Planned {
@@ -81,22 +74,23 @@ func (m *Manager) ChangePoint(ctx context.Context, sv pipeline.SiteVolume, req R
 		return pipeline.RecoveryState{}, fmt.Errorf("%w: volume %s is not failed over (lifeboat failover start %s)",
 			pipeline.ErrRecoveryState, volName(info), volName(info))
 	}
-	if r.state.Committed {
+	st := m.status(r)
+	if st.Committed {
 		return pipeline.RecoveryState{}, fmt.Errorf("%w: the failover of %s to point %d is committed; its point can no longer change",
-			pipeline.ErrRecoveryState, volName(info), r.state.Point.Seq)
+			pipeline.ErrRecoveryState, volName(info), st.Point.Seq)
 	}
-	if r.err != "" {
-		return pipeline.RecoveryState{}, fmt.Errorf("%w: the failover volume of %s could not be reopened (%s)", pipeline.ErrRecoveryState, volName(info), r.err)
+	if st.Error != "" && !req.Force {
+		return pipeline.RecoveryState{}, fmt.Errorf("%w: the failover volume of %s could not be served again (%s); "+
+			"a new point replaces it and whatever was written to it: add --force to go on", pipeline.ErrRecoveryState, volName(info), st.Error)
 	}
-	if w := r.status().Written; w > 0 && !req.Force {
+	if st.Written > 0 && !req.Force {
 		return pipeline.RecoveryState{}, fmt.Errorf("%w: the failover volume of %s has %d bytes written since %s; a new point drops them: add --force to go on",
-			pipeline.ErrRecoveryState, volName(info), w, r.state.Since.UTC().Format(time.RFC3339))
+			pipeline.ErrRecoveryState, volName(info), st.Written, st.Since.UTC().Format(time.RFC3339))
 	}
 	p, err := choose(ctx, sv, req, progress)
 	if err != nil {
 		return pipeline.RecoveryState{}, err
 	}
-	old := r.state.Point.Seq
 	// The old point stays pinned (r is recorded) until the new one is.
 	if err := m.unserve(ctx, r, false); err != nil {
 		return pipeline.RecoveryState{}, err
@@ -104,16 +98,18 @@ func (m *Manager) ChangePoint(ctx context.Context, sv pipeline.SiteVolume, req R
 	if err := r.close(); err != nil {
 		m.logger().Warn("closing the failover volume before a change of point", "volume", volName(info), "err", err)
 	}
-	st, err := m.open(ctx, sv, pipeline.RecoveryFailover, p, req.AzureDisk)
+	nst, err := m.open(ctx, sv, pipeline.RecoveryFailover, p, req.AzureDisk)
 	if err != nil {
-		// Serve the old point again: nothing changed.
-		if rerr := m.reopen(ctx, r); rerr != nil {
-			r.err = rerr.Error()
+		if st.Error == "" { // serve the old point again, with its writes: nothing changed
+			m.setErr(r, m.reopen(ctx, r))
 		}
 		return pipeline.RecoveryState{}, err
 	}
-	m.logger().Info("failover point changed", "volume", volName(info), "from", old, "to", p.Seq)
-	return st, nil
+	if err := removeDir(r.dir); err != nil {
+		m.logger().Warn("could not delete the old failover volume's files", "dir", r.dir, "err", err)
+	}
+	m.logger().Info("failover point changed", "volume", volName(info), "from", st.Point.Seq, "to", p.Seq)
+	return nst, nil
 }
 
 // Commit makes the failover of sv final: its point can no longer change.
@@ -128,9 +124,14 @@ func (m *Manager) Commit(ctx context.Context, sv pipeline.SiteVolume) (pipeline.
 		return pipeline.RecoveryState{}, fmt.Errorf("%w: volume %s is not failed over; nothing to commit",
 			pipeline.ErrRecoveryState, volName(info))
 	}
-	if r.state.Committed {
+	st := m.status(r)
+	if st.Committed {
 		return pipeline.RecoveryState{}, fmt.Errorf("%w: the failover of %s to point %d is already committed",
-			pipeline.ErrRecoveryState, volName(info), r.state.Point.Seq)
+			pipeline.ErrRecoveryState, volName(info), st.Point.Seq)
+	}
+	if st.Error != "" {
+		return pipeline.RecoveryState{}, fmt.Errorf("%w: the failover volume of %s could not be served again (%s): "+
+			"change its point (failover change-point --force) before you commit", pipeline.ErrRecoveryState, volName(info), st.Error)
 	}
 	m.mu.Lock()
 	r.state.Committed = true
@@ -141,6 +142,30 @@ func (m *Manager) Commit(ctx context.Context, sv pipeline.SiteVolume) (pipeline.
 		m.mu.Unlock()
 		return pipeline.RecoveryState{}, err
 	}
-	m.logger().Info("failover committed", "volume", volName(info), "point", r.state.Point.Seq)
-	return r.status(), nil
+	m.logger().Info("failover committed", "volume", volName(info), "point", st.Point.Seq)
+	return m.status(r), nil
+}
+
+// fence records st as the volume's failover while no segment of it is
+// being received: every segment after it is refused. also runs in the same
+// critical section. The returned function removes the fence unless
+// something replaced it.
+func (m *Manager) fence(sv pipeline.SiteVolume, st pipeline.RecoveryState, also func()) (*recovery, func()) {
+	f := &recovery{state: st}
+	k := key{st.Volume.ID, pipeline.RecoveryFailover}
+	sv.Fence(func() {
+		m.mu.Lock()
+		m.recs[k] = f
+		if also != nil {
+			also()
+		}
+		m.mu.Unlock()
+	})
+	return f, func() {
+		m.mu.Lock()
+		if m.recs[k] == f {
+			delete(m.recs, k)
+		}
+		m.mu.Unlock()
+	}
 }

@@ -36,23 +36,25 @@ func (m *Manager) StartTest(ctx context.Context, sv pipeline.SiteVolume, req Req
 	return m.open(ctx, sv, pipeline.RecoveryTest, p, false)
 }
 
-// open makes, serves and records a recovery volume of kind over point p.
-// The point is pinned first, so retention cannot take it meanwhile; on an
-// error nothing is left behind.
+// open makes, serves and records a recovery volume of kind over point p,
+// in a directory of its own (a change of point keeps the old one until the
+// new one is recorded). The point is pinned first, so retention cannot
+// take it meanwhile; on an error nothing is left behind and the recovery
+// recorded before (a fence, the failover whose point changes) is again.
 func (m *Manager) open(ctx context.Context, sv pipeline.SiteVolume, kind string, p targets.Point, disk bool) (pipeline.RecoveryState, error) {
 	info := sv.Info()
 	if m.NBD == nil && m.FUSE == nil {
 		return pipeline.RecoveryState{}, fmt.Errorf("%w: this site serves recovery volumes neither over NBD nor as files: "+
 			"start lifeboat server with --recovery-nbd ADDR or --fuse-mount DIR", pipeline.ErrRecoveryState)
 	}
-	r := &recovery{dir: filepath.Join(m.Dir, info.ID+"."+kind), state: pipeline.RecoveryState{
+	dir := filepath.Join(m.Dir, fmt.Sprintf("%s.%s.%d", info.ID, kind, time.Now().UnixNano()))
+	r := &recovery{dir: dir, state: pipeline.RecoveryState{
 		Volume: info, Kind: kind, Point: pipeline.APIPoint(p), Since: m.now().UTC(), Export: exportName(info, kind)}}
 	m.where(r)
 	if existing := m.get(info.ID, kind); existing != nil {
+		m.mu.Lock()
 		r.state.Since, r.state.Planned = existing.state.Since, existing.state.Planned // a change of point
-	}
-	if err := removeDir(r.dir); err != nil { // left by a crash between mkdir and state
-		return pipeline.RecoveryState{}, err
+		m.mu.Unlock()
 	}
 	if err := os.MkdirAll(r.dir, 0o700); err != nil {
 		return pipeline.RecoveryState{}, fmt.Errorf("recovery volume directory: %w", err)
@@ -66,9 +68,13 @@ func (m *Manager) open(ctx context.Context, sv pipeline.SiteVolume, kind string,
 		err = fmt.Errorf("%w (pruned while it was being opened; pick another)", err)
 	}
 	if err == nil && disk {
-		if r.state.AzureDisk, err = m.cloneDisk(ctx, sv, r); err != nil {
+		var u string
+		if u, err = m.cloneDisk(ctx, sv, r); err != nil {
 			r.close()
 		}
+		m.mu.Lock()
+		r.state.AzureDisk = u
+		m.mu.Unlock()
 	}
 	if err == nil {
 		if err = m.serve(r); err != nil {
@@ -94,7 +100,7 @@ func (m *Manager) open(ctx context.Context, sv pipeline.SiteVolume, kind string,
 	}
 	m.logger().Info("recovery volume started", "volume", volName(info), "kind", kind, "point", p.Seq,
 		"point_time", p.Time, "export", r.state.Export)
-	return r.status(), nil
+	return m.status(r), nil
 }
 
 // Cleanup ends the test failover of sv: its export and file go away (a
@@ -111,7 +117,7 @@ func (m *Manager) Cleanup(ctx context.Context, sv pipeline.SiteVolume) (pipeline
 		return pipeline.RecoveryState{}, fmt.Errorf("%w: volume %s has no test failover to clean up (lifeboat test-failover list)",
 			pipeline.ErrRecoveryState, volName(info))
 	}
-	st := r.status()
+	st := m.status(r)
 	if err := m.remove(ctx, r); err != nil {
 		return st, err
 	}

@@ -3,7 +3,6 @@ package failover
 import (
 	"context"
 	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"time"
 
@@ -37,9 +36,7 @@ func (m *Manager) planned(ctx context.Context, sv pipeline.SiteVolume, req Reque
 	if timeout <= 0 {
 		timeout = DefaultPlannedTimeout
 	}
-	var b [8]byte
-	rand.Read(b[:])
-	token := hex.EncodeToString(b[:])
+	token := rand.Text()
 	m.mu.Lock()
 	m.plans[info.ID] = token
 	m.mu.Unlock()
@@ -56,26 +53,17 @@ func (m *Manager) planned(ctx context.Context, sv pipeline.SiteVolume, req Reque
 		withdraw()
 		if ctx.Err() == nil {
 			return pipeline.RecoveryState{}, fmt.Errorf("%w: the agent of %s did not stop, flush and ship its writes within %v, so nothing changed "+
-				"(its volume takes writes again): is it running and connected (lifeboat status on %s)? Retry, or fail over without --planned",
+				"(the request is withdrawn: the agent takes writes again when it next hears from the site, every 2 s while it is connected): is it running and connected, and is its volume replicating (lifeboat status on %s)? Retry, or fail over without --planned",
 				pipeline.ErrRecoveryState, volName(info), timeout, info.Machine)
 		}
 		return pipeline.RecoveryState{}, err
 	}
-	fence := &recovery{state: pipeline.RecoveryState{Volume: info, Kind: pipeline.RecoveryFailover, Since: m.now().UTC(),
-		Point: pipeline.APIPoint(p), Planned: true}}
-	sv.Fence(func() {
-		m.mu.Lock()
-		m.recs[key{info.ID, pipeline.RecoveryFailover}] = fence
-		delete(m.plans, info.ID) // the agent sees the failover from now on, and stays read-only
-		m.mu.Unlock()
-	})
+	_, unfence := m.fence(sv, pipeline.RecoveryState{Volume: info, Kind: pipeline.RecoveryFailover, Since: m.now().UTC(),
+		Point: pipeline.APIPoint(p), Planned: true},
+		func() { delete(m.plans, info.ID) }) // the agent sees the failover from now on, and stays read-only
 	st, err := m.open(ctx, sv, pipeline.RecoveryFailover, p, req.AzureDisk)
 	if err != nil {
-		m.mu.Lock()
-		if m.recs[key{info.ID, pipeline.RecoveryFailover}] == fence {
-			delete(m.recs, key{info.ID, pipeline.RecoveryFailover})
-		}
-		m.mu.Unlock()
+		unfence()
 		return pipeline.RecoveryState{}, err
 	}
 	return st, nil

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"lifeboat/fusefs"
@@ -30,8 +31,15 @@ const DefaultJournalQuota = 1 << 30
 // files. It is the process server's Holds: the points it uses are never
 // pruned, and a failed-over volume's segments are refused.
 //
-// Set the fields, then Open; Close when done. Requests come through the
-// HTTP API (Register) or the methods directly.
+// Set the fields, then Load (before the process server opens: its
+// appliers prune, and must see the pins), Open (after it: serves them);
+// Close when done. Requests come through the HTTP API (Register) or the
+// methods directly.
+//
+// Locks: saveMu before mu; a volume's receive lock (SiteVolume.Fence)
+// before mu. mu guards the maps and every field of a recorded recovery
+// that status reads (state, err); a recovery's view, volume and backend
+// are set and cleared by the one request that holds its volume busy.
 type Manager struct {
 	Dir  string           // state.json and one directory per recovery volume
 	Site *pipeline.Server // whose volumes are recovered
@@ -55,6 +63,7 @@ type Manager struct {
 	busy   map[string]bool   // volume ids with a request in progress
 	plans  map[string]string // volume id -> token of the planned failover its agent is asked for
 	steps  map[string]string // volume id -> what its request is doing now (Step)
+	closed bool              // Close began: requests are refused
 }
 
 type key struct{ id, kind string }
@@ -63,6 +72,7 @@ type key struct{ id, kind string }
 type recovery struct {
 	state   pipeline.RecoveryState
 	dir     string
+	live    atomic.Pointer[View] // the open view, for status (Written)
 	view    *View
 	vol     *tracker.Volume // failover: the view behind the tracker
 	backend nbd.Backend     // what NBD and FUSE serve
@@ -88,6 +98,33 @@ func (m *Manager) now() time.Time {
 // is damaged) is kept with its error, so that cleanup can remove it; it
 // does not stop the others.
 func (m *Manager) Open(ctx context.Context) error {
+	if m.recs == nil {
+		if err := m.Load(); err != nil {
+			return err
+		}
+	}
+	m.mu.Lock()
+	recs := m.all()
+	m.mu.Unlock()
+	for _, r := range recs {
+		if err := m.reopen(ctx, r); err != nil {
+			m.setErr(r, err)
+			m.logger().Error("recovery volume could not be reopened; clean it up and start it again", "volume", volName(r.state.Volume),
+				"kind", r.state.Kind, "point", r.state.Point.Seq, "err", err)
+			continue
+		}
+		m.logger().Info("recovery volume served again", "volume", volName(r.state.Volume), "kind", r.state.Kind,
+			"point", r.state.Point.Seq, "export", r.state.Export)
+	}
+	return nil
+}
+
+// Load reads the recovery volumes of an earlier run (state.json) without
+// serving them: from then on their points are pinned and a failed-over
+// volume's segments refused. Directories of recovery volumes that
+// state.json does not list (a crash during a start or a change of point)
+// are deleted.
+func (m *Manager) Load() error {
 	if m.Dir == "" || m.Site == nil {
 		return errors.New("recovery volumes need a directory and a process server")
 	}
@@ -103,30 +140,47 @@ func (m *Manager) Open(ctx context.Context) error {
 	m.busy = map[string]bool{}
 	m.plans = map[string]string{}
 	m.steps = map[string]string{}
+	known := map[string]bool{}
 	for _, s := range saved {
 		m.recs[key{s.State.Volume.ID, s.State.Kind}] = &recovery{state: s.State, dir: s.Dir}
+		known[filepath.Base(s.Dir)] = true
 	}
-	recs := m.all()
 	m.mu.Unlock()
-	for _, r := range recs {
-		if err := m.reopen(ctx, r); err != nil {
-			r.err = err.Error()
-			m.logger().Error("recovery volume could not be reopened; clean it up and start it again", "volume", volName(r.state.Volume),
-				"kind", r.state.Kind, "point", r.state.Point.Seq, "err", err)
-			continue
+	ents, err := os.ReadDir(m.Dir)
+	if err != nil {
+		return fmt.Errorf("recovery volumes: %w", err)
+	}
+	for _, e := range ents {
+		if e.IsDir() && !known[e.Name()] {
+			m.logger().Warn("deleting a recovery volume directory no recovery volume uses (left by an interrupted request)",
+				"dir", filepath.Join(m.Dir, e.Name()))
+			if err := removeDir(filepath.Join(m.Dir, e.Name())); err != nil {
+				m.logger().Warn("could not delete it", "err", err)
+			}
 		}
-		m.logger().Info("recovery volume served again", "volume", volName(r.state.Volume), "kind", r.state.Kind,
-			"point", r.state.Point.Seq, "export", r.state.Export)
 	}
 	return nil
 }
 
-// reopen opens r's point, overlay and (failover) tracker volume, and
-// serves it.
+// setErr records why r is not served.
+func (m *Manager) setErr(r *recovery, err error) {
+	m.mu.Lock()
+	r.err = ""
+	if err != nil {
+		r.err = err.Error()
+	}
+	m.mu.Unlock()
+}
+
+// reopen opens r's point, overlay and (failover) tracker volume from its
+// directory, which must hold them, and serves it.
 func (m *Manager) reopen(ctx context.Context, r *recovery) error {
 	m.mu.Lock()
 	m.where(r) // this run's NBD address and mount, not the saved ones
 	m.mu.Unlock()
+	if _, err := os.Stat(filepath.Join(r.dir, "overlay", mapName)); err != nil {
+		return fmt.Errorf("%w: the overlay of this recovery volume is gone (%v): its writes are lost", ErrDamaged, err)
+	}
 	sv, err := m.Site.Volume(ctx, r.state.Volume.ID)
 	if err != nil {
 		return err
@@ -140,6 +194,19 @@ func (m *Manager) reopen(ctx context.Context, r *recovery) error {
 // Close stops serving every recovery volume and closes them, keeping
 // their overlays and state for the next Open.
 func (m *Manager) Close() error {
+	m.mu.Lock()
+	m.closed = true
+	m.mu.Unlock()
+	// Requests in progress (the HTTP server does not wait for them) end
+	// first; a long one (a disk copy) is given a while.
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		m.mu.Lock()
+		n := len(m.busy)
+		m.mu.Unlock()
+		if n == 0 {
+			break
+		}
+	}
 	m.mu.Lock()
 	recs := m.all()
 	m.mu.Unlock()
@@ -175,11 +242,18 @@ func (m *Manager) List() []pipeline.RecoveryState {
 	return out
 }
 
-// status is r's state with its current written bytes.
+// status is r's state, read under m.mu.
+func (m *Manager) status(r *recovery) pipeline.RecoveryState {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return r.status()
+}
+
+// status is r's state with its current written bytes; m.mu held.
 func (r *recovery) status() pipeline.RecoveryState {
 	st := r.state
-	if r.view != nil {
-		st.Written = r.view.Written()
+	if v := r.live.Load(); v != nil {
+		st.Written = v.Written()
 	}
 	st.Error = r.err
 	return st
@@ -226,6 +300,9 @@ func (m *Manager) Recovery(id string) []pipeline.RecoveryState {
 func (m *Manager) begin(id string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.closed {
+		return fmt.Errorf("%w: the server is stopping; retry when it is back", pipeline.ErrRecoveryState)
+	}
 	if m.busy[id] {
 		return fmt.Errorf("%w: another recovery request for this volume is in progress; retry when it is done", pipeline.ErrRecoveryState)
 	}
@@ -298,6 +375,7 @@ func (m *Manager) openView(ctx context.Context, sv pipeline.SiteVolume, r *recov
 		return err
 	}
 	r.view, r.backend = view, view
+	r.live.Store(view)
 	if r.state.Kind != pipeline.RecoveryFailover {
 		return nil
 	}
@@ -313,6 +391,7 @@ func (m *Manager) openView(ctx context.Context, sv pipeline.SiteVolume, r *recov
 	if err := v.Open(ctx); err != nil {
 		view.Close()
 		r.view, r.backend = nil, nil
+		r.live.Store(nil)
 		return fmt.Errorf("open the failover volume of %s: %w", volName(r.state.Volume), err)
 	}
 	r.vol, r.backend = v, v
@@ -329,6 +408,7 @@ func (r *recovery) close() error {
 		errs = append(errs, r.view.Close())
 	}
 	r.view, r.backend = nil, nil
+	r.live.Store(nil)
 	return errors.Join(errs...)
 }
 

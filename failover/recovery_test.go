@@ -1,11 +1,13 @@
 package failover_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -15,6 +17,7 @@ import (
 
 	"lifeboat/failover"
 	"lifeboat/hrl"
+	"lifeboat/nbd"
 	"lifeboat/pipeline"
 	"lifeboat/pipeline/pki"
 	"lifeboat/targets/memory"
@@ -209,4 +212,75 @@ func readPoint(t *testing.T, sv pipeline.SiteVolume, seq uint64) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// A change of point that fails after the old failover volume was closed
+// (here: state.json cannot be written) serves the old point again with
+// every write made to it, flushed writes included; once state.json can be
+// written, the change goes through and drops them (--force).
+func TestFailedChangePointKeepsTheWrites(t *testing.T) {
+	rs := newRecoverySite(t)
+	rng := rand.New(rand.NewPCG(5, 6))
+	first := rs.point(rng)
+	second := rs.point(rng)
+	ctx := context.Background()
+	sv, err := rs.site.Server.Volume(ctx, "web01/disk")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := rs.site.Manager
+	fo, err := m.StartFailover(ctx, sv, failover.Request{Point: strconv.FormatUint(second, 10)}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := nbd.Dial(ctx, rs.site.NBDListenAddr().String(), fo.Export)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := make([]byte, 64<<10)
+	for i := range data {
+		data[i] = byte(rng.Uint32())
+	}
+	if _, err := c.WriteAt(data, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+
+	tmp := filepath.Join(rs.site.DataDir, "recovery", "state.json.tmp")
+	if err := os.Mkdir(tmp, 0o700); err != nil { // the state write's temporary file cannot be created
+		t.Fatal(err)
+	}
+	req := failover.Request{Point: strconv.FormatUint(first, 10), Force: true}
+	if _, err := m.ChangePoint(ctx, sv, req, nil); err == nil {
+		t.Fatal("change-point succeeded without a state.json")
+	}
+	st := m.FailedOver(sv.Info().ID)
+	if st == nil || st.Point.Seq != second || st.Written != int64(len(data)) || st.Error != "" {
+		t.Fatalf("after the failed change: %+v; want point %d served with its %d written bytes", st, second, len(data))
+	}
+	c, err = nbd.Dial(ctx, rs.site.NBDListenAddr().String(), fo.Export)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(data))
+	if _, err := c.ReadAt(got, 1<<20); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("the write to the failover volume is gone after a failed change of point (%v)", err)
+	}
+	c.Close()
+
+	os.Remove(tmp)
+	nst, err := m.ChangePoint(ctx, sv, req, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if nst.Point.Seq != first || nst.Written != 0 {
+		t.Fatalf("after the change: %+v; want point %d and nothing written", nst, first)
+	}
+	dirs, _ := os.ReadDir(filepath.Join(rs.site.DataDir, "recovery"))
+	if len(dirs) != 2 { // state.json and the new failover volume's directory
+		t.Fatalf("recovery dir holds %d entries after the change, want 2 (the old volume's files deleted)", len(dirs))
+	}
 }

@@ -98,6 +98,11 @@ func (s *Site) Open(ctx context.Context) (err error) {
 		s.Manager.FUSE = s.mount
 	}
 	s.Manager.Register()
+	// Pins and fences first: the process server's appliers prune from
+	// the moment it opens.
+	if err := s.Manager.Load(); err != nil {
+		return err
+	}
 	if err := s.Server.Open(ctx); err != nil {
 		return err
 	}

@@ -67,6 +67,18 @@ func (p peer) sees(info targets.VolumeInfo) bool {
 	return p.admin() || info.Machine != "" && info.Machine == p.name
 }
 
+// trim removes from st what only an admin needs: where the site serves
+// the volume's recovery volumes (an agent needs their state only).
+func (p peer) trim(st *VolumeStatus) {
+	if p.admin() {
+		return
+	}
+	for i := range st.Recovery {
+		r := &st.Recovery[i]
+		r.Export, r.URL, r.File, r.AzureDisk = "", "", "", ""
+	}
+}
+
 // known returns what the site knows of volume id that is not open: a
 // volume whose replica failed to open, or a replica the target holds (a
 // process server rebuilt, or added, on the same target). nil when neither.

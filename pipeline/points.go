@@ -35,6 +35,7 @@ func (s *Server) status(p peer) []VolumeStatus {
 			continue
 		}
 		s.addPoints(v, &st)
+		p.trim(&st)
 		out = append(out, st)
 	}
 	sortStatus(out)
@@ -114,12 +115,13 @@ func (s *Server) refuse(w http.ResponseWriter, r *http.Request, err error) {
 }
 
 func (s *Server) handleVolume(w http.ResponseWriter, r *http.Request) {
-	v, _ := s.lookup(w, r, false)
+	v, p := s.lookup(w, r, false)
 	if v == nil {
 		return
 	}
 	st := v.status()
 	s.addPoints(v, &st)
+	p.trim(&st)
 	writeJSON(w, http.StatusOK, st)
 }
 

@@ -198,10 +198,13 @@ func failedOverError(f RecoveryState) error {
 	if f.Committed {
 		state = "committed"
 	}
-	return fmt.Errorf("%w at %s to recovery point %d (%s, %s): the site takes no more writes of %s/%s, "+
+	point := fmt.Sprintf("recovery point %d (%s, %s)", f.Point.Seq, f.Point.Time.UTC().Format(time.RFC3339), state)
+	if f.Point.Seq == 0 {
+		point = "a recovery point the site is choosing"
+	}
+	return fmt.Errorf("%w at %s to %s: the site takes no more writes of %s/%s, "+
 		"and this agent keeps tracking what changes here for the failback",
-		ErrFailedOver, f.Since.UTC().Format(time.RFC3339), f.Point.Seq, f.Point.Time.UTC().Format(time.RFC3339), state,
-		f.Volume.Machine, f.Volume.Name)
+		ErrFailedOver, f.Since.UTC().Format(time.RFC3339), point, f.Volume.Machine, f.Volume.Name)
 }
 
 // keep removes the pinned points from drop.

@@ -167,6 +167,12 @@ func recoveryAction(c *cli.Context, method, path string, withBody bool, done str
 	if err != nil {
 		return err
 	}
+	// The answer comes when the site is done: applying a large spool or
+	// copying a disk takes longer than the usual header timeout. Ctrl-C
+	// ends the request, and the site undoes it.
+	if tr, ok := client.Transport.(*http.Transport); ok {
+		tr.ResponseHeaderTimeout = 0
+	}
 	volURL := base + "/volumes/" + url.PathEscape(args[0])
 	start := time.Now()
 	var st pipeline.RecoveryState
