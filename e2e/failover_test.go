@@ -319,6 +319,18 @@ func TestPlannedFailoverKeepsEveryWrite(t *testing.T) {
 	if _, list := s.recoveryList(); failoverOf(list, "disk") == nil || !failoverOf(list, "disk").Planned {
 		t.Fatalf("test-failover list after a planned failover: %+v", list)
 	}
+
+	// And after a restart of the agent, from its first request on.
+	p.a.stop(t, syscall.SIGTERM)
+	p.a = startAgent(t, append(p.args, s.agentArgs()...)...)
+	p.uri = p.a.uri["disk"]
+	w = exec.Command("qemu-io", "-f", "raw", "-c", "write -P 0x77 0 4k", p.uri)
+	if wout, err := w.CombinedOutput(); err == nil || !strings.Contains(string(wout), "not permitted") {
+		t.Fatalf("write to the restarted source after a planned failover: %v (want a permission error)\n%s", err, wout)
+	}
+	if st := run(t, binary, "status", "--journal-dir", p.jroot); !strings.Contains(st, "READ-ONLY") {
+		t.Fatalf("lifeboat status of the restarted source does not say it is read-only:\n%s", st)
+	}
 }
 
 // A planned failover with the agent stopped times out: exit 1 saying the
