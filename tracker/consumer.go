@@ -3,6 +3,7 @@ package tracker
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"lifeboat/hrl"
 )
@@ -73,11 +74,12 @@ func (v *Volume) Ack(firstSeq uint64) error {
 	v.acked = s.info.LastSeq
 	v.sealed = v.sealed[1:]
 	v.closedBytes -= s.info.Size
+	now := time.Now()
 	for _, r := range s.regions {
 		if last, ok := v.touched[r]; ok && last <= s.info.LastSeq {
 			delete(v.touched, r)
 			if !v.pinned.has(r) {
-				v.clearable = append(v.clearable, r)
+				v.clearable = append(v.clearable, clearCand{r: r, acked: now})
 			}
 		}
 	}

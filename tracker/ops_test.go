@@ -364,3 +364,60 @@ func TestExtentsStopEarlyOnFragmentedFiles(t *testing.T) {
 		t.Fatalf("%d extents (first hole=%v), want 10240 alternating from data", len(all), all[0].Hole)
 	}
 }
+
+// ClearDelay (md's write-intent bitmap rule): a region acknowledged less
+// than ClearDelay ago keeps its bit through a checkpoint, so writing it
+// again needs no bitmap sync (here: a bitmap that cannot sync); once the
+// delay has passed since its last acknowledgement, the next checkpoint
+// clears it; Close clears every acknowledged region at once.
+func TestClearDelay(t *testing.T) {
+	const delay = 200 * time.Millisecond
+	fsys, v, _ := memVolumeWith(t, 1<<20, func(v *tracker.Volume) { v.ClearDelay = delay })
+	if err := tracker.ClearBitmapForTest(v); err != nil {
+		t.Fatal(err)
+	}
+	ack := func() {
+		t.Helper()
+		if err := v.Seal(); err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range v.Segments() {
+			if err := v.Ack(s.FirstSeq); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	v.WriteAt(fill(4096, 1), 0)
+	ack()
+	acked := time.Now()
+	if err := v.Flush(); err != nil { // a checkpoint, before the delay
+		t.Fatal(err)
+	}
+	if time.Since(acked) < delay && !v.Bitmap().IsDirty(0) {
+		t.Fatal("a region acknowledged just now was cleared before ClearDelay")
+	}
+	noSync := errors.New("the dirty bitmap was synced")
+	fsys.FailPath("sync", "dirty.bitmap", noSync)
+	if time.Since(acked) < delay {
+		if _, err := v.WriteAt(fill(4096, 2), 4096); err != nil {
+			t.Fatalf("writing a region whose bit is still set synced the bitmap: %v", err)
+		}
+	}
+	fsys.ClearFaults()
+	ack()
+	time.Sleep(delay) // at least the delay since the last acknowledgement
+	if err := v.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if v.Bitmap().IsDirty(0) {
+		t.Fatal("a region idle for longer than ClearDelay after its acknowledgement is still dirty after a checkpoint")
+	}
+	v.WriteAt(fill(4096, 3), 128<<10) // region 2
+	ack()
+	if err := v.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if v.Bitmap().IsDirty(2) {
+		t.Fatal("Close left an acknowledged region dirty")
+	}
+}

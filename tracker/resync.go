@@ -71,9 +71,9 @@ func (v *Volume) Resync(ctx context.Context, progress func(done, total int64)) e
 func (v *Volume) skipAcknowledged(dirty regionSet) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	for _, r := range v.clearable {
-		if _, again := v.touched[r]; !again && !v.pinned.has(r) {
-			dirty.unset(r, r+1)
+	for _, c := range v.clearable {
+		if _, again := v.touched[c.r]; !again && !v.pinned.has(c.r) {
+			dirty.unset(c.r, c.r+1)
 		}
 	}
 }

@@ -147,7 +147,7 @@ func (v *Volume) background() {
 		v.mu.Unlock()
 		if v.CheckpointInterval > 0 && time.Since(lastCheckpoint) >= v.CheckpointInterval {
 			lastCheckpoint = time.Now()
-			if err := v.checkpoint(); err != nil {
+			if err := v.checkpoint(false); err != nil {
 				v.logger().Error("checkpoint of the dirty bitmap failed", "path", v.Path, "err", err)
 			}
 		}
@@ -187,7 +187,7 @@ func (v *Volume) Flush() error {
 	if err != nil {
 		return err
 	}
-	return v.checkpoint()
+	return v.checkpoint(false)
 }
 
 // Tag appends a recovery-point marker after every write that completed
@@ -256,7 +256,7 @@ func (v *Volume) Close() error {
 		w.Close()
 		errs = append(errs, v.FS.Remove(w.Path()), v.FS.SyncDir(v.JournalDir))
 	}
-	errs = append(errs, v.checkpoint())
+	errs = append(errs, v.checkpoint(true))
 	if err := errors.Join(errs...); err == nil {
 		// Everything is durable: the next Open needs no resync.
 		v.mu.Lock()

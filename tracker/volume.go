@@ -1,6 +1,15 @@
 // Package tracker is the one interception point of the data path: every
 // change to a protected volume goes through Volume, which journals it (hrl),
 // writes the backing store and keeps a persisted dirty-region bitmap.
+//
+// The bitmap's rule: it never under-reports after a crash. A region's bit
+// is set and synced before the first write to it since it was last clean
+// reaches the journal or the backing store (Bitmap.Mark); it is cleared
+// only by a checkpoint, after a sync of the backing store, once every
+// change to the region was acknowledged by the consumer at least
+// ClearDelay ago and none came since (md's write-intent bitmap). The delay
+// only keeps bits set longer; it spares the sync of Mark for a region
+// written again soon after its acknowledgement.
 package tracker
 
 import (
@@ -22,6 +31,7 @@ const (
 	DefaultSegmentBytes       = 32 << 20
 	DefaultSegmentAge         = 2 * time.Second
 	DefaultCheckpointInterval = 5 * time.Second
+	DefaultClearDelay         = 10 * time.Second
 )
 
 // Errors of this package.
@@ -83,6 +93,12 @@ type Volume struct {
 	// CheckpointInterval is how often acknowledged regions are cleared in
 	// the persisted bitmap without a Flush; 0 leaves it to Flush and Close.
 	CheckpointInterval time.Duration
+	// ClearDelay is how long an acknowledged region stays dirty in the
+	// persisted bitmap before a checkpoint clears it (the rule of md's
+	// write-intent bitmap): a region written again within it finds its
+	// bit still set and costs no bitmap sync. Close clears every
+	// acknowledged region at once. 0 clears at the next checkpoint.
+	ClearDelay time.Duration
 	// JournalQuota bounds the unacknowledged journal: the bytes of the
 	// segments sealed (or being sealed) and not yet acknowledged plus the
 	// open segment (Status.JournalBytes). A write whose records could take
@@ -128,7 +144,7 @@ type Volume struct {
 	sealCond    sync.Cond
 	changed     chan struct{} // closed and replaced when sealed changes
 	closed      bool
-	clearable   []int64 // regions whose changes are all acknowledged, to clear at the next checkpoint
+	clearable   []clearCand // regions whose changes are all acknowledged, to clear once ClearDelay has passed
 	resumeSeq   uint64  // next seq when journaling resumes after bitmap mode
 	acked       uint64  // last acknowledged seq; seqs never go back below it
 	ackFile     *ackedFile
@@ -165,7 +181,8 @@ type pendingSeg struct {
 func NewVolume(path, journalDir string) *Volume {
 	return &Volume{Path: path, JournalDir: journalDir, FS: hrl.OSFS{}, BlockSize: DefaultBlockSize,
 		RegionSize: DefaultRegionSize, SegmentBytes: DefaultSegmentBytes, SegmentAge: DefaultSegmentAge,
-		Dedupe: true, DedupeBlocks: hrl.DefaultDedupeBlocks, CheckpointInterval: DefaultCheckpointInterval}
+		Dedupe: true, DedupeBlocks: hrl.DefaultDedupeBlocks, CheckpointInterval: DefaultCheckpointInterval,
+		ClearDelay: DefaultClearDelay}
 }
 
 func (v *Volume) logger() *slog.Logger {

@@ -53,6 +53,7 @@ func newVolume(t testing.TB, fsys hrl.FS) *tracker.Volume {
 	v.FS = fsys
 	v.SegmentBytes = 64 << 10 // many rolls
 	v.SegmentAge = 0
+	v.ClearDelay = 0 // the tests of the clearing rule see every clear at once; TestClearDelay the delay
 	v.Logger = quiet
 	return v
 }
