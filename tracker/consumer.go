@@ -75,6 +75,11 @@ func (v *Volume) Ack(firstSeq uint64) error {
 	v.sealed = v.sealed[1:]
 	v.closedBytes -= s.info.Size
 	now := time.Now()
+	if v.st.Resync != "" {
+		// A resync (the initial replication) walks each region once:
+		// clearing its regions at once keeps its progress for a restart.
+		now = time.Time{}
+	}
 	for _, r := range s.regions {
 		if last, ok := v.touched[r]; ok && last <= s.info.LastSeq {
 			delete(v.touched, r)

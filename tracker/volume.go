@@ -7,9 +7,10 @@
 // reaches the journal or the backing store (Bitmap.Mark); it is cleared
 // only by a checkpoint, after a sync of the backing store, once every
 // change to the region was acknowledged by the consumer at least
-// ClearDelay ago and none came since (md's write-intent bitmap). The delay
-// only keeps bits set longer; it spares the sync of Mark for a region
-// written again soon after its acknowledgement.
+// ClearDelay ago and none came since (md's write-intent bitmap; not while
+// a resync is pending, whose progress a restart needs). The delay only
+// keeps bits set longer; it spares the sync of Mark for a region written
+// again soon after its acknowledgement.
 package tracker
 
 import (
@@ -97,7 +98,10 @@ type Volume struct {
 	// persisted bitmap before a checkpoint clears it (the rule of md's
 	// write-intent bitmap): a region written again within it finds its
 	// bit still set and costs no bitmap sync. Close clears every
-	// acknowledged region at once. 0 clears at the next checkpoint.
+	// acknowledged region at once, and so does a checkpoint for the regions
+	// acknowledged while a resync was pending (an initial replication
+	// resumes after a restart from what was cleared). 0 clears at the next
+	// checkpoint.
 	ClearDelay time.Duration
 	// JournalQuota bounds the unacknowledged journal: the bytes of the
 	// segments sealed (or being sealed) and not yet acknowledged plus the
