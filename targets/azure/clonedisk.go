@@ -32,16 +32,71 @@ const cloneChunk = 4 << 20
 // encrypted (ClonePoint), otherwise an upload of p's plaintext (read
 // through the site's key), all-zero chunks skipped, with the VHD footer.
 // progress is called after each chunk with the bytes done and the total.
-// An unfinished clone is deleted; an existing name is ErrCloneExists.
+// An unfinished clone is deleted. A finished clone of the same point of
+// the same volume under that name is reused (a retried failover); any
+// other blob with the name is ErrCloneExists.
 func (t *Target) CloneDisk(ctx context.Context, p targets.PointReader, volumeID, name string, progress func(done, total int64)) (string, error) {
 	u, err := t.ClonePoint(ctx, volumeID, p.Point().Seq, name)
-	if !errors.Is(err, ErrCloneEncrypted) {
-		if err == nil && progress != nil {
-			progress(p.Size(), p.Size())
-		}
-		return u, err
+	if errors.Is(err, ErrCloneEncrypted) {
+		u, err = t.cloneDecrypted(ctx, p, volumeID, name, progress)
 	}
-	return t.cloneDecrypted(ctx, p, volumeID, name, progress)
+	if errors.Is(err, ErrCloneExists) {
+		if ru, rerr := t.reuseClone(ctx, p, volumeID, name); rerr == nil {
+			t.log.Info("azure: a finished clone of this point exists; reused", "blob", ru)
+			u, err = ru, nil
+		}
+	}
+	if err == nil && progress != nil {
+		progress(p.Size(), p.Size())
+	}
+	return u, err
+}
+
+// reuseClone returns the URL of the blob named for clone name when it is a
+// finished clone of p of volume volumeID: its metadata names the volume's
+// blob, the point and the size, and a server-side copy of it succeeded
+// or, for an upload, its VHD footer (written last) is in place.
+func (t *Target) reuseClone(ctx context.Context, p targets.PointReader, volumeID, name string) (string, error) {
+	dstName, err := t.cloneBlob(name)
+	if err != nil {
+		return "", err
+	}
+	dst := t.cont.NewPageBlobClient(dstName)
+	props, err := dst.GetProperties(ctx, nil)
+	if err != nil {
+		return "", mapErr("azure clone "+dstName, err)
+	}
+	seq, _ := get(props.Metadata, metaSeq)
+	of, _ := get(props.Metadata, metaCloneOf)
+	size, _ := get(props.Metadata, metaSize)
+	if of != t.blobName(volumeID) || seq != strconv.FormatUint(p.Point().Seq, 10) || size != strconv.FormatInt(p.Size(), 10) {
+		return "", ErrCloneExists
+	}
+	if st := deref(props.CopyStatus); st != "" {
+		if st != blob.CopyStatusTypeSuccess {
+			return "", ErrCloneExists
+		}
+		return stripQuery(dst.URL()), nil
+	}
+	fb := make([]byte, FooterSize)
+	if err := readBlobAt(ctx, dst, fb, VHDDataSize(p.Size())); err != nil {
+		return "", err
+	}
+	if f, err := DecodeFooter(fb); err != nil || f.CurrentSize != VHDDataSize(p.Size()) {
+		return "", ErrCloneExists // an upload that did not finish
+	}
+	return stripQuery(dst.URL()), nil
+}
+
+// readBlobAt reads len(b) bytes of a page blob at off.
+func readBlobAt(ctx context.Context, pb *pageblob.Client, b []byte, off int64) error {
+	resp, err := pb.DownloadStream(ctx, &blob.DownloadStreamOptions{Range: blob.HTTPRange{Offset: off, Count: int64(len(b))}})
+	if err != nil {
+		return mapErr("azure read clone", err)
+	}
+	defer resp.Body.Close()
+	_, err = io.ReadFull(resp.Body, b)
+	return err
 }
 
 // cloneDecrypted uploads p's plaintext to a new fixed-VHD page blob.

@@ -14,9 +14,10 @@ import (
 )
 
 // CloneDisk of an encrypted replica's point is a fixed VHD page blob in
-// plaintext: the data equals the volume at the point, the footer is valid,
-// a name in use is refused; of a plain replica's point, the server-side
-// copy.
+// plaintext: the data equals the volume at the point, the footer is valid;
+// of a plain replica's point, the server-side copy. Cloning the same point
+// under the same name again reuses the clone; another point is refused
+// the name.
 func TestCloneDiskDecrypts(t *testing.T) {
 	ctx := context.Background()
 	s := azuritetest.Start(t)
@@ -68,9 +69,22 @@ func TestCloneDiskDecrypts(t *testing.T) {
 		if f, err := azure.DecodeFooter(got[len(got)-azure.FooterSize:]); err != nil || f.CurrentSize != azure.VHDDataSize(info.Size) {
 			t.Fatalf("clone's VHD footer: %+v, %v", f, err)
 		}
-		if _, err := tg.CloneDisk(ctx, p, info.ID, name, nil); !errors.Is(err, azure.ErrCloneExists) {
-			t.Fatalf("second clone with the same name: %v, want ErrCloneExists", err)
+		// A retried failover reuses the finished clone of the same point;
+		// another point is refused the name.
+		if again, err := tg.CloneDisk(ctx, p, info.ID, name, nil); err != nil || again != url {
+			t.Fatalf("the same point cloned again under its name: %q, %v; want the clone reused (%q)", again, err, url)
 		}
+		if err := rep.CreatePoint(ctx, testPoint(2)); err != nil {
+			t.Fatal(err)
+		}
+		p2, err := rep.OpenPoint(ctx, 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tg.CloneDisk(ctx, p2, info.ID, name, nil); !errors.Is(err, azure.ErrCloneExists) {
+			t.Fatalf("another point under a clone's name: %v, want ErrCloneExists", err)
+		}
+		p2.Close()
 		p.Close()
 		rep.Close()
 	}
