@@ -3,12 +3,10 @@ package nbd_test
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +14,7 @@ import (
 	"time"
 
 	"lifeboat/hrl"
+	"lifeboat/internal/backendtest"
 	"lifeboat/internal/testenv"
 	"lifeboat/nbd"
 	"lifeboat/tracker"
@@ -125,22 +124,7 @@ func (v *volume) checkJournal(t testing.TB) {
 	}
 }
 
-func firstDiff(a, b []byte) int {
-	if len(a) != len(b) {
-		return min(len(a), len(b))
-	}
-	for off := 0; off < len(a); off += 1 << 20 {
-		end := min(off+1<<20, len(a))
-		if !bytes.Equal(a[off:end], b[off:end]) {
-			for i := off; i < end; i++ {
-				if a[i] != b[i] {
-					return i
-				}
-			}
-		}
-	}
-	return -1
-}
+func firstDiff(a, b []byte) int { return backendtest.FirstDiff(a, b) }
 
 // serve starts a server on 127.0.0.1:0 and stops it with the test.
 func serve(t testing.TB, srv *nbd.Server) string {
@@ -148,23 +132,7 @@ func serve(t testing.TB, srv *nbd.Server) string {
 	if srv.Logger == nil {
 		srv.Logger = quiet
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(context.Background(), ln) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := srv.Shutdown(ctx); err != nil {
-			t.Errorf("shutdown: %v", err)
-		}
-		if err := <-done; !errors.Is(err, nbd.ErrServerClosed) {
-			t.Errorf("Serve returned %v, want ErrServerClosed", err)
-		}
-	})
-	return ln.Addr().String()
+	return backendtest.Serve(t, srv)
 }
 
 func serveExports(t testing.TB, exports ...nbd.Export) string {

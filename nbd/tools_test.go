@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"lifeboat/internal/backendtest"
 	"lifeboat/nbd"
 )
 
@@ -194,27 +195,6 @@ func TestFioRandwriteVerify(t *testing.T) {
 	requireTool(t, "fio")
 	v := newVolume(t, 64<<20, nil)
 	addr := serveExports(t, v.export("disk"))
-	out := run(t, "fio", "--name=job", "--ioengine=nbd", "--uri="+uri(addr, "disk"),
-		"--rw=randwrite", "--bs=4k", "--iodepth=16", "--size=64M",
-		"--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--verify_state_save=0", "--output-format=json")
-	var res struct {
-		Jobs []struct {
-			Error int `json:"error"`
-			Read  struct {
-				IOBytes int64 `json:"io_bytes"`
-			} `json:"read"`
-			Write struct {
-				IOBytes int64 `json:"io_bytes"`
-			} `json:"write"`
-		} `json:"jobs"`
-	}
-	if err := json.Unmarshal([]byte(out[strings.Index(out, "{"):]), &res); err != nil || len(res.Jobs) != 1 {
-		t.Fatalf("fio json output: %v\n%s", err, out)
-	}
-	// Every block written is read back and verified.
-	if j := res.Jobs[0]; j.Error != 0 || j.Write.IOBytes != 64<<20 || j.Read.IOBytes != 64<<20 {
-		t.Fatalf("fio: error %d, wrote %d and verified %d bytes, want 0, %d, %d\n%s",
-			j.Error, j.Write.IOBytes, j.Read.IOBytes, 64<<20, 64<<20, out)
-	}
+	backendtest.FioVerify(t, uri(addr, "disk"), 64<<20, "--bs=4k", "--iodepth=16")
 	v.checkJournal(t)
 }

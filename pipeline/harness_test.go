@@ -47,12 +47,19 @@ func testLogger(t testing.TB) *slog.Logger {
 func newSite(t *testing.T, target targets.Target) *site {
 	t.Helper()
 	s := &site{t: t, dir: t.TempDir(), target: target}
+	s.open()
+	return s
+}
+
+// open creates the site's CA and starts its server on an ephemeral port,
+// stopped with the test.
+func (s *site) open() {
+	s.t.Helper()
 	if _, err := pki.Init(s.dir, nil); err != nil {
-		t.Fatal(err)
+		s.t.Fatal(err)
 	}
 	s.start("127.0.0.1:0")
-	t.Cleanup(s.stop)
-	return s
+	s.t.Cleanup(s.stop)
 }
 
 func (s *site) start(addr string) {

@@ -64,11 +64,7 @@ func TestPointsEqualSourceAtEachTag(t *testing.T) {
 func TestCorruptSegmentIsRefusedAndResent(t *testing.T) {
 	target := memory.New()
 	s := &site{t: t, dir: t.TempDir(), target: target, wrap: faultinject.CorruptSegments(3)}
-	if _, err := pki.Init(s.dir, nil); err != nil {
-		t.Fatal(err)
-	}
-	s.start("127.0.0.1:0")
-	t.Cleanup(s.stop)
+	s.open()
 	a := newAgentVol(t, s, 4<<20, 0, s.client("agent1", pki.RoleAgent))
 	a.waitSynced()
 	a.writeRandom(rand.New(rand.NewPCG(3, 4)), 20)
@@ -210,11 +206,7 @@ func TestOutageKeepsJournalAndCatchesUp(t *testing.T) {
 func TestSpoolQuotaThrottles(t *testing.T) {
 	s := &site{t: t, dir: t.TempDir(), target: memory.New(),
 		configure: func(srv *pipeline.Server) { srv.SpoolQuota = 1 }} // every segment gets "slow down"
-	if _, err := pki.Init(s.dir, nil); err != nil {
-		t.Fatal(err)
-	}
-	s.start("127.0.0.1:0")
-	t.Cleanup(s.stop)
+	s.open()
 	a := newAgentVol(t, s, 1<<20, 0, s.client("agent1", pki.RoleAgent))
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
@@ -239,11 +231,7 @@ func TestInitialReplicationProgressLastsUntilItsPoint(t *testing.T) {
 			next.ServeHTTP(w, r)
 		})
 	}}
-	if _, err := pki.Init(s.dir, nil); err != nil {
-		t.Fatal(err)
-	}
-	s.start("127.0.0.1:0")
-	t.Cleanup(s.stop)
+	s.open()
 	a := newAgentVol(t, s, 4<<20, 0, s.client("agent1", pki.RoleAgent))
 	a.writeRandom(rand.New(rand.NewPCG(5, 6)), 10)
 	a.waitSynced() // read into the journal; nothing is on the server yet

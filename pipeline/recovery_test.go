@@ -31,6 +31,14 @@ func newHolds() *holds {
 	return &holds{pinned: map[string][]uint64{}, failover: map[string]*pipeline.RecoveryState{}, plan: map[string]string{}}
 }
 
+// holdsSite is a site on a memory target whose Holds is a new holds.
+func holdsSite(t *testing.T) (*holds, *site) {
+	h := newHolds()
+	s := &site{t: t, dir: t.TempDir(), target: memory.New(), configure: func(srv *pipeline.Server) { srv.Holds = h }}
+	s.open()
+	return h, s
+}
+
 func (h *holds) Pinned(id string) []uint64 {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -72,11 +80,7 @@ func TestRetentionKeepsPinnedPoints(t *testing.T) {
 		srv.Now = now
 		srv.Holds = h
 	}}
-	if _, err := pki.Init(s.dir, nil); err != nil {
-		t.Fatal(err)
-	}
-	s.start("127.0.0.1:0")
-	t.Cleanup(s.stop)
+	s.open()
 	a := newAgentVol(t, s, 4<<20, 0, s.client("agent1", pki.RoleAgent))
 	a.waitSynced()
 	rng := rand.New(rand.NewPCG(21, 22))
@@ -123,13 +127,7 @@ func TestRetentionKeepsPinnedPoints(t *testing.T) {
 // shipping, keeps its journal and says it is failed over; the volume's
 // status shows the failover. When the failover is gone the agent resumes.
 func TestFailedOverVolumeStopsItsAgent(t *testing.T) {
-	h := newHolds()
-	s := &site{t: t, dir: t.TempDir(), target: memory.New(), configure: func(srv *pipeline.Server) { srv.Holds = h }}
-	if _, err := pki.Init(s.dir, nil); err != nil {
-		t.Fatal(err)
-	}
-	s.start("127.0.0.1:0")
-	t.Cleanup(s.stop)
+	h, s := holdsSite(t)
 	a := newAgentVol(t, s, 4<<20, 0, s.client("web01", pki.RoleAgent))
 	a.waitSynced()
 	seq, sum := a.tag("before the failover")
@@ -186,13 +184,7 @@ func TestFailedOverVolumeStopsItsAgent(t *testing.T) {
 // volume read-only (EPERM), flushes and ships a tag named for the token;
 // when the site withdraws the request (it timed out) writes work again.
 func TestPlannedFailoverRequestMakesTheAgentStopAndTag(t *testing.T) {
-	h := newHolds()
-	s := &site{t: t, dir: t.TempDir(), target: memory.New(), configure: func(srv *pipeline.Server) { srv.Holds = h }}
-	if _, err := pki.Init(s.dir, nil); err != nil {
-		t.Fatal(err)
-	}
-	s.start("127.0.0.1:0")
-	t.Cleanup(s.stop)
+	h, s := holdsSite(t)
 	a := newAgentVol(t, s, 4<<20, 0, s.client("web01", pki.RoleAgent))
 	a.ship.PollInterval = 50 * time.Millisecond
 	a.waitSynced()

@@ -47,11 +47,7 @@ func TestRetentionPrunesOnScheduleAndReclaimsSpace(t *testing.T) {
 	replicas := t.TempDir()
 	s := &site{t: t, dir: t.TempDir(), target: file.New(replicas),
 		configure: func(srv *pipeline.Server) { srv.Now = now }}
-	if _, err := pki.Init(s.dir, nil); err != nil {
-		t.Fatal(err)
-	}
-	s.start("127.0.0.1:0")
-	t.Cleanup(s.stop)
+	s.open()
 	const size = 4 << 20
 	a := newAgentVol(t, s, size, 0, s.client("agent1", pki.RoleAgent))
 	a.waitSynced()

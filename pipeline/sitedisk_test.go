@@ -53,11 +53,7 @@ func (l *logBuffer) logger() *slog.Logger {
 func configuredSite(t *testing.T, target targets.Target, configure func(*pipeline.Server)) *site {
 	t.Helper()
 	s := &site{t: t, dir: t.TempDir(), target: target, configure: configure}
-	if _, err := pki.Init(s.dir, nil); err != nil {
-		t.Fatal(err)
-	}
-	s.start("127.0.0.1:0")
-	t.Cleanup(s.stop)
+	s.open()
 	return s
 }
 
@@ -114,11 +110,7 @@ func TestSiteDiskFullThrottlesOnceAnEpisodeAndHeals(t *testing.T) {
 				return pipeline.DiskSpace{Dev: 1, Free: free.Load(), Size: 1 << 40}, nil
 			}
 		}}
-	if _, err := pki.Init(s.dir, nil); err != nil {
-		t.Fatal(err)
-	}
-	s.start("127.0.0.1:0")
-	t.Cleanup(s.stop)
+	s.open()
 	a := newAgentVol(t, s, 8<<20, 0, s.client("agent1", pki.RoleAgent))
 	a.waitSynced()
 	id := a.vol.VolumeID()

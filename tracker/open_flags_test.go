@@ -45,19 +45,7 @@ func TestTagDuringResync(t *testing.T) {
 // CleanStart: a volume opened for the first time has no dirty region;
 // written, it has; reopened (not the first time), its bitmap is kept.
 func TestCleanStart(t *testing.T) {
-	dir := t.TempDir()
-	path := filepath.Join(dir, "d.img")
-	f, _ := os.Create(path)
-	f.Truncate(4 << 20)
-	f.Close()
-	open := func() *tracker.Volume {
-		v := tracker.NewVolume(path, filepath.Join(dir, "j"))
-		v.CleanStart = true
-		if err := v.Open(context.Background()); err != nil {
-			t.Fatal(err)
-		}
-		return v
-	}
+	open := fileVolume(t, func(v *tracker.Volume) { v.CleanStart = true })
 	v := open()
 	if d := v.Bitmap().Dirty(); d != 0 {
 		t.Fatalf("a new CleanStart volume has %d dirty regions, want 0", d)
@@ -80,18 +68,7 @@ func TestCleanStart(t *testing.T) {
 // also after the volume is closed and opened again; "" lifts it, durably
 // too.
 func TestReadOnlyHoldsAcrossRestarts(t *testing.T) {
-	dir := t.TempDir()
-	path := filepath.Join(dir, "d.img")
-	f, _ := os.Create(path)
-	f.Truncate(4 << 20)
-	f.Close()
-	open := func() *tracker.Volume {
-		v := tracker.NewVolume(path, filepath.Join(dir, "j"))
-		if err := v.Open(context.Background()); err != nil {
-			t.Fatal(err)
-		}
-		return v
-	}
+	open := fileVolume(t, nil)
 	refused := func(v *tracker.Volume) bool {
 		_, werr := v.WriteAt(make([]byte, 4096), 0)
 		zerr, terr := v.WriteZeroes(0, 4096), v.Trim(0, 4096)
@@ -125,5 +102,30 @@ func TestReadOnlyHoldsAcrossRestarts(t *testing.T) {
 	defer v.Close()
 	if refused(v) || v.ReadOnly() != "" {
 		t.Fatal("writable volume reopened read-only")
+	}
+}
+
+// fileVolume makes a 4 MiB sparse file and returns a function that opens a
+// tracker.Volume over it (the same journal each time), with set applied
+// before Open.
+func fileVolume(t *testing.T, set func(*tracker.Volume)) func() *tracker.Volume {
+	t.Helper()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "d.img")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Truncate(4 << 20)
+	f.Close()
+	return func() *tracker.Volume {
+		v := tracker.NewVolume(path, filepath.Join(dir, "j"))
+		if set != nil {
+			set(v)
+		}
+		if err := v.Open(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		return v
 	}
 }

@@ -149,8 +149,8 @@ type Volume struct {
 	changed     chan struct{} // closed and replaced when sealed changes
 	closed      bool
 	clearable   []clearCand // regions whose changes are all acknowledged, to clear once ClearDelay has passed
-	resumeSeq   uint64  // next seq when journaling resumes after bitmap mode
-	acked       uint64  // last acknowledged seq; seqs never go back below it
+	resumeSeq   uint64      // next seq when journaling resumes after bitmap mode
+	acked       uint64      // last acknowledged seq; seqs never go back below it
 	ackFile     *ackedFile
 	ackMu       sync.Mutex    // serialises Ack, and Ack with Close closing the files; taken before mu
 	sealBroken  bool          // a seal failed: later segments are not offered until a new generation

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
+	"net/http"
 	"strings"
 
 	"github.com/urfave/cli/v2"
@@ -16,8 +18,8 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		Usage: "continuous block-level replication and site recovery for Linux servers",
 		Description: "Lifeboat journals every write to a protected volume, ships the journal to a recovery\n" +
 			"site and turns it into recovery points you can test-fail-over, fail over to and fail back from.\n" +
-			"Today: the agent, the process server with a file target, recovery points and their export;\n" +
-			"test failover, failover and failback come next.\n\n" +
+			"Today: the agent, the process server with file and Azure targets, recovery points and their export,\n" +
+			"test failover and failover (lifeboat test-failover, lifeboat failover); failback comes next.\n\n" +
 			"Examples:\n" +
 			"   lifeboat demo\n" +
 			"   lifeboat server init --data-dir /var/lib/lifeboat/server\n" +
@@ -91,6 +93,30 @@ func outputFlag() cli.Flag {
 		Value:   "text",
 		Usage:   "`FORMAT`: text for people, json for scripts (stable, snake_case keys)",
 	}
+}
+
+// printJSON writes v as the indented JSON document of --output json.
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// adminList is the start of an admin command that lists what GET path
+// answers: its --output format, no arguments, the site's answer in out.
+func adminList(c *cli.Context, path string, out any) (string, error) {
+	format, err := outputFormat(c)
+	if err != nil {
+		return "", err
+	}
+	if _, err := leafArgs(c, 0, "no arguments (only flags)"); err != nil {
+		return "", err
+	}
+	client, base, err := adminClient(c)
+	if err != nil {
+		return "", err
+	}
+	return format, apiCall(c, client, http.MethodGet, base+path, nil, out)
 }
 
 // outputFormat returns "text" or "json", rejecting anything else.

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -54,9 +53,7 @@ func runCertsList(w io.Writer, dataDir, format string) error {
 		if certs == nil {
 			certs = []pki.IssuedCert{}
 		}
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		return enc.Encode(certs)
+		return printJSON(w, certs)
 	}
 	if len(certs) == 0 {
 		fmt.Fprintf(w, "no certificates recorded in %s (certificates issued by a lifeboat older than the registry are not)\n",

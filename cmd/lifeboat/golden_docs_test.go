@@ -54,30 +54,19 @@ func TestGoldenStatus(t *testing.T) {
 // points: an httptest TLS server with the site's certificates (pki.Init),
 // so the command goes through its real client, admin identity and decoding.
 func TestGoldenPointsList(t *testing.T) {
-	dir := t.TempDir()
-	if _, err := pki.Init(dir, nil); err != nil {
-		t.Fatal(err)
-	}
-	conf, err := pki.ServerTLS(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
 	points := []pipeline.Point{
 		{Seq: 1200, Generation: 1, Kind: "crash", Name: "initial-sync", Time: goldenTime},
 		{Seq: 4711, Generation: 1, Kind: "crash", Name: "crash-000042", Time: goldenTime.Add(5 * time.Minute)},
 		{Seq: 4800, Generation: 2, Kind: "app", Name: "nightly", Time: goldenTime.Add(time.Hour)},
 	}
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	dir, srv := siteAPI(t, func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodGet || r.URL.Path != "/v1/volumes/db/points" {
 			http.Error(w, "unexpected "+r.Method+" "+r.URL.Path, http.StatusNotFound)
 			return
 		}
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(points)
-	}))
-	srv.TLS = conf
-	srv.StartTLS()
-	defer srv.Close()
+	})
 	golden(t, "points_list.json", runJSON(t, "points", "list", "--data-dir", dir, "--server", srv.URL, "--volume", "db", "--output", "json"))
 }
 
@@ -85,14 +74,6 @@ func TestGoldenPointsList(t *testing.T) {
 // one as a volume in progress shows it, one with every field set (fillAll),
 // so that keys added later are in the golden file too.
 func TestGoldenVolumeList(t *testing.T) {
-	dir := t.TempDir()
-	if _, err := pki.Init(dir, nil); err != nil {
-		t.Fatal(err)
-	}
-	conf, err := pki.ServerTLS(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var full pipeline.VolumeStatus
 	fillAll(t, reflect.ValueOf(&full).Elem(), "volume")
 	vols := []pipeline.VolumeStatus{{
@@ -100,16 +81,13 @@ func TestGoldenVolumeList(t *testing.T) {
 		SpooledGeneration: 1, SpooledSeq: 4711, AppliedGeneration: 1, AppliedSeq: 4700, SpoolBytes: 12 << 20, Points: 3,
 		LatestPoint: &pipeline.Point{Seq: 4700, Generation: 1, Kind: "crash", Name: "crash-000042", Time: goldenTime},
 	}, full}
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	dir, srv := siteAPI(t, func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodGet || r.URL.Path != "/v1/volumes" {
 			http.Error(w, "unexpected "+r.Method+" "+r.URL.Path, http.StatusNotFound)
 			return
 		}
 		json.NewEncoder(w).Encode(vols)
-	}))
-	srv.TLS = conf
-	srv.StartTLS()
-	defer srv.Close()
+	})
 	golden(t, "volume_list.json", runJSON(t, "volume", "list", "--data-dir", dir, "--server", srv.URL, "--output", "json"))
 }
 
@@ -233,20 +211,12 @@ func fillAll(t *testing.T, v reflect.Value, key string) {
 // recovery volume that has every field set (fillAll): `test-failover list`
 // its list, every other command the volume itself, one document.
 func TestGoldenRecovery(t *testing.T) {
-	dir := t.TempDir()
-	if _, err := pki.Init(dir, nil); err != nil {
-		t.Fatal(err)
-	}
-	conf, err := pki.ServerTLS(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var st pipeline.RecoveryState
 	fillAll(t, reflect.ValueOf(&st).Elem(), "recovery")
 	routes := map[string]bool{"POST /v1/volumes/web01/db/test-failover": true, "DELETE /v1/volumes/web01/db/test-failover": true,
 		"POST /v1/volumes/web01/db/failover": true, "POST /v1/volumes/web01/db/failover/point": true,
 		"POST /v1/volumes/web01/db/failover/commit": true}
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	dir, srv := siteAPI(t, func(w http.ResponseWriter, r *http.Request) {
 		route := r.Method + " " + r.URL.Path
 		switch {
 		case route == "GET /v1/recovery":
@@ -256,10 +226,7 @@ func TestGoldenRecovery(t *testing.T) {
 		default:
 			http.Error(w, "unexpected "+route, http.StatusNotFound)
 		}
-	}))
-	srv.TLS = conf
-	srv.StartTLS()
-	defer srv.Close()
+	})
 	flags := []string{"--data-dir", dir, "--server", srv.URL, "--output", "json"}
 	golden(t, "recovery_list.json", runJSON(t, append([]string{"test-failover", "list"}, flags...)...))
 	want := runJSON(t, append([]string{"test-failover", "start", "web01/db", "--point", "latest-processed"}, flags...)...)
@@ -270,4 +237,24 @@ func TestGoldenRecovery(t *testing.T) {
 			t.Errorf("lifeboat %s: the document differs from test-failover start's:\n%s", strings.Join(args, " "), firstDiff(want, got))
 		}
 	}
+}
+
+// siteAPI is a site's data directory (pki.Init) and an HTTPS server with
+// its certificates answering with h, as the process server would, closed
+// with the test.
+func siteAPI(t *testing.T, h http.HandlerFunc) (string, *httptest.Server) {
+	t.Helper()
+	dir := t.TempDir()
+	if _, err := pki.Init(dir, nil); err != nil {
+		t.Fatal(err)
+	}
+	conf, err := pki.ServerTLS(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer(h)
+	srv.TLS = conf
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	return dir, srv
 }

@@ -1,8 +1,6 @@
 package main
 
 import (
-	"encoding/json"
-
 	"github.com/urfave/cli/v2"
 )
 
@@ -57,9 +55,7 @@ func inspectCommand() *cli.Command {
 				return err
 			}
 			if format == "json" {
-				enc := json.NewEncoder(c.App.Writer)
-				enc.SetIndent("", "  ")
-				return enc.Encode(rep)
+				return printJSON(c.App.Writer, rep)
 			}
 			return writeReport(c.App.Writer, &rep, c.Bool("records"))
 		},

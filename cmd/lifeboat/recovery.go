@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -192,9 +191,7 @@ func recoveryAction(c *cli.Context, method, path string, withBody bool, done str
 		return failure("%v", err)
 	}
 	if format == "json" {
-		enc := json.NewEncoder(c.App.Writer)
-		enc.SetIndent("", "  ")
-		return enc.Encode(st)
+		return printJSON(c.App.Writer, st)
 	}
 	fmt.Fprintf(c.App.Writer, done+" in %v\n", args[0], time.Since(start).Round(time.Millisecond))
 	if method == http.MethodDelete {
@@ -273,25 +270,13 @@ func printRecovery(c *cli.Context, st pipeline.RecoveryState) {
 }
 
 func recoveryList(c *cli.Context) error {
-	format, err := outputFormat(c)
-	if err != nil {
-		return err
-	}
-	if _, err := leafArgs(c, 0, "no arguments (only flags)"); err != nil {
-		return err
-	}
-	client, base, err := adminClient(c)
-	if err != nil {
-		return err
-	}
 	var list []pipeline.RecoveryState
-	if err := apiCall(c, client, http.MethodGet, base+"/recovery", nil, &list); err != nil {
+	format, err := adminList(c, "/recovery", &list)
+	if err != nil {
 		return err
 	}
 	if format == "json" {
-		enc := json.NewEncoder(c.App.Writer)
-		enc.SetIndent("", "  ")
-		return enc.Encode(list)
+		return printJSON(c.App.Writer, list)
 	}
 	tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "VOLUME\tKIND\tPOINT\tSINCE\tWRITTEN\tSTATE\tEXPORT")

@@ -205,9 +205,7 @@ func statusCommand() *cli.Command {
 				all = append(all, st)
 			}
 			if format == "json" {
-				enc := json.NewEncoder(c.App.Writer)
-				enc.SetIndent("", "  ")
-				return enc.Encode(all)
+				return printJSON(c.App.Writer, all)
 			}
 			for _, st := range all {
 				printStatus(c.App.Writer, st)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"runtime"
 
@@ -39,9 +38,7 @@ func versionCommand() *cli.Command {
 				Platform: runtime.GOOS + "/" + runtime.GOARCH, JournalFormat: hrl.Version}
 			w := c.App.Writer
 			if format == "json" {
-				enc := json.NewEncoder(w)
-				enc.SetIndent("", "  ")
-				return enc.Encode(v)
+				return printJSON(w, v)
 			}
 			_, err = fmt.Fprintf(w, "lifeboat %s\ngo:             %s %s\njournal format: %d\n",
 				v.Version, v.GoVersion, v.Platform, v.JournalFormat)

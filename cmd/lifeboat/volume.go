@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -57,25 +56,13 @@ func volumeCommand() *cli.Command {
 }
 
 func volumeList(c *cli.Context) error {
-	format, err := outputFormat(c)
-	if err != nil {
-		return err
-	}
-	if _, err := leafArgs(c, 0, "no arguments (only flags)"); err != nil {
-		return err
-	}
-	client, base, err := adminClient(c)
-	if err != nil {
-		return err
-	}
 	var vols []pipeline.VolumeStatus
-	if err := apiCall(c, client, http.MethodGet, base+"/volumes", nil, &vols); err != nil {
+	format, err := adminList(c, "/volumes", &vols)
+	if err != nil {
 		return err
 	}
 	if format == "json" {
-		enc := json.NewEncoder(c.App.Writer)
-		enc.SetIndent("", "  ")
-		return enc.Encode(vols)
+		return printJSON(c.App.Writer, vols)
 	}
 	tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "VOLUME\tID\tSIZE\tAPPLIED SEQ\tPOINTS\tLATEST POINT\tSTATE")

@@ -22,18 +22,13 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"lifeboat/nbd"
 )
 
-// Backend is the shape of nbd.Backend and fusefs.Backend; see nbd.Backend
-// for the contract the suites check.
-type Backend interface {
-	ReadAt(p []byte, off int64) (int, error)
-	WriteAt(p []byte, off int64) (int, error)
-	WriteZeroes(off, n int64) error
-	Trim(off, n int64) error
-	Flush() error
-	Size() int64
-}
+// Backend is nbd.Backend, whose contract the suites check; fusefs.Backend
+// has the same methods.
+type Backend = nbd.Backend
 
 // Factory returns a new backend of size bytes whose content starts as
 // initial (len(initial) == size; zero bytes may be holes). It closes the
@@ -112,7 +107,7 @@ func checkBackend(t *testing.T, what string, b Backend, model []byte) {
 // checkEqual fails the test at the first byte where got and want differ.
 func checkEqual(t *testing.T, what string, got, want []byte) {
 	t.Helper()
-	if i := firstDiff(got, want); i >= 0 {
+	if i := FirstDiff(got, want); i >= 0 {
 		if i >= min(len(got), len(want)) {
 			t.Fatalf("%s: %d bytes, want %d", what, len(got), len(want))
 		}
@@ -121,7 +116,10 @@ func checkEqual(t *testing.T, what string, got, want []byte) {
 	}
 }
 
-func firstDiff(a, b []byte) int {
+// FirstDiff returns the first byte offset where a and b differ (the
+// shorter length when one is a prefix of the other), -1 when they are
+// equal.
+func FirstDiff(a, b []byte) int {
 	if len(a) != len(b) {
 		return min(len(a), len(b))
 	}
@@ -175,7 +173,7 @@ func sha(t *testing.T, path string) [32]byte {
 
 // run runs a tool and returns its standard output; a failure ends the test
 // with everything the tool printed.
-func run(t *testing.T, name string, args ...string) string {
+func run(t testing.TB, name string, args ...string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()

@@ -70,7 +70,17 @@ func serve(t *testing.T, b Backend) string {
 	t.Helper()
 	srv := nbd.NewServer()
 	srv.Exports = []nbd.Export{{Name: "disk", Backend: b}}
-	srv.Logger = slog.New(slog.DiscardHandler)
+	return Serve(t, srv)
+}
+
+// Serve serves srv on 127.0.0.1:0 (its log discarded unless it has a
+// Logger) and returns the address; the server is shut down, and must
+// return ErrServerClosed, when the test ends.
+func Serve(t testing.TB, srv *nbd.Server) string {
+	t.Helper()
+	if srv.Logger == nil {
+		srv.Logger = slog.New(slog.DiscardHandler)
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -209,9 +219,23 @@ func (s *nbdSuite) nbdcopy(t *testing.T) {
 // takes fio's data from the export.
 func (s *nbdSuite) fio(t *testing.T) {
 	const off, size = 32 << 20, 16 << 20
-	out := run(t, "fio", "--name=verify", "--ioengine=nbd", "--uri="+s.uri,
-		"--rw=randwrite", "--bsrange=512-64k", "--iodepth=16", fmt.Sprintf("--offset=%d", off), fmt.Sprintf("--size=%d", size),
-		"--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--verify_state_save=0", "--output-format=json")
+	FioVerify(t, s.uri, size, "--bsrange=512-64k", "--iodepth=16", fmt.Sprintf("--offset=%d", off))
+	got := s.readExport(t)
+	if bytes.Equal(got[off:off+size], s.model[off:off+size]) {
+		t.Fatalf("fio's range [%d, %d) still holds what nbdcopy wrote", off, off+size)
+	}
+	copy(s.model[off:off+size], got[off:off+size])
+	checkEqual(t, "after fio (read with nbdcopy)", got, s.model)
+}
+
+// FioVerify runs fio's nbd engine on uri: random writes over size bytes
+// (from --offset if args give one) verified with crc32c; it fails the test
+// unless fio reports no error and wrote and verified exactly size bytes.
+func FioVerify(t testing.TB, uri string, size int64, args ...string) {
+	t.Helper()
+	out := run(t, "fio", append([]string{"--name=verify", "--ioengine=nbd", "--uri=" + uri, "--rw=randwrite",
+		fmt.Sprintf("--size=%d", size), "--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--verify_state_save=0",
+		"--output-format=json"}, args...)...)
 	var res struct {
 		Jobs []struct {
 			Error int `json:"error"`
@@ -234,10 +258,4 @@ func (s *nbdSuite) fio(t *testing.T) {
 		t.Fatalf("fio: error %d, wrote %d and verified %d bytes, want 0, %d, %d\n%s",
 			j.Error, j.Write.IOBytes, j.Read.IOBytes, size, size, out)
 	}
-	got := s.readExport(t)
-	if bytes.Equal(got[off:off+size], s.model[off:off+size]) {
-		t.Fatalf("fio's range [%d, %d) still holds what nbdcopy wrote", off, off+size)
-	}
-	copy(s.model[off:off+size], got[off:off+size])
-	checkEqual(t, "after fio (read with nbdcopy)", got, s.model)
 }
