@@ -132,6 +132,22 @@ func (rs *recoverySite) point(rng *rand.Rand) uint64 {
 	}
 }
 
+// pointsSettle waits until the site's points are want, or 30 s have
+// passed, and returns what it saw last: a point becomes visible before
+// the same apply prunes the older ones, so a test that looked right
+// after point() returned would race that pruning.
+func (rs *recoverySite) pointsSettle(want []uint64) []uint64 {
+	rs.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		got := rs.points()
+		if slices.Equal(got, want) || time.Now().After(deadline) {
+			return got
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 func (rs *recoverySite) points() []uint64 {
 	sv, err := rs.site.Server.Volume(context.Background(), "disk")
 	if err != nil {
@@ -175,7 +191,7 @@ func TestRetentionKeepsTheRecoveryPoints(t *testing.T) {
 
 	rs.offset.Store(int64(20 * 24 * time.Hour))
 	last := rs.point(rng)
-	if got, want := rs.points(), []uint64{seqs[1], last}; !slices.Equal(got, want) {
+	if got, want := rs.pointsSettle([]uint64{seqs[1], last}), []uint64{seqs[1], last}; !slices.Equal(got, want) {
 		t.Fatalf("points %v twenty days later with a test failover of %d; want %v", got, seqs[1], want)
 	}
 	if !slices.Equal(readPoint(t, sv, seqs[1]), before) {
@@ -185,7 +201,7 @@ func TestRetentionKeepsTheRecoveryPoints(t *testing.T) {
 		t.Fatal(err)
 	}
 	later := rs.point(rng)
-	if got, want := rs.points(), []uint64{later}; !slices.Equal(got, want) {
+	if got, want := rs.pointsSettle([]uint64{later}), []uint64{later}; !slices.Equal(got, want) {
 		t.Fatalf("points %v after the cleanup; want %v (the tested point pruned with the next)", got, want)
 	}
 
