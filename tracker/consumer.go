@@ -75,16 +75,20 @@ func (v *Volume) Ack(firstSeq uint64) error {
 	v.sealed = v.sealed[1:]
 	v.closedBytes -= s.info.Size
 	now := time.Now()
-	if v.st.Resync != "" {
-		// A resync (the initial replication) walks each region once:
-		// clearing its regions at once keeps its progress for a restart.
-		now = time.Time{}
-	}
 	for _, r := range s.regions {
 		if last, ok := v.touched[r]; ok && last <= s.info.LastSeq {
 			delete(v.touched, r)
 			if !v.pinned.has(r) {
-				v.clearable = append(v.clearable, clearCand{r: r, acked: now})
+				// A resync (the initial replication) walks each region
+				// once: its regions are no working set to keep hot, and
+				// clearing them at once keeps its progress for a restart.
+				at := now
+				if v.st.Resync != "" || v.copied.has(r) {
+					at = time.Time{}
+				}
+				v.copied.unset(r, r+1)
+				v.ackN++
+				v.clearable = append(v.clearable, clearCand{r: r, acked: at, n: v.ackN})
 			}
 		}
 	}

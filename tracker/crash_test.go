@@ -14,7 +14,10 @@ import (
 	"lifeboat/tracker"
 )
 
-const crashRegion = 16 << 10
+const (
+	crashRegion     = 16 << 10
+	crashHotRegions = 4
+)
 
 // crashRun is one run of the crash workload.
 type crashRun struct {
@@ -61,6 +64,10 @@ func (c *crashRun) volume() *tracker.Volume {
 	v.SegmentAge = 0
 	v.Logger = quiet
 	v.RegionSize = crashRegion
+	// A hot set of 4 of the 32 regions: acknowledged regions are cleared
+	// at every checkpoint beyond it, least recently acknowledged first,
+	// so the crashes fall in the middle of that clearing too.
+	v.ClearDelay, v.HotSetBytes = 0, crashHotRegions*crashRegion
 	return v
 }
 

@@ -143,6 +143,7 @@ func (v *Volume) open() error {
 	// The dirty regions are what the replica may lack: the journal cannot
 	// vouch for any of them until a resync has copied it.
 	v.pinned = make(regionSet, (v.bitmap.Regions()+63)/64)
+	v.copied = make(regionSet, len(v.pinned))
 	if v.st.Resync != "" {
 		v.pinned = v.bitmap.snapshot()
 	}

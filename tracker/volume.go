@@ -4,13 +4,20 @@
 //
 // The bitmap's rule: it never under-reports after a crash. A region's bit
 // is set and synced before the first write to it since it was last clean
-// reaches the journal or the backing store (Bitmap.Mark); it is cleared
-// only by a checkpoint, after a sync of the backing store, once every
-// change to the region was acknowledged by the consumer at least
-// ClearDelay ago and none came since (md's write-intent bitmap; not while
-// a resync is pending, whose progress a restart needs). The delay only
-// keeps bits set longer; it spares the sync of Mark for a region written
-// again soon after its acknowledgement.
+// reaches the journal or the backing store (Bitmap.Mark); that sync is the
+// only one a write can cost, and only when its region was clean. A bit is
+// cleared only by a checkpoint, after a sync of the backing store, once
+// every change to the region was acknowledged by the consumer and none came
+// since, and only while the dirty regions exceed the hot set (HotSetBytes):
+// then the least recently acknowledged regions idle for at least
+// ClearDelay are cleared, down to the hot set. This is DRBD's activity log
+// and md's write-intent bitmap: a working set that fits in the hot set
+// keeps its bits and costs no bitmap sync in steady state; the price is
+// that after a crash the resync copies the hot set again, at most
+// HotSetBytes beyond what was not yet acknowledged. Regions acknowledged
+// while a resync is pending are cleared at the next checkpoint whatever
+// the hot set (an initial replication resumes after a restart from what
+// was cleared), and Close clears every acknowledged region.
 package tracker
 
 import (
@@ -33,6 +40,7 @@ const (
 	DefaultSegmentAge         = 2 * time.Second
 	DefaultCheckpointInterval = 5 * time.Second
 	DefaultClearDelay         = 10 * time.Second
+	DefaultHotSetBytes        = 1 << 30
 )
 
 // Errors of this package.
@@ -95,14 +103,17 @@ type Volume struct {
 	// the persisted bitmap without a Flush; 0 leaves it to Flush and Close.
 	CheckpointInterval time.Duration
 	// ClearDelay is how long an acknowledged region stays dirty in the
-	// persisted bitmap before a checkpoint clears it (the rule of md's
-	// write-intent bitmap): a region written again within it finds its
-	// bit still set and costs no bitmap sync. Close clears every
-	// acknowledged region at once, and so does a checkpoint for the regions
-	// acknowledged while a resync was pending (an initial replication
-	// resumes after a restart from what was cleared). 0 clears at the next
-	// checkpoint.
+	// persisted bitmap at least before a checkpoint may clear it (the rule
+	// of md's write-intent bitmap): a region written again within it finds
+	// its bit still set and costs no bitmap sync. 0: no minimum.
 	ClearDelay time.Duration
+	// HotSetBytes is how much of the volume, in regions, may stay dirty in
+	// the persisted bitmap after its acknowledgement (DRBD's activity log):
+	// checkpoints clear acknowledged regions only beyond it, least
+	// recently acknowledged first. A write to a region still in the hot
+	// set costs no bitmap sync; after a crash, a resync copies the hot set
+	// again. 0 clears every acknowledged region once ClearDelay has passed.
+	HotSetBytes int64
 	// JournalQuota bounds the unacknowledged journal: the bytes of the
 	// segments sealed (or being sealed) and not yet acknowledged plus the
 	// open segment (Status.JournalBytes). A write whose records could take
@@ -148,7 +159,8 @@ type Volume struct {
 	sealCond    sync.Cond
 	changed     chan struct{} // closed and replaced when sealed changes
 	closed      bool
-	clearable   []clearCand // regions whose changes are all acknowledged, to clear once ClearDelay has passed
+	clearable   []clearCand // regions whose changes are all acknowledged, for checkpoint to clear (HotSetBytes, ClearDelay)
+	ackN        uint64      // clearCand.n of the last one
 	resumeSeq   uint64      // next seq when journaling resumes after bitmap mode
 	acked       uint64      // last acknowledged seq; seqs never go back below it
 	ackFile     *ackedFile
@@ -157,6 +169,7 @@ type Volume struct {
 	closedBytes int64         // bytes of the segments rolled and not yet acknowledged (sealing and sealed)
 	freed       chan struct{} // closed and replaced when journal room may have become free, or the mode changed
 	pinned      regionSet     // dirty regions only a resync may clear (see the type's doc)
+	copied      regionSet     // regions last journaled by a resync: cleared at once when acknowledged, not kept hot
 	unflushed   []span        // ranges of records that may still be in the writer's batch
 	resyncMu    sync.Mutex    // one Resync at a time
 	readOnly    atomic.Bool   // SetReadOnly
@@ -186,7 +199,7 @@ func NewVolume(path, journalDir string) *Volume {
 	return &Volume{Path: path, JournalDir: journalDir, FS: hrl.OSFS{}, BlockSize: DefaultBlockSize,
 		RegionSize: DefaultRegionSize, SegmentBytes: DefaultSegmentBytes, SegmentAge: DefaultSegmentAge,
 		Dedupe: true, DedupeBlocks: hrl.DefaultDedupeBlocks, CheckpointInterval: DefaultCheckpointInterval,
-		ClearDelay: DefaultClearDelay}
+		ClearDelay: DefaultClearDelay, HotSetBytes: DefaultHotSetBytes}
 }
 
 func (v *Volume) logger() *slog.Logger {
@@ -208,6 +221,9 @@ func (v *Volume) checkConfig() error {
 	}
 	if v.RegionSize < int64(v.BlockSize) || v.RegionSize%int64(v.BlockSize) != 0 {
 		return fmt.Errorf("region size %d must be a multiple of the block size %d", v.RegionSize, v.BlockSize)
+	}
+	if v.HotSetBytes < 0 || v.ClearDelay < 0 {
+		return fmt.Errorf("hot set %d bytes and clear delay %v must not be negative", v.HotSetBytes, v.ClearDelay)
 	}
 	if v.SegmentBytes < 1<<16 {
 		return fmt.Errorf("segment size %d is below the 64 KiB minimum", v.SegmentBytes)

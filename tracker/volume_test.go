@@ -53,7 +53,9 @@ func newVolume(t testing.TB, fsys hrl.FS) *tracker.Volume {
 	v.FS = fsys
 	v.SegmentBytes = 64 << 10 // many rolls
 	v.SegmentAge = 0
-	v.ClearDelay = 0 // the tests of the clearing rule see every clear at once; TestClearDelay the delay
+	// The tests of the clearing rule see every clear at once; TestClearDelay
+	// and TestHotSet set the delay and the hot set.
+	v.ClearDelay, v.HotSetBytes = 0, 0
 	v.Logger = quiet
 	return v
 }

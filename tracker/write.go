@@ -287,6 +287,9 @@ func (v *Volume) trackLocked(r *journalReq, first, last uint64) {
 		}
 		if r.resync {
 			v.unpinCoveredLocked(r.a0, r.a1)
+			v.copied.set(r0, r1)
+		} else {
+			v.copied.unset(r0, r1)
 		}
 	}
 	if v.w.Pending() {

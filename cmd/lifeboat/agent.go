@@ -178,6 +178,7 @@ func (a *agent) openVolumes(ctx context.Context, o agentOptions) error {
 			v.InitialSync = true
 			v.JournalQuota = o.Replication.JournalQuota
 			v.CheckpointInterval = o.Replication.Checkpoint
+			v.HotSetBytes = o.Replication.HotSet
 		}
 		v.Logger = a.log.With("volume", s.Name)
 		if err := v.Open(ctx); err != nil {

@@ -31,6 +31,7 @@ type replicationOptions struct {
 	Compression  zstd.EncoderLevel
 	MaxBackoff   time.Duration
 	Checkpoint   time.Duration
+	HotSet       int64
 }
 
 const statusFileName = "status.json"
@@ -51,6 +52,10 @@ func replicationFlags() []cli.Flag {
 		&cli.DurationFlag{Name: "checkpoint-interval", Value: tracker.DefaultCheckpointInterval,
 			Usage: "clear the regions the site has acknowledged from the dirty bitmap this `OFTEN`; after a crash of the agent\n" +
 				"\tthe regions not cleared yet are copied again (shorter: less to copy again, more fsyncs)"},
+		&cli.StringFlag{Name: "hot-set", Value: "1GiB",
+			Usage: "`SIZE` of each volume's recently written regions that stay marked dirty after the site acknowledged them,\n" +
+				"\tso that writing them again costs no fsync of the dirty bitmap (DRBD's activity log); after a crash\n" +
+				"\tof the agent or the machine they are copied again. 0: clear every acknowledged region (most fsyncs)"},
 	}
 }
 
@@ -65,6 +70,9 @@ func parseReplicationOptions(c *cli.Context) (replicationOptions, error) {
 		return o, usageError("--journal-quota: %v", err)
 	}
 	o.JournalQuota = q
+	if o.HotSet, err = parseSize(c.String("hot-set")); err != nil {
+		return o, usageError("--hot-set: %v", err)
+	}
 	switch lvl := c.String("compression"); lvl {
 	case "none":
 	default:
