@@ -144,8 +144,20 @@ func TestJournalQuotaFallsBackToBitmapAndResyncsOnlyDirtyRegions(t *testing.T) {
 	a.waitSynced()
 	seq0, _ := a.tag("synced")
 	s.waitApplied(a.vol.VolumeID(), seq0)
-	// The server goes away; writes go on beyond the journal quota.
+	// The server goes away; writes go on beyond the journal quota. A small
+	// write first: the shipper learns from its failed upload that the
+	// server is gone, so its resync waits for the server instead of
+	// starting (generation 2) while the big writes go on and take the
+	// journal over the quota again (generation 3).
 	s.stop()
+	if _, err := a.vol.WriteAt(make([]byte, 4096), 0); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(20 * time.Second); a.ship.Status().Connected || a.ship.Status().LastError == ""; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the shipper did not notice the server is gone: %+v", a.ship.Status())
+		}
+	}
 	rng := rand.New(rand.NewPCG(7, 8))
 	for i := range 48 { // 48 x 64 KiB in distinct 256 KiB-spaced places: 3 MiB > 2 MiB quota
 		b := make([]byte, 64<<10)
