@@ -128,7 +128,7 @@ start_server() {
 	mkdir -p "$dir/srv"
 	cp -a "$WORK/site/pki" "$dir/srv/"
 	port=$(free_port)
-	"$bin/lifeboat" server --data-dir "$dir/srv" --listen "127.0.0.1:$port" --target "file://$dir/replicas" \
+	"$bin/lifeboat" server --data-dir "$dir/srv" --listen "127.0.0.1:$port" --target "file://$dir/replicas" --recovery-nbd "" \
 		>"$dir/srv.out" 2>"$dir/srv.log" &
 	srv_pid=$!
 	pids+=("$srv_pid")

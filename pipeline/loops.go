@@ -86,8 +86,13 @@ func (s *Shipper) tagLoop(ctx context.Context) {
 		st := s.Volume.Status()
 		s.mu.Lock()
 		idle := s.lastTag != 0 && st.NextSeq == s.lastTag+1
+		// From its start until its point is on the server, a resync is
+		// this shipper's: the volume's own reason is cleared before the
+		// "resync complete" tag is taken, and a tag in between would be a
+		// point of the same content ahead of it.
+		resyncing := s.status.Resync != nil
 		s.mu.Unlock()
-		if st.Resync != "" || idle {
+		if st.Resync != "" || idle || resyncing {
 			continue
 		}
 		s.tag(ctx, "crash-consistent")

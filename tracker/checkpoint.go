@@ -30,7 +30,13 @@ func (v *Volume) checkpoint(all bool) error {
 	v.mu.Lock()
 	cands, keep := v.pickClears(all)
 	v.clearable = keep
+	v.reacked = map[int64]struct{}{}
 	v.mu.Unlock()
+	defer func() {
+		v.mu.Lock()
+		v.reacked = nil
+		v.mu.Unlock()
+	}()
 	if len(cands) > 0 {
 		// Barrier: every write that started before now has reached the
 		// backing store (writes hold their range lock until then).
@@ -43,11 +49,14 @@ func (v *Volume) checkpoint(all bool) error {
 	for _, c := range cands {
 		// Under the region's range lock a write to it is either entirely
 		// before (it re-touched the region: keep the bit) or entirely after
-		// (its Mark sets the bit again and persists it).
+		// (its Mark sets the bit again and persists it). A write since the
+		// backing store's sync that is already acknowledged is no longer
+		// in touched but in reacked: its bytes may not be durable yet.
 		off, end := c.r*v.RegionSize, min((c.r+1)*v.RegionSize, v.size)
 		v.locks.lock(off, end)
 		v.mu.Lock()
-		if _, again := v.touched[c.r]; !again && !v.pinned.has(c.r) {
+		_, again := v.touched[c.r]
+		if _, acked := v.reacked[c.r]; !again && !acked && !v.pinned.has(c.r) {
 			v.bitmap.Clear(c.r)
 		}
 		v.mu.Unlock()

@@ -3,8 +3,12 @@ package tracker_test
 import (
 	"errors"
 	"fmt"
+	"os"
+	"sync/atomic"
 	"testing"
 
+	"lifeboat/hrl"
+	"lifeboat/hrl/hrltest"
 	"lifeboat/tracker"
 )
 
@@ -107,4 +111,57 @@ func TestHotSetIsValidated(t *testing.T) {
 		v.Close()
 		t.Fatal("a negative hot set was accepted")
 	}
+}
+
+// syncHookFS runs a hook (once) inside the backing store's Sync.
+type syncHookFS struct {
+	*hrltest.CrashFS
+	hook atomic.Pointer[func()]
+}
+
+func (h *syncHookFS) OpenFile(name string, flag int, perm os.FileMode) (hrl.File, error) {
+	f, err := h.CrashFS.OpenFile(name, flag, perm)
+	if err != nil || name != backingPath {
+		return f, err
+	}
+	return &syncHookFile{File: f, fs: h}, nil
+}
+
+type syncHookFile struct {
+	hrl.File
+	fs *syncHookFS
+}
+
+func (f *syncHookFile) Sync() error {
+	err := f.File.Sync()
+	if hook := f.fs.hook.Swap(nil); hook != nil {
+		(*hook)()
+	}
+	return err
+}
+
+// A region written and acknowledged while a checkpoint runs, after its
+// sync of the backing store, keeps its bit: the checkpoint had picked it
+// for its earlier acknowledgement, but the new bytes are not durable in
+// the backing store yet, and a power loss would leave the replica with
+// bytes the source lost and no dirty bit to say so.
+func TestCheckpointKeepsARegionAcknowledgedDuringIt(t *testing.T) {
+	fsys := &syncHookFS{CrashFS: hrltest.New()}
+	fsys.MkdirAll("/vol", 0o755)
+	fsys.WriteFile(backingPath, initialImage(1<<20, 5))
+	v := newVolume(t, fsys)
+	openVolume(t, v)
+	defer v.Close()
+	if err := tracker.ClearBitmapForTest(v); err != nil {
+		t.Fatal(err)
+	}
+	write, _, checkpoint := hotHelpers(t, v)
+	write(2)
+	hook := func() { write(2) } // during the checkpoint's backing sync
+	fsys.hook.Store(&hook)
+	checkpoint("[2]")
+	if fsys.hook.Load() != nil {
+		t.Fatal("the checkpoint did not sync the backing store")
+	}
+	checkpoint("[]") // the next one clears it: its sync covers the write
 }
