@@ -22,7 +22,6 @@ strace -f -y -tt -e trace=fsync,fdatasync -p $apid -o $W/st.txt 2>/dev/null &
 spid=$!; sleep 0.5
 fio --name=w --ioengine=nbd --uri=nbd://127.0.0.1:19509/d --rw=randwrite --bs=4k --iodepth=32 --size=1G --time_based --runtime=$RT --output-format=json --output=$W/f.json >/dev/null 2>&1
 kill -INT $spid; wait $spid 2>/dev/null || true
-cp $W/st.txt /tmp/st-last.txt; cp $W/a.log /tmp/a-last.log
 writes=$(python3 -c 'import json; j=json.load(open("'$W/f.json'"))["jobs"][0]["write"]; print(j["total_ios"], round(j["iops"]))')
 fs=$(grep -cE '(fsync|fdatasync)\(' $W/st.txt || true)
 echo "by file:"; grep -oE '(fsync|fdatasync)\([0-9]+<[^>]*>' $W/st.txt | sed -E 's/.*<(.*)>/\1/; s#.*/##; s/^[0-9a-f]+\.hrl$/journal segments (.hrl)/' | sort | uniq -c | sort -rn | head
