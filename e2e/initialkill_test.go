@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"cmp"
 	encbin "encoding/binary"
 	"fmt"
 	"os"
@@ -47,13 +48,13 @@ func TestInitialReplicationResumesAfterServerKill(t *testing.T) {
 	// restarted server rather than never seeing the failure.
 	waitFor(t, 15*time.Second, "the agent to notice the server is gone", func() bool { return !c.status().Connected })
 	s.start()
-	c.waitFirstPoint()
-	seq, _ := c.checkLatest(time.Time{})
+	first, seq := c.checkFirstPoint()
 	total, after := sumApplied(s.log()), sumApplied(s.srv.Output())
 	out := c.a.Output()
 	t.Logf("initial replication of %d MiB of data: %d MiB applied before the server's kill, %d MiB by the restarted server, "+
-		"%d MiB in all (starting over would be at least %d MiB); the agent paused shipping %d times; point %d equals the source",
-		c.data>>20, before>>20, after>>20, total>>20, (before+c.data)>>20, strings.Count(out, "shipping paused"), seq)
+		"%d MiB in all (starting over would be at least %d MiB); the agent paused shipping %d times; "+
+		"the first point %d (%s) and the latest %d equal the source",
+		c.data>>20, before>>20, after>>20, total>>20, (before+c.data)>>20, strings.Count(out, "shipping paused"), first.Seq, first.Name, seq)
 	if after == 0 {
 		t.Fatal("the restarted server applied no data: the kill did not happen in the middle of the copy")
 	}
@@ -101,14 +102,13 @@ func initialReplicationResumesAfterAgentKill(t *testing.T, s *site, size, data, 
 	// count it all as before the restart.
 	before := settledApplied(t, s, "disk")
 	c.restart()
-	pt := c.waitFirstPoint()
-	seq, _ := c.checkLatest(time.Time{})
+	first, seq := c.checkFirstPoint()
 	total := sumApplied(s.log())
 	after := total - before
 	t.Logf("initial replication of %d MiB of data: %d MiB applied before the kill, %d MiB of the data still dirty in the killed agent's bitmap; "+
 		"the restart's resync started with %d MiB dirty (holes included) and %d MiB were applied after it; %d MiB in all "+
-		"(starting over would be %d MiB); point %d (%s) equals the source",
-		data>>20, before>>20, left>>20, resyncDirtyBytes(t, c.a.Output())>>20, after>>20, total>>20, (before+data)>>20, seq, pt.Name)
+		"(starting over would be %d MiB); the first point %d (%s) and the latest %d equal the source",
+		data>>20, before>>20, left>>20, resyncDirtyBytes(t, c.a.Output())>>20, after>>20, total>>20, (before+data)>>20, first.Seq, first.Name, seq)
 	// After the restart the server gets the journal segments it had not
 	// received (records of less than the quota: the agent journals no
 	// further ahead of the acknowledgements) and the restarted agent's
@@ -199,14 +199,29 @@ func (c *initialCopy) restart() {
 	c.uri = c.a.uri["disk"]
 }
 
-// waitFirstPoint waits for the point that ends the initial replication.
-func (c *initialCopy) waitFirstPoint() pipeline.Point {
+// checkFirstPoint waits for the point that ends the initial replication
+// ("resync complete") and checks that the volume's first point and its
+// latest, once settled, equal the source. The first is not always that
+// one: the shipper's tag loop may take a crash-consistent tag beside the
+// resync's own, just before or after it. No tag can come before the copy
+// ends (the tracker refuses it), and nothing is written meanwhile, so
+// every point must equal the source.
+func (c *initialCopy) checkFirstPoint() (first pipeline.Point, latest uint64) {
 	c.t.Helper()
-	pt := c.site.waitPoint("disk", time.Time{}, 2*time.Minute)
-	if !strings.HasPrefix(pt.Name, "resync complete") {
-		c.t.Fatalf("first recovery point %+v: want the end of the initial replication", pt)
+	c.site.waitPoint("disk", time.Time{}, 2*time.Minute)
+	var pts []pipeline.Point
+	waitFor(c.t, 30*time.Second, "the point that ends the initial replication", func() bool {
+		pts = c.site.points("disk")
+		return slices.ContainsFunc(pts, func(p pipeline.Point) bool { return strings.HasPrefix(p.Name, "resync complete") })
+	})
+	first = slices.MinFunc(pts, func(a, b pipeline.Point) int { return cmp.Compare(a.Seq, b.Seq) })
+	latest, want := c.checkLatest(time.Time{})
+	if first.Seq != latest {
+		if got := c.site.export("disk", fmt.Sprint(first.Seq)); got != want {
+			c.t.Fatalf("first recovery point %+v has sha256 %s, the source %s", first, got, want)
+		}
 	}
-	return pt
+	return first, latest
 }
 
 // copyGeneration is the generation of the segments the site applied last.
