@@ -11,9 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -265,104 +263,11 @@ func lastMatch(s, sub string) string {
 	return ""
 }
 
-var appliedBytes = regexp.MustCompile(`segment applied volume=\S+ generation=\d+ first_seq=\d+ last_seq=\d+ bytes=(\d+)`)
-
-// sumApplied is the segment bytes a server log says were applied.
-func sumApplied(log string) int64 {
-	var n int64
-	for _, m := range appliedBytes.FindAllStringSubmatch(log, -1) {
-		b, _ := strconv.ParseInt(m[1], 10, 64)
-		n += b
-	}
-	return n
-}
-
 // The agent killed (-9) in the middle of the initial replication to Azure:
 // restarted, it goes on from what the site acknowledged instead of copying
 // the volume again, and the replica equals the source.
 func TestAzureInitialReplicationResumesAfterAgentKill(t *testing.T) {
 	az := azuritetest.Start(t)
 	s, _ := azureSite(t, az, nil)
-	dir := t.TempDir()
-	img, jroot := filepath.Join(dir, "disk.img"), filepath.Join(dir, "journal")
-	const size, data = 512 << 20, 192 << 20
-	makeImage(t, img, size, data)
-	// The journal quota bounds how far the copy runs ahead of what the
-	// site has acknowledged, and the checkpoint interval how long an
-	// acknowledged region stays dirty: together, what a restart copies
-	// again.
-	const quota = 32 << 20
-	args := []string{"--volume", "disk=" + img, "--journal-dir", jroot, "--segment-age", "200ms",
-		"--tag-interval", "1s", "--max-backoff", "2s", "--journal-quota", fmt.Sprint(quota), "--checkpoint-interval", "250ms"}
-	a := startAgent(t, slices.Concat(args, s.agentArgs())...)
-	// The server applies behind what it receives: kill early enough.
-	waitFor(t, time.Minute, "a third of the volume's data applied", func() bool { return sumApplied(s.log()) >= data/3 })
-	a.stop(t, syscall.SIGKILL)
-	if _, ok := s.volume("disk"); ok && len(s.points("disk")) > 0 {
-		t.Fatal("the initial replication finished before the kill; the test needs a slower copy or more data")
-	}
-	// What the server received before the kill is applied after it:
-	// count it all as before the restart.
-	before := settledApplied(t, s, "disk")
-	a = startAgent(t, slices.Concat(args, s.agentArgs())...)
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("agent output:\n%s", a.Output())
-		}
-	})
-	pt := s.waitPoint("disk", time.Time{}, 2*time.Minute)
-	p := &protected{a: a, img: img, jroot: jroot, site: s, t: t}
-	seq, _ := p.checkLatest(time.Time{})
-	total := sumApplied(s.log())
-	// The restarted agent's resync covers the regions its persisted bitmap
-	// still had dirty. The volume is a hole, the data, then a hole to the
-	// end (makeImage), and the copy walks it in order: what is dirty beyond
-	// the trailing hole is data still to send.
-	dirty := resyncDirtyBytes(t, a.Output())
-	left := min(max(dirty-(size-imageDataAt-data), 0), data)
-	t.Logf("initial replication of %d MiB of data: %d MiB applied before the kill, of which %d MiB were checkpointed as acknowledged; "+
-		"the restart resynced %d MiB of data and applied %d MiB; %d MiB in all (starting over would be %d MiB); point %d (%s) equals the source",
-		data>>20, before>>20, (data-left)>>20, left>>20, (total-before)>>20, total>>20, (before+data)>>20, seq, pt.Name)
-	if left == data {
-		t.Fatal("the killed agent's bitmap kept none of the acknowledged regions: the restart copies everything again")
-	}
-	if total >= before+data {
-		t.Fatalf("%d MiB applied in all, %d MiB before the kill: the restarted agent started over", total>>20, before>>20)
-	}
-	// After the restart: the dirty data, and the journal segments the
-	// server had not received (at most the quota).
-	if total-before > left+quota {
-		t.Fatalf("the restart applied %d MiB: more than the %d MiB of data its bitmap had dirty plus the %d MiB journal quota",
-			(total-before)>>20, left>>20, quota>>20)
-	}
-}
-
-// settledApplied waits until the server has applied every segment it
-// received of volume and returns the bytes its log says it applied.
-func settledApplied(t *testing.T, s *site, volume string) int64 {
-	t.Helper()
-	last := int64(-1)
-	waitFor(t, time.Minute, "the server to apply what it received", func() bool {
-		v, ok := s.volume(volume)
-		n := sumApplied(s.log())
-		done := ok && v.AppliedSeq == v.SpooledSeq && n == last
-		last = n
-		return done
-	})
-	return last
-}
-
-var resyncStarted = regexp.MustCompile(`resync started volume=\S+ .*dirty_regions=(\d+) region_size=(\d+)`)
-
-// resyncDirtyBytes is the size of the dirty regions the first resync in
-// an agent's log started with.
-func resyncDirtyBytes(t *testing.T, log string) int64 {
-	t.Helper()
-	m := resyncStarted.FindStringSubmatch(log)
-	if m == nil {
-		t.Fatalf("no resync in the agent's log:\n%s", log)
-	}
-	n, _ := strconv.ParseInt(m[1], 10, 64)
-	r, _ := strconv.ParseInt(m[2], 10, 64)
-	return n * r
+	initialReplicationResumesAfterAgentKill(t, s, 512<<20, 192<<20, 32<<20)
 }
