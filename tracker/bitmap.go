@@ -44,6 +44,7 @@ type Bitmap struct {
 	regionSize int64
 	volumeSize int64
 	words      []uint64
+	dirty      int64              // set bits in words
 	pending    map[int64]struct{} // bitmap pages with unwritten clears
 	buf        []byte
 	err        error // sticky write failure: tracking can no longer be trusted
@@ -121,6 +122,9 @@ func (b *Bitmap) load() (int64, string, error) {
 	if r := regionCount(b.volumeSize, b.regionSize); r%64 != 0 && int(r/64) < len(b.words) {
 		b.words[r/64] &= 1<<(r%64) - 1
 	}
+	for _, w := range b.words {
+		b.dirty += int64(bits.OnesCount64(w))
+	}
 	return old, "", nil
 }
 
@@ -181,6 +185,7 @@ func (b *Bitmap) setRange(r0, r1 int64) bool {
 		mask := ^uint64(0) >> (64 - cnt) << bit
 		if b.words[w]&mask != mask {
 			changed = true
+			b.dirty += int64(bits.OnesCount64(mask &^ b.words[w]))
 			b.words[w] |= mask
 		}
 		r += cnt
@@ -223,6 +228,9 @@ func (b *Bitmap) Mark(off, n int64) error {
 func (b *Bitmap) Clear(r int64) {
 	b.mu.Lock()
 	if w := r / 64; w < int64(len(b.words)) {
+		if b.words[w]&(1<<(r%64)) != 0 {
+			b.dirty--
+		}
 		b.words[w] &^= 1 << (r % 64)
 		b.pending[w*8/bitmapPage] = struct{}{}
 	}
@@ -256,11 +264,7 @@ func (b *Bitmap) IsDirty(r int64) bool {
 func (b *Bitmap) Dirty() int64 {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	var n int
-	for _, w := range b.words {
-		n += bits.OnesCount64(w)
-	}
-	return int64(n)
+	return b.dirty
 }
 
 // RegionSize is the bytes per bit.

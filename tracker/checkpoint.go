@@ -1,6 +1,7 @@
 package tracker
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
 	"time"
@@ -28,8 +29,7 @@ type clearCand struct {
 // while replicating, is most writes.
 func (v *Volume) checkpoint(all bool) error {
 	v.mu.Lock()
-	cands, keep := v.pickClears(all)
-	v.clearable = keep
+	cands := v.pickClears(all)
 	v.reacked = map[int64]struct{}{}
 	v.mu.Unlock()
 	defer func() {
@@ -65,46 +65,64 @@ func (v *Volume) checkpoint(all bool) error {
 	return v.bitmap.Sync()
 }
 
-// pickClears splits the candidates into those to clear now and those to
-// keep for a later checkpoint. A region acknowledged several times counts
-// once, as its last acknowledgement says (a region copied by a resync and
-// written since is hot). The caller holds v.mu.
-func (v *Volume) pickClears(all bool) (clear, keep []clearCand) {
-	latest := make(map[int64]int, len(v.clearable))
-	uniq := v.clearable[:0]
-	for _, c := range v.clearable {
-		if i, ok := latest[c.r]; ok {
-			if c.n > uniq[i].n {
-				uniq[i] = c
-			}
-			continue
+// addClearable records that every change to region r was acknowledged
+// now; copied: by a resync, to be cleared at the next checkpoint. The
+// latest acknowledgement of a region is the one that counts. The caller
+// holds v.mu.
+func (v *Volume) addClearable(r int64, copied bool) {
+	v.ackN++
+	c := clearCand{r: r, n: v.ackN}
+	if !copied {
+		c.acked = time.Now()
+	}
+	if old, ok := v.clearable[r]; ok && old.acked.IsZero() {
+		v.copiedCands--
+	}
+	if copied {
+		v.copiedCands++
+	}
+	v.clearable[r] = c
+}
+
+// pickClears takes out of v.clearable the regions to clear now (all of
+// them with all). The caller holds v.mu. Cheap when there is nothing to
+// clear: a Flush checkpoints too.
+func (v *Volume) pickClears(all bool) []clearCand {
+	var out []clearCand
+	take := func(c clearCand) {
+		out = append(out, c)
+		if c.acked.IsZero() {
+			v.copiedCands--
 		}
-		latest[c.r] = len(uniq)
-		uniq = append(uniq, c)
+		delete(v.clearable, c.r)
 	}
-	if all {
-		return uniq, nil
-	}
-	// Oldest acknowledgement first (resync ones, the zero time, lead).
-	slices.SortStableFunc(uniq, func(a, b clearCand) int { return a.acked.Compare(b.acked) })
-	excess := int64(len(uniq)) // HotSetBytes 0: every idle region goes
-	if hot := v.hotRegions(); hot > 0 {
-		excess = v.bitmap.Dirty() - hot
+	hot := v.hotRegions()
+	excess := v.bitmap.Dirty() - hot
+	if !all && v.copiedCands == 0 && hot > 0 && excess <= 0 {
+		return nil
 	}
 	due := time.Now().Add(-v.ClearDelay)
-	for _, c := range uniq {
+	var idle []clearCand
+	for _, c := range v.clearable {
 		switch {
-		case c.acked.IsZero():
-			clear = append(clear, c)
+		case all || c.acked.IsZero():
+			take(c)
 			excess--
-		case excess > 0 && !c.acked.After(due):
-			clear = append(clear, c)
-			excess--
-		default:
-			keep = append(keep, c)
+		case !c.acked.After(due):
+			idle = append(idle, c)
 		}
 	}
-	return clear, keep
+	if hot == 0 {
+		excess = int64(len(idle))
+	}
+	if excess > 0 && len(idle) > 0 {
+		// The least recently acknowledged first.
+		slices.SortFunc(idle, func(a, b clearCand) int { return cmp.Compare(a.n, b.n) })
+		for _, c := range idle[:min(int64(len(idle)), excess)] {
+			take(c)
+		}
+	}
+	return out
 }
 
 // hotRegions is HotSetBytes in regions (0: no hot set).
@@ -117,6 +135,13 @@ func (v *Volume) hotRegions() int64 {
 
 func (v *Volume) requeue(cands []clearCand) {
 	v.mu.Lock()
-	v.clearable = append(v.clearable, cands...)
+	for _, c := range cands {
+		if _, newer := v.clearable[c.r]; !newer {
+			v.clearable[c.r] = c
+			if c.acked.IsZero() {
+				v.copiedCands++
+			}
+		}
+	}
 	v.mu.Unlock()
 }

@@ -3,7 +3,6 @@ package tracker
 import (
 	"context"
 	"fmt"
-	"time"
 
 	"lifeboat/hrl"
 )
@@ -74,7 +73,6 @@ func (v *Volume) Ack(firstSeq uint64) error {
 	v.acked = s.info.LastSeq
 	v.sealed = v.sealed[1:]
 	v.closedBytes -= s.info.Size
-	now := time.Now()
 	for _, r := range s.regions {
 		if last, ok := v.touched[r]; ok && last <= s.info.LastSeq {
 			delete(v.touched, r)
@@ -85,13 +83,8 @@ func (v *Volume) Ack(firstSeq uint64) error {
 				// A resync (the initial replication) walks each region
 				// once: its regions are no working set to keep hot, and
 				// clearing them at once keeps its progress for a restart.
-				at := now
-				if v.st.Resync != "" || v.copied.has(r) {
-					at = time.Time{}
-				}
+				v.addClearable(r, v.st.Resync != "" || v.copied.has(r))
 				v.copied.unset(r, r+1)
-				v.ackN++
-				v.clearable = append(v.clearable, clearCand{r: r, acked: at, n: v.ackN})
 			}
 		}
 	}

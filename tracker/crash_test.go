@@ -259,6 +259,15 @@ func (c *crashRun) check(t *testing.T, opened bool) {
 		}
 	}
 	backing, _ := c.fsys.ReadFile(backingPath)
+	var set int64
+	for reg := range v.Bitmap().Regions() {
+		if v.Bitmap().IsDirty(reg) {
+			set++
+		}
+	}
+	if n := v.Bitmap().Dirty(); n != set {
+		t.Fatalf("the bitmap counts %d dirty regions, %d are set", n, set)
+	}
 	for reg := range int64(len(backing) / crashRegion) {
 		o := reg * crashRegion
 		differs := !bytes.Equal(backing[o:o+crashRegion], full[o:o+crashRegion])

@@ -121,6 +121,7 @@ func (v *Volume) open() error {
 		v.win = hrl.NewWindow(v.DedupeBlocks)
 	}
 	v.touched = map[int64]uint64{}
+	v.clearable = map[int64]clearCand{}
 	if v.ackFile, v.acked, err = openAcked(v.FS, v.JournalDir); err != nil {
 		return err
 	}

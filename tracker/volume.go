@@ -159,11 +159,12 @@ type Volume struct {
 	sealCond    sync.Cond
 	changed     chan struct{} // closed and replaced when sealed changes
 	closed      bool
-	clearable   []clearCand        // regions whose changes are all acknowledged, for checkpoint to clear (HotSetBytes, ClearDelay)
-	ackN        uint64             // clearCand.n of the last one
-	reacked     map[int64]struct{} // while a checkpoint runs: regions acknowledged since it picked its candidates
-	resumeSeq   uint64             // next seq when journaling resumes after bitmap mode
-	acked       uint64             // last acknowledged seq; seqs never go back below it
+	clearable   map[int64]clearCand // regions whose changes are all acknowledged, for checkpoint to clear (HotSetBytes, ClearDelay)
+	copiedCands int                 // of them, acknowledged by a resync (clear at the next checkpoint)
+	ackN        uint64              // clearCand.n of the last one
+	reacked     map[int64]struct{}  // while a checkpoint runs: regions acknowledged since it picked its candidates
+	resumeSeq   uint64              // next seq when journaling resumes after bitmap mode
+	acked       uint64              // last acknowledged seq; seqs never go back below it
 	ackFile     *ackedFile
 	ackMu       sync.Mutex    // serialises Ack, and Ack with Close closing the files; taken before mu
 	sealBroken  bool          // a seal failed: later segments are not offered until a new generation
