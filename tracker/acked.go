@@ -60,6 +60,22 @@ func openAcked(fsys hrl.FS, dir string) (*ackedFile, uint64, error) {
 
 // store durably records seq as the last acknowledged one.
 func (a *ackedFile) store(seq uint64) error {
+	if err := a.write(seq); err != nil {
+		return err
+	}
+	return a.sync()
+}
+
+// sync makes the last write durable.
+func (a *ackedFile) sync() error {
+	if err := a.f.Sync(); err != nil {
+		return fmt.Errorf("record acked seq: %w", err)
+	}
+	return nil
+}
+
+// write records seq as the last acknowledged one, not durably yet.
+func (a *ackedFile) write(seq uint64) error {
 	a.counter++
 	p := a.buf[:]
 	copy(p, ackedMagic)
@@ -67,9 +83,6 @@ func (a *ackedFile) store(seq uint64) error {
 	le.PutUint64(p[16:], seq)
 	le.PutUint64(p[24:], xxhash.Sum64(p[:24]))
 	if _, err := a.f.WriteAt(p, int64(a.counter%2)*ackedSlot); err != nil {
-		return fmt.Errorf("record acked seq: %w", err)
-	}
-	if err := a.f.Sync(); err != nil {
 		return fmt.Errorf("record acked seq: %w", err)
 	}
 	return nil

@@ -28,6 +28,11 @@ type clearCand struct {
 // Mark for a region written again while its bit is still set, which,
 // while replicating, is most writes.
 func (v *Volume) checkpoint(all bool) error {
+	v.ckptMu.Lock() // one at a time: reacked is the running one's
+	defer v.ckptMu.Unlock()
+	if err := v.syncAcked(); err != nil {
+		return err
+	}
 	v.mu.Lock()
 	cands := v.pickClears(all)
 	v.reacked = map[int64]struct{}{}

@@ -2,7 +2,9 @@ package tracker
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"os"
 
 	"lifeboat/hrl"
 )
@@ -47,11 +49,13 @@ func (v *Volume) NextSegment(ctx context.Context, after uint64) (hrl.SegmentInfo
 }
 
 // Ack acknowledges the oldest sealed segment (named by its first seq): the
-// consumer has it durably. The acknowledgement is recorded durably, then
-// the segment is deleted, and the regions it changed that no newer write
-// touched (and that are not pinned for a resync) are cleared in the bitmap
-// at the next checkpoint. Its bytes no longer count against JournalQuota.
-// Writers are not held up by the fsync or the deletion.
+// consumer has it durably. The acknowledgement is recorded (made durable
+// by the next checkpoint, which then deletes the segment: one sync for
+// every segment acknowledged in between; a crash before it only offers
+// the segment to the consumer again), and the regions it changed that no
+// newer write touched (and that are not pinned for a resync) may be
+// cleared in the bitmap by a checkpoint. Its bytes no longer count against
+// JournalQuota. Writers are not held up.
 func (v *Volume) Ack(firstSeq uint64) error {
 	v.ackMu.Lock()
 	defer v.ackMu.Unlock()
@@ -66,9 +70,10 @@ func (v *Volume) Ack(firstSeq uint64) error {
 	}
 	s := v.sealed[0] // only Ack removes it, and Acks are serialised
 	v.mu.Unlock()
-	if err := v.ackFile.store(s.info.LastSeq); err != nil {
+	if err := v.ackFile.write(s.info.LastSeq); err != nil {
 		return err
 	}
+	v.ackedFiles = append(v.ackedFiles, s.info.Path)
 	v.mu.Lock()
 	v.acked = s.info.LastSeq
 	v.sealed = v.sealed[1:]
@@ -91,10 +96,32 @@ func (v *Volume) Ack(firstSeq uint64) error {
 	v.freeRegion = s.regions[:0]
 	v.wakeLocked()
 	v.mu.Unlock()
-	// Not synced: a segment found again after a crash is at or below the
-	// acked seq and is deleted then.
-	if err := v.FS.Remove(s.info.Path); err != nil {
-		return fmt.Errorf("remove acknowledged segment: %w", err)
+	return nil
+}
+
+// syncAcked makes the acknowledgements so far durable and then deletes
+// their segments (not synced: a segment found again after a crash is at
+// or below the acked seq and is deleted then). A failed sync keeps them
+// for the next checkpoint.
+func (v *Volume) syncAcked() error {
+	v.ackMu.Lock()
+	files := v.ackedFiles
+	if len(files) == 0 || v.ackFile == nil {
+		v.ackMu.Unlock()
+		return nil
+	}
+	err := v.ackFile.sync()
+	if err == nil {
+		v.ackedFiles = nil
+	}
+	v.ackMu.Unlock()
+	if err != nil {
+		return err
+	}
+	for _, path := range files {
+		if err := v.FS.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("remove acknowledged segment: %w", err)
+		}
 	}
 	return nil
 }

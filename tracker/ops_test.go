@@ -160,11 +160,13 @@ func TestConsumerAckOrderAndClear(t *testing.T) {
 	if err := v.Ack(segs[0].FirstSeq); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := fsys.ReadFile(segs[0].Path); err == nil {
-		t.Fatal("acknowledged segment still on disk")
-	}
 	if err := v.Flush(); err != nil {
 		t.Fatal(err)
+	}
+	// The checkpoint made the acknowledgement durable, then deleted the
+	// segment.
+	if _, err := fsys.ReadFile(segs[0].Path); err == nil {
+		t.Fatal("acknowledged segment still on disk after a checkpoint")
 	}
 	if v.Bitmap().IsDirty(0) || !v.Bitmap().IsDirty(2) {
 		t.Fatalf("after ack+flush: region 0 dirty=%v (want clean), region 2 dirty=%v (want dirty)", v.Bitmap().IsDirty(0), v.Bitmap().IsDirty(2))

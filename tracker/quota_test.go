@@ -85,6 +85,9 @@ func TestJournalQuotaSwitchesToBitmapModeAndResyncsDirtyRegions(t *testing.T) {
 	// The consumer catches up with generation 1; regions whose changes it
 	// acknowledged turn clean, the ones written without the journal stay.
 	c := startConsumer(t, fsys, v, image(append([]byte(nil), initial...)))
+	if err := v.Flush(); err != nil { // every rolled segment sealed: in Segments
+		t.Fatal(err)
+	}
 	if segs := v.Segments(); len(segs) > 0 {
 		c.waitAcked(segs[len(segs)-1].LastSeq)
 	}

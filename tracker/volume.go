@@ -166,6 +166,7 @@ type Volume struct {
 	resumeSeq   uint64              // next seq when journaling resumes after bitmap mode
 	acked       uint64              // last acknowledged seq; seqs never go back below it
 	ackFile     *ackedFile
+	ackedFiles  []string      // segments acknowledged since the last syncAcked, to delete after it (ackMu)
 	ackMu       sync.Mutex    // serialises Ack, and Ack with Close closing the files; taken before mu
 	sealBroken  bool          // a seal failed: later segments are not offered until a new generation
 	closedBytes int64         // bytes of the segments rolled and not yet acknowledged (sealing and sealed)
@@ -174,6 +175,7 @@ type Volume struct {
 	copied      regionSet     // regions last journaled by a resync: cleared at once when acknowledged, not kept hot
 	unflushed   []span        // ranges of records that may still be in the writer's batch
 	resyncMu    sync.Mutex    // one Resync at a time
+	ckptMu      sync.Mutex    // one checkpoint at a time; taken before ackMu and mu
 	readOnly    atomic.Bool   // SetReadOnly
 	writers     atomic.Int64  // writes, zeroes and trims in progress
 
