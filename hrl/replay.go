@@ -85,6 +85,9 @@ func (p *SegmentReplay) ReaderAt(r io.ReaderAt, size int64, name string, sink Si
 	return p.run(sink)
 }
 
+// Header is the header of the segment being replayed, or replayed last.
+func (p *SegmentReplay) Header() Header { return p.rd.Header }
+
 func (p *SegmentReplay) run(sink Sink) (SegmentInfo, error) {
 	rd := &p.rd
 	defer func() { clear(p.exts); p.exts = p.exts[:0] }()
