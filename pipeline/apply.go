@@ -114,6 +114,7 @@ func (v *volume) applier(ctx context.Context) {
 			continue
 		}
 		backoff = 0
+		v.srv.unkeep(seg.mem) // before the pop: a volume with nothing pending holds no kept memory
 		v.mu.Lock()
 		v.pending = v.pending[1:]
 		v.applyErr = ""
@@ -129,8 +130,13 @@ func (v *volume) applier(ctx context.Context) {
 
 // applySegment replays one spooled segment onto the replica, skipping the
 // records the replica already has, creating a recovery point at each TAG
-// and committing at the end. It returns the bytes of data applied.
+// and committing at the end. It returns the bytes of data applied. The
+// segment is applied from its verified receive buffer when that was kept
+// (keep.go), else read back from the spool.
 func (v *volume) applySegment(ctx context.Context, seg spooledSeg) (int64, error) {
+	if seg.mem != nil {
+		return v.applyBytes(ctx, seg.mem.data, seg.path)
+	}
 	bp := v.srv.bufs.get(seg.size)
 	defer v.srv.bufs.put(bp)
 	data, err := v.srv.spool.read(seg, *bp)

@@ -148,10 +148,13 @@ func BenchmarkReceiveBody(b *testing.B) {
 }
 
 // BenchmarkApply measures the apply stage into the file target: read the
-// spooled segment, decode every record, write the replica, commit (fsync).
+// spooled segment (kind/spool) or take the receive buffer kept for the
+// applier (kind/memory, what a running server does), decode every record,
+// write the replica, commit (fsync).
 func BenchmarkApply(b *testing.B) {
-	for _, kind := range []string{"incompressible", "typical"} {
-		b.Run(kind, func(b *testing.B) {
+	for _, name := range []string{"incompressible/spool", "incompressible/memory", "typical/spool", "typical/memory"} {
+		kind, source, _ := strings.Cut(name, "/")
+		b.Run(name, func(b *testing.B) {
 			id := uuid.New()
 			seg := benchSegmentBytes(b, benchData(b, kind), id)
 			dir := b.TempDir()
@@ -171,6 +174,9 @@ func BenchmarkApply(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer rep.Close()
+			if source == "memory" {
+				sg.mem = &keptBuf{bp: &seg, data: seg}
+			}
 			s := &Server{Target: target, spool: sp}
 			v := &volume{info: info, rep: rep, srv: s}
 			b.SetBytes(int64(len(seg)))

@@ -177,6 +177,19 @@ func (s *site) waitApplied(id string, seq uint64) {
 	s.t.Fatalf("replica did not reach seq %d in time: %+v", seq, s.status(id))
 }
 
+// waitSpoolEmpty waits until a volume has no segment waiting to be applied.
+func (s *site) waitSpoolEmpty(id string) {
+	s.t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		if s.status(id).SpoolBytes == 0 {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	s.t.Fatalf("spool of %s did not drain in time: %+v", id, s.status(id))
+}
+
 // pointSum downloads a point through the admin API and hashes it.
 func (s *site) pointSum(admin *http.Client, volume string, seq uint64) string {
 	s.t.Helper()

@@ -66,6 +66,7 @@ type Server struct {
 	decoders  sync.Pool
 	bufs      bufPool
 	recvMem   memBudget
+	keptMem   memBudget // receive buffers kept for the applier (keep.go)
 	throttle  throttleState
 	ctx       context.Context
 	cancel    context.CancelFunc
