@@ -93,6 +93,12 @@ func (rd *Reader) ResetBytes(data []byte, name string) error {
 func (rd *Reader) reset(r io.ReaderAt, data []byte, size int64, name string) error {
 	*rd = Reader{r: r, data: data, size: size, name: name, payload: rd.payload, sumBuf: rd.sumBuf}
 	if size < HeaderSize {
+		if r != nil && size > 0 { // a read error says more than "torn"
+			var b [HeaderSize]byte
+			if _, err := r.ReadAt(b[:size], 0); err != nil && !errors.Is(err, io.EOF) {
+				return fmt.Errorf("read %s: %w", name, err)
+			}
+		}
 		return &TornError{File: name, Reason: fmt.Sprintf("%d bytes, shorter than the %d-byte header", size, HeaderSize)}
 	}
 	hb, err := rd.bytes(0, HeaderSize, &rd.payload)
