@@ -83,6 +83,12 @@ func NewBytesReader(data []byte, name string) (*Reader, error) {
 	return rd, nil
 }
 
+// Reset makes rd read the segment of size bytes in r from its start, as
+// NewReader does, keeping rd's buffers.
+func (rd *Reader) Reset(r io.ReaderAt, size int64, name string) error {
+	return rd.reset(r, nil, size, name)
+}
+
 // ResetBytes makes rd read the segment in data from its start, as
 // NewBytesReader does, keeping rd's buffers: reading segment after segment
 // with one Reader allocates nothing once its checksum buffer has grown.

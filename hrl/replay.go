@@ -78,7 +78,7 @@ func (p *SegmentReplay) Bytes(data []byte, name string, sink Sink) (SegmentInfo,
 
 // ReaderAt replays the segment of size bytes in r (see Bytes).
 func (p *SegmentReplay) ReaderAt(r io.ReaderAt, size int64, name string, sink Sink) (SegmentInfo, error) {
-	if err := p.rd.reset(r, nil, size, name); err != nil {
+	if err := p.rd.Reset(r, size, name); err != nil {
 		return SegmentInfo{Path: name}, err
 	}
 	p.inMemory = false

@@ -358,8 +358,7 @@ func BenchmarkRead(b *testing.B) {
 				if mode == "bytes" {
 					err = rd.ResetBytes(seg, "seg")
 				} else {
-					_, err = hrl.Scan(bytes.NewReader(seg), int64(len(seg)), "seg")
-					continue
+					err = rd.Reset(bytes.NewReader(seg), int64(len(seg)), "seg")
 				}
 				for err == nil {
 					_, err = rd.Next()
