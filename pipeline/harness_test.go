@@ -319,6 +319,23 @@ func (a *agentVol) waitSynced() {
 	a.t.Fatalf("resync did not finish: %+v", a.ship.Status())
 }
 
+// waitResyncAcked is waitSynced that also waits until the site has
+// acknowledged the shipper's "resync complete" tag: the shipper takes it
+// after the tracker reports the resync done, so without this wait a tag
+// the test takes next may come before it.
+func (a *agentVol) waitResyncAcked() {
+	a.t.Helper()
+	a.waitSynced()
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		if a.ship.Status().Resync == nil {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	a.t.Fatalf("the resync's tag was not acknowledged: %+v", a.ship.Status())
+}
+
 // writeRandom writes n random chunks of 4 KiB..256 KiB, some unaligned.
 func (a *agentVol) writeRandom(rng *rand.Rand, n int) {
 	a.t.Helper()
