@@ -149,6 +149,9 @@ func (rd *Reader) bytes(off int64, n int, buf *[]byte) ([]byte, error) {
 		*buf = make([]byte, n)
 	}
 	b := (*buf)[:n]
+	if n == 0 {
+		return b, nil // ReadAt may say io.EOF for nothing read at the end
+	}
 	if _, err := rd.r.ReadAt(b, off); err != nil {
 		return nil, fmt.Errorf("read %s at %d: %w", rd.name, off, err)
 	}

@@ -370,3 +370,42 @@ func BenchmarkRead(b *testing.B) {
 		})
 	}
 }
+
+// TestUnsealedEndsInZero: a complete ZERO record (no payload) at the very
+// end of an unsealed segment is a record, not the end of the file, through
+// an io.ReaderAt as in memory. (bytes.Reader says io.EOF for an empty
+// read at the end, which used to end the scan before the record.)
+func TestUnsealedEndsInZero(t *testing.T) {
+	dir := t.TempDir()
+	w := newWriter(t, dir, false)
+	if _, _, err := w.AppendData(hrl.TypeWrite, 0, block(3)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.AppendZero(8192, 4096, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(w.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(w.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for name, scan := range map[string]func() (hrl.SegmentInfo, error){
+		"file": func() (hrl.SegmentInfo, error) { return hrl.Scan(f, int64(len(data)), "seg") },
+		"bytes.Reader": func() (hrl.SegmentInfo, error) {
+			return hrl.Scan(bytes.NewReader(data), int64(len(data)), "seg")
+		},
+		"memory": func() (hrl.SegmentInfo, error) { return hrl.ScanBytes(data, "seg") },
+	} {
+		info, err := scan()
+		if err != nil || info.Count != 2 || info.Sealed || info.Size != int64(len(data)) {
+			t.Errorf("%s: %+v, %v; want 2 records up to byte %d, unsealed", name, info, err, len(data))
+		}
+	}
+}
