@@ -3,6 +3,7 @@ package hrl_test
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"testing"
@@ -58,6 +59,9 @@ func (m boundedImage) Zero(off, n int64, _ bool) error {
 // FuzzSegment feeds arbitrary bytes to the segment decoder and to Replay:
 // no panic, and every failure is end-of-journal, a torn tail or corruption
 // (or a replay target refusing an out-of-range write), never anything else.
+// The reader over an io.ReaderAt and the one over the bytes in memory must
+// agree on every record and on the error, and so must Replay and a
+// SegmentReplay of the bytes (batched between tags).
 func FuzzSegment(f *testing.F) {
 	seg := validSegment(f)
 	f.Add(seg)
@@ -69,6 +73,10 @@ func FuzzSegment(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		r := bytes.NewReader(data)
 		rd, err := hrl.NewReader(r, int64(len(data)), "fuzz.hrl")
+		mrd, merr := hrl.NewBytesReader(data, "fuzz.hrl")
+		if fmt.Sprint(err) != fmt.Sprint(merr) {
+			t.Fatalf("NewReader: %v, NewBytesReader: %v", err, merr)
+		}
 		if err != nil {
 			if !errors.Is(err, hrl.ErrCorrupt) && !errors.Is(err, hrl.ErrTornTail) {
 				t.Fatalf("NewReader: unexpected error class: %v", err)
@@ -78,6 +86,10 @@ func FuzzSegment(f *testing.F) {
 		n := 0
 		for {
 			rec, err := rd.Next()
+			mrec, merr := mrd.Next()
+			if fmt.Sprint(err) != fmt.Sprint(merr) {
+				t.Fatalf("record %d: Next %v, from memory %v", n, err, merr)
+			}
 			if err != nil {
 				if !errors.Is(err, io.EOF) && !errors.Is(err, hrl.ErrCorrupt) && !errors.Is(err, hrl.ErrTornTail) {
 					t.Fatalf("Next: unexpected error class: %v", err)
@@ -88,17 +100,54 @@ func FuzzSegment(f *testing.F) {
 			if rec.PayloadOffset+int64(len(rec.Payload)) > int64(len(data)) {
 				t.Fatalf("record seq %d payload past the end", rec.Seq)
 			}
+			if rec.RecordHeader != mrec.RecordHeader || rec.HeaderOffset != mrec.HeaderOffset ||
+				rec.PayloadOffset != mrec.PayloadOffset || !bytes.Equal(rec.Payload, mrec.Payload) {
+				t.Fatalf("record %d differs: %+v from memory %+v", n, rec.RecordHeader, mrec.RecordHeader)
+			}
 		}
 		if uint64(n) != rd.Count() || rd.Offset() > int64(len(data)) {
 			t.Fatalf("count %d vs %d, offset %d of %d", n, rd.Count(), rd.Offset(), len(data))
 		}
+		if rd.Info() != mrd.Info() {
+			t.Fatalf("info %+v, from memory %+v", rd.Info(), mrd.Info())
+		}
 		img := make(boundedImage, 2<<20)
-		if _, err := hrl.Replay(r, int64(len(data)), "fuzz.hrl", img, nil); err != nil &&
-			!errors.Is(err, hrl.ErrCorrupt) && !errors.Is(err, hrl.ErrTornTail) && !errors.Is(err, errOutside) {
+		info, err := hrl.Replay(r, int64(len(data)), "fuzz.hrl", img, nil)
+		if err != nil && !errors.Is(err, hrl.ErrCorrupt) && !errors.Is(err, hrl.ErrTornTail) && !errors.Is(err, errOutside) {
 			t.Fatalf("Replay: unexpected error class: %v", err)
+		}
+		if errors.Is(err, errOutside) {
+			return // the batched replay stops at another record
+		}
+		mimg := make(boundedImage, 2<<20)
+		var p hrl.SegmentReplay
+		minfo, merr := p.Bytes(data, "fuzz.hrl", imageSink{mimg})
+		if fmt.Sprint(err) != fmt.Sprint(merr) || info != minfo {
+			t.Fatalf("Replay: %v %+v; from memory: %v %+v", err, info, merr, minfo)
+		}
+		if err == nil && !bytes.Equal(img, mimg) {
+			t.Fatal("Replay and the replay from memory give different images")
 		}
 	})
 }
+
+// imageSink applies extents to an image.
+type imageSink struct{ img boundedImage }
+
+func (s imageSink) Apply(exts []hrl.Extent) error {
+	for _, e := range exts {
+		if e.Data == nil {
+			if err := s.img.Zero(e.Off, e.Len, e.Trim); err != nil {
+				return err
+			}
+		} else if _, err := s.img.WriteAt(e.Data, e.Off); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (imageSink) Tag(uint64, hrl.Tag) error { return nil }
 
 // FuzzRecordHeader: the record decoder never panics, and whatever it
 // accepts re-encodes to the same bytes.

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"os"
 	"path/filepath"
 )
@@ -214,72 +213,4 @@ func sealExisting(fsys FS, path string) (SegmentInfo, error) {
 	info, err := w.Seal()
 	w.f = nil // closed by the defer
 	return info, err
-}
-
-// Replayer receives the effect of records in order. WriteAt gets the content
-// of WRITE, RESYNC and resolved REF records; Zero gets ZERO records.
-type Replayer interface {
-	WriteAt(p []byte, off int64) (int, error)
-	Zero(off, n int64, trim bool) error
-}
-
-// Replay applies the records of one segment to dst in seq order, resolving
-// REF records against the segment itself and checking their checksums, and
-// calls onTag (if not nil) at every TAG with everything before it applied.
-// A torn tail stops the replay after the last good record and is returned as
-// a *TornError.
-func Replay(r io.ReaderAt, size int64, name string, dst Replayer, onTag func(seq uint64, t Tag) error) (SegmentInfo, error) {
-	return ReplayUntil(r, size, name, dst, math.MaxUint64, onTag)
-}
-
-// ReplayUntil is Replay that stops after the record with seq lastSeq; the
-// returned LastSeq is the last record applied.
-func ReplayUntil(r io.ReaderAt, size int64, name string, dst Replayer, lastSeq uint64, onTag func(seq uint64, t Tag) error) (SegmentInfo, error) {
-	rd, err := NewReader(r, size, name)
-	if err != nil {
-		return SegmentInfo{Path: name}, err
-	}
-	var buf []byte
-	for {
-		var rec *Record
-		if rd.next <= lastSeq {
-			rec, err = rd.Next()
-		} else {
-			err = io.EOF
-		}
-		if err != nil {
-			info := rd.Info()
-			if errors.Is(err, io.EOF) {
-				return info, nil
-			}
-			return info, err
-		}
-		switch rec.Type {
-		case TypeWrite, TypeResync:
-			_, err = dst.WriteAt(rec.Payload, int64(rec.Offset))
-		case TypeZero:
-			err = dst.Zero(int64(rec.Offset), int64(rec.Length), rec.Flags&FlagTrim != 0)
-		case TypeRef:
-			ref, _ := DecodeRef(rec.Payload) // checked by the reader
-			if cap(buf) < int(rec.Length) {
-				buf = make([]byte, rec.Length)
-			}
-			b := buf[:rec.Length]
-			if _, err = r.ReadAt(b, int64(ref.SegmentOffset)); err == nil {
-				if got := hashSum(b); got != ref.Sum {
-					return SegmentInfo{Path: name}, &CorruptError{File: name, Offset: rec.HeaderOffset, Seq: rec.Seq,
-						Reason: fmt.Sprintf("REF source bytes hash %016x, want %016x", got, ref.Sum)}
-				}
-				_, err = dst.WriteAt(b, int64(rec.Offset))
-			}
-		case TypeTag:
-			if onTag != nil {
-				t, _ := DecodeTag(rec.Payload)
-				err = onTag(rec.Seq, t)
-			}
-		}
-		if err != nil {
-			return SegmentInfo{Path: name}, fmt.Errorf("replay %s seq %d (%s at %d): %w", name, rec.Seq, rec.Type, rec.Offset, err)
-		}
-	}
 }

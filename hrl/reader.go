@@ -8,8 +8,10 @@ import (
 	"github.com/cespare/xxhash/v2"
 )
 
-// Record is one decoded record. Payload aliases the reader's buffer and is
-// valid until the next call to Next.
+// Record is one decoded record. The Record a Reader returns and its
+// Payload are valid until the next call to Next: the Reader reuses both.
+// A Reader over a byte slice (NewBytesReader) makes Payload a sub-slice of
+// the segment's bytes instead, valid as long as those bytes are.
 type Record struct {
 	RecordHeader
 	HeaderOffset  int64 // file offset of the record header
@@ -32,7 +34,10 @@ func (e *TornError) Error() string {
 // Unwrap makes errors.Is(err, ErrTornTail) true.
 func (e *TornError) Unwrap() error { return ErrTornTail }
 
-// Reader decodes a segment record by record, verifying every checksum.
+// Reader decodes a segment record by record, verifying every checksum. It
+// reads through an io.ReaderAt (NewReader) or straight from the segment's
+// bytes in memory (NewBytesReader: no copy, and no allocation per record);
+// both run the same decoding and checks.
 //
 // Next returns io.EOF after the footer of a sealed segment or at the clean
 // end of an unsealed one, a *TornError when the last record is incomplete or
@@ -40,6 +45,7 @@ func (e *TornError) Unwrap() error { return ErrTornTail }
 // *CorruptError for damage before the tail, which must never be skipped.
 type Reader struct {
 	r       io.ReaderAt
+	data    []byte // the whole segment, when read from memory; r is then nil
 	size    int64
 	name    string
 	Header  Header
@@ -48,38 +54,108 @@ type Reader struct {
 	count   uint64
 	chain   xxhash.Digest
 	sum8    [8]byte
-	footer  *Footer
+	sealed  bool // the footer was reached and verified
 	err     error
 	hdr     [RecordHeaderSize]byte
 	payload []byte
 	sumBuf  []byte
+	rec     Record // what Next returns
 }
 
 // NewReader reads and checks the segment header. name is used in errors.
 // A file too short to hold a header gives a *TornError; a damaged header a
 // *CorruptError.
 func NewReader(r io.ReaderAt, size int64, name string) (*Reader, error) {
-	rd := &Reader{r: r, size: size, name: name}
-	var hb [HeaderSize]byte
+	rd := &Reader{}
+	if err := rd.reset(r, nil, size, name); err != nil {
+		return nil, err
+	}
+	return rd, nil
+}
+
+// NewBytesReader is NewReader over a segment held in memory: the payloads
+// of its records are sub-slices of data, never copies.
+func NewBytesReader(data []byte, name string) (*Reader, error) {
+	rd := &Reader{}
+	if err := rd.ResetBytes(data, name); err != nil {
+		return nil, err
+	}
+	return rd, nil
+}
+
+// Reset makes rd read the segment of size bytes in r from its start, as
+// NewReader does, keeping rd's buffers.
+func (rd *Reader) Reset(r io.ReaderAt, size int64, name string) error {
+	return rd.reset(r, nil, size, name)
+}
+
+// ResetBytes makes rd read the segment in data from its start, as
+// NewBytesReader does, keeping rd's buffers: reading segment after segment
+// with one Reader allocates nothing once its checksum buffer has grown.
+func (rd *Reader) ResetBytes(data []byte, name string) error {
+	return rd.reset(nil, data, int64(len(data)), name)
+}
+
+func (rd *Reader) reset(r io.ReaderAt, data []byte, size int64, name string) error {
+	*rd = Reader{r: r, data: data, size: size, name: name, payload: rd.payload, sumBuf: rd.sumBuf}
 	if size < HeaderSize {
-		if _, err := r.ReadAt(hb[:size], 0); err != nil && !errors.Is(err, io.EOF) {
-			return nil, fmt.Errorf("read %s: %w", name, err)
+		if r != nil && size > 0 { // a read error says more than "torn"
+			var b [HeaderSize]byte
+			if _, err := r.ReadAt(b[:size], 0); err != nil && !errors.Is(err, io.EOF) {
+				return fmt.Errorf("read %s: %w", name, err)
+			}
 		}
-		return nil, &TornError{File: name, Reason: fmt.Sprintf("%d bytes, shorter than the %d-byte header", size, HeaderSize)}
+		return &TornError{File: name, Reason: fmt.Sprintf("%d bytes, shorter than the %d-byte header", size, HeaderSize)}
 	}
-	if _, err := r.ReadAt(hb[:], 0); err != nil {
-		return nil, fmt.Errorf("read %s: %w", name, err)
-	}
-	h, err := UnmarshalHeader(hb[:])
+	hb, err := rd.bytes(0, HeaderSize, &rd.payload)
 	if err != nil {
-		return nil, &CorruptError{File: name, Reason: err.Error()}
+		return err
+	}
+	h, err := UnmarshalHeader(hb)
+	if err != nil {
+		return &CorruptError{File: name, Reason: err.Error()}
 	}
 	rd.Header = h
 	rd.off = HeaderSize
 	rd.next = h.FirstSeq
 	rd.chain.Reset()
 	rd.chainAdd(le.Uint64(hb[56:]))
-	return rd, nil
+	return nil
+}
+
+// readAt fills b from offset off, of the segment in memory or through r.
+func (rd *Reader) readAt(b []byte, off int64) (int, error) {
+	if rd.data == nil {
+		return rd.r.ReadAt(b, off)
+	}
+	if off >= int64(len(rd.data)) {
+		return 0, io.EOF
+	}
+	n := copy(b, rd.data[off:])
+	if n < len(b) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// bytes returns the n bytes at off (which the caller has checked lie
+// inside the segment): a sub-slice of the segment in memory, or else read
+// into buf, grown as needed.
+func (rd *Reader) bytes(off int64, n int, buf *[]byte) ([]byte, error) {
+	if rd.data != nil {
+		return rd.data[off : off+int64(n) : off+int64(n)], nil
+	}
+	if cap(*buf) < n {
+		*buf = make([]byte, n)
+	}
+	b := (*buf)[:n]
+	if n == 0 {
+		return b, nil // ReadAt may say io.EOF for nothing read at the end
+	}
+	if _, err := rd.r.ReadAt(b, off); err != nil {
+		return nil, fmt.Errorf("read %s at %d: %w", rd.name, off, err)
+	}
+	return b, nil
 }
 
 func (rd *Reader) chainAdd(sum uint64) {
@@ -104,7 +180,7 @@ func (rd *Reader) Info() SegmentInfo {
 }
 
 // Sealed reports whether the footer was reached and verified.
-func (rd *Reader) Sealed() bool { return rd.footer != nil }
+func (rd *Reader) Sealed() bool { return rd.sealed }
 
 // Next returns the next record.
 func (rd *Reader) Next() (*Record, error) {
@@ -120,7 +196,7 @@ func (rd *Reader) Next() (*Record, error) {
 }
 
 func (rd *Reader) next1() (*Record, error) {
-	if rd.footer != nil {
+	if rd.sealed {
 		return nil, io.EOF
 	}
 	left := rd.size - rd.off
@@ -130,10 +206,13 @@ func (rd *Reader) next1() (*Record, error) {
 	if left < RecordHeaderSize {
 		return nil, rd.torn(fmt.Sprintf("%d bytes left, less than a record header", left))
 	}
-	if _, err := rd.r.ReadAt(rd.hdr[:], rd.off); err != nil {
+	hb := rd.hdr[:]
+	if rd.data != nil {
+		hb = rd.data[rd.off : rd.off+RecordHeaderSize]
+	} else if _, err := rd.r.ReadAt(hb, rd.off); err != nil {
 		return nil, fmt.Errorf("read %s at %d: %w", rd.name, rd.off, err)
 	}
-	h, err := UnmarshalRecordHeader(rd.hdr[:])
+	h, err := UnmarshalRecordHeader(hb)
 	if err != nil {
 		return nil, rd.damaged(rd.next, err.Error())
 	}
@@ -141,12 +220,9 @@ func (rd *Reader) next1() (*Record, error) {
 	if end > rd.size {
 		return nil, rd.torn(fmt.Sprintf("record seq %d needs %d bytes, %d left", h.Seq, end-rd.off, left))
 	}
-	if cap(rd.payload) < int(h.PayloadLen) {
-		rd.payload = make([]byte, h.PayloadLen)
-	}
-	p := rd.payload[:h.PayloadLen]
-	if _, err := rd.r.ReadAt(p, rd.off+RecordHeaderSize); err != nil {
-		return nil, fmt.Errorf("read %s at %d: %w", rd.name, rd.off+RecordHeaderSize, err)
+	p, err := rd.bytes(rd.off+RecordHeaderSize, int(h.PayloadLen), &rd.payload)
+	if err != nil {
+		return nil, err
 	}
 	if sum := PayloadSum(h.Type, p, int(rd.Header.BlockSize), nil, &rd.sumBuf); sum != h.PayloadSum {
 		return nil, rd.damaged(h.Seq, fmt.Sprintf("%s seq %d: payload checksum %016x, want %016x", h.Type, h.Seq, sum, h.PayloadSum))
@@ -162,12 +238,12 @@ func (rd *Reader) next1() (*Record, error) {
 	if err := rd.checkPayload(&h, p); err != nil {
 		return nil, rd.corrupt(h.Seq, err.Error())
 	}
-	rec := &Record{RecordHeader: h, HeaderOffset: rd.off, PayloadOffset: rd.off + RecordHeaderSize, Payload: p}
+	rd.rec = Record{RecordHeader: h, HeaderOffset: rd.off, PayloadOffset: rd.off + RecordHeaderSize, Payload: p}
 	rd.chainAdd(h.Sum)
 	rd.off = end
 	rd.next++
 	rd.count++
-	return rec, nil
+	return &rd.rec, nil
 }
 
 func (rd *Reader) checkPayload(h *RecordHeader, p []byte) error {
@@ -202,7 +278,7 @@ func (rd *Reader) readFooter(h RecordHeader, p []byte, end int64) error {
 	case end != rd.size:
 		return rd.corruptAt(end, h.Seq, fmt.Sprintf("%d bytes after the footer", rd.size-end))
 	}
-	rd.footer = &f
+	rd.sealed = true
 	rd.off = end
 	return io.EOF
 }
@@ -227,7 +303,7 @@ func (rd *Reader) corruptAt(off int64, seq uint64, reason string) error {
 // record on was never proven durable (page cache writeback has no order):
 // that is a torn tail, even if records that look valid follow it.
 func (rd *Reader) damaged(seq uint64, reason string) error {
-	sealed, err := hasFooter(rd.r, rd.size)
+	sealed, err := hasFooter(readerAtFunc(rd.readAt), rd.size)
 	if err != nil {
 		return fmt.Errorf("read %s: %w", rd.name, err)
 	}
@@ -236,6 +312,11 @@ func (rd *Reader) damaged(seq uint64, reason string) error {
 	}
 	return rd.torn(reason)
 }
+
+// readerAtFunc makes a ReadAt method an io.ReaderAt.
+type readerAtFunc func(b []byte, off int64) (int, error)
+
+func (f readerAtFunc) ReadAt(b []byte, off int64) (int, error) { return f(b, off) }
 
 // hasFooter reports whether the file ends in a well-formed footer record.
 func hasFooter(r io.ReaderAt, size int64) (bool, error) {
@@ -259,10 +340,22 @@ func Scan(r io.ReaderAt, size int64, name string) (SegmentInfo, error) {
 	if err != nil {
 		return SegmentInfo{Path: name}, err
 	}
-	for {
-		if _, err = rd.Next(); err != nil {
-			break
-		}
+	return rd.scan()
+}
+
+// ScanBytes is Scan of a segment held in memory.
+func ScanBytes(data []byte, name string) (SegmentInfo, error) {
+	rd, err := NewBytesReader(data, name)
+	if err != nil {
+		return SegmentInfo{Path: name}, err
+	}
+	return rd.scan()
+}
+
+func (rd *Reader) scan() (SegmentInfo, error) {
+	var err error
+	for err == nil {
+		_, err = rd.Next()
 	}
 	info := rd.Info()
 	if errors.Is(err, io.EOF) {

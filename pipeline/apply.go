@@ -1,15 +1,11 @@
 package pipeline
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"sync"
 	"time"
-
-	"github.com/cespare/xxhash/v2"
 
 	"lifeboat/hrl"
 	"lifeboat/targets"
@@ -31,7 +27,8 @@ type volume struct {
 	applied    targets.State
 	applyErr   string
 
-	exts []targets.Extent // the applier's batch, reused
+	replay hrl.SegmentReplay // the applier's, reused
+	sink   applySink
 }
 
 // infoNow returns the volume's info; its machine may change while it is
@@ -117,6 +114,7 @@ func (v *volume) applier(ctx context.Context) {
 			continue
 		}
 		backoff = 0
+		v.srv.unkeep(seg.mem) // before the pop: a volume with nothing pending holds no kept memory
 		v.mu.Lock()
 		v.pending = v.pending[1:]
 		v.applyErr = ""
@@ -132,8 +130,13 @@ func (v *volume) applier(ctx context.Context) {
 
 // applySegment replays one spooled segment onto the replica, skipping the
 // records the replica already has, creating a recovery point at each TAG
-// and committing at the end. It returns the bytes of data applied.
+// and committing at the end. It returns the bytes of data applied. The
+// segment is applied from its verified receive buffer when that was kept
+// (keep.go), else read back from the spool.
 func (v *volume) applySegment(ctx context.Context, seg spooledSeg) (int64, error) {
+	if seg.mem != nil {
+		return v.applyBytes(ctx, seg.mem.data, seg.path)
+	}
 	bp := v.srv.bufs.get(seg.size)
 	defer v.srv.bufs.put(bp)
 	data, err := v.srv.spool.read(seg, *bp)
@@ -143,13 +146,11 @@ func (v *volume) applySegment(ctx context.Context, seg spooledSeg) (int64, error
 	return v.applyBytes(ctx, data, seg.path)
 }
 
-// applyBytes replays the segment in data (see applySegment).
+// applyBytes replays the segment in data (see applySegment) through the
+// one replay of package hrl: it hands this volume's sink the extents
+// between two tags in one batch, aliasing data, each at most the target's
+// MaxExtent long.
 func (v *volume) applyBytes(ctx context.Context, data []byte, name string) (int64, error) {
-	rd, err := hrl.NewReader(bytes.NewReader(data), int64(len(data)), name)
-	if err != nil {
-		return 0, err
-	}
-	gen := rd.Header.Generation
 	v.mu.Lock()
 	st := v.applied
 	v.mu.Unlock()
@@ -157,93 +158,56 @@ func (v *volume) applyBytes(ctx context.Context, data []byte, name string) (int6
 	if p := v.srv.Target.Properties(); p.MaxExtent > 0 {
 		maxExt = p.MaxExtent
 	}
-	exts := v.exts[:0]
-	defer func() { clear(exts); v.exts = exts[:0] }()
-	var applied int64
-	flush := func() error {
-		if len(exts) == 0 {
-			return nil
-		}
-		err := v.rep.Apply(ctx, exts)
-		clear(exts)
-		exts = exts[:0]
-		return err
+	v.replay.After, v.replay.End, v.replay.MaxExtent = st.Seq, 0, maxExt // records <= st.Seq: applied before a restart
+	v.sink.v, v.sink.ctx, v.sink.applied = v, ctx, 0
+	defer func() { v.sink.ctx = nil }()
+	info, err := v.replay.Bytes(data, name, &v.sink)
+	if err != nil {
+		return v.sink.applied, err // names the segment and the seq
 	}
-	addData := func(off int64, b []byte) {
-		applied += int64(len(b))
-		for len(b) > 0 {
-			n := min(int64(len(b)), maxExt)
-			exts = append(exts, targets.Extent{Off: off, Len: n, Data: b[:n:n]})
-			off, b = off+n, b[n:]
-		}
-	}
-	for {
-		rec, err := rd.Next()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return applied, fmt.Errorf("%s: %w", name, err)
-		}
-		if rec.Seq <= st.Seq {
-			continue // applied before a restart
-		}
-		off := int64(rec.Offset)
-		switch rec.Type {
-		case hrl.TypeWrite, hrl.TypeResync:
-			addData(off, data[rec.PayloadOffset:rec.PayloadOffset+int64(len(rec.Payload))])
-		case hrl.TypeZero:
-			trim := rec.Flags&hrl.FlagTrim != 0
-			for n := int64(rec.Length); n > 0; { // targets cap zero extents too
-				l := min(n, maxExt)
-				exts = append(exts, targets.Extent{Off: off, Len: l, Trim: trim})
-				off, n = off+l, n-l
-			}
-		case hrl.TypeRef:
-			ref, err := hrl.DecodeRef(rec.Payload)
-			if err != nil {
-				return applied, fmt.Errorf("%s seq %d: %w", name, rec.Seq, err)
-			}
-			end := ref.SegmentOffset + uint64(rec.Length)
-			if end > uint64(len(data)) || end < ref.SegmentOffset {
-				return applied, fmt.Errorf("%s seq %d: REF source %d+%d outside the segment", name, rec.Seq, ref.SegmentOffset, rec.Length)
-			}
-			src := data[ref.SegmentOffset:end]
-			if got := xxhash.Sum64(src); got != ref.Sum {
-				return applied, fmt.Errorf("%s seq %d: REF source hashes to %016x, want %016x", name, rec.Seq, got, ref.Sum)
-			}
-			addData(off, src)
-		case hrl.TypeTag:
-			t, err := hrl.DecodeTag(rec.Payload)
-			if err != nil {
-				return applied, fmt.Errorf("%s seq %d: %w", name, rec.Seq, err)
-			}
-			if err := flush(); err != nil {
-				return applied, err
-			}
-			p := targets.Point{Seq: rec.Seq, Generation: gen, Kind: t.Kind, Name: t.Name, Time: t.Time}
-			if err := v.rep.CreatePoint(ctx, p); err != nil {
-				return applied, fmt.Errorf("recovery point %d: %w", rec.Seq, err)
-			}
-			v.setApplied(targets.State{Generation: gen, Seq: rec.Seq})
-			v.srv.logger().Info("recovery point created", "volume", v.info.Name, "seq", p.Seq, "kind", p.Kind,
-				"name", p.Name, "lag", v.srv.now().Sub(p.Time).Round(time.Millisecond))
-			if err := v.prune(ctx); err != nil {
-				v.srv.logger().Warn("retention pruning failed", "volume", v.info.Name, "err", err)
-			}
-		}
-	}
-	if err := flush(); err != nil {
-		return applied, err
-	}
-	if last := rd.LastSeq(); last > st.Seq {
-		end := targets.State{Generation: gen, Seq: last}
+	if last := info.LastSeq; last > st.Seq {
+		end := targets.State{Generation: info.Generation, Seq: last}
 		if err := v.rep.Commit(ctx, end); err != nil {
-			return applied, fmt.Errorf("commit seq %d: %w", last, err)
+			return v.sink.applied, fmt.Errorf("commit seq %d: %w", last, err)
 		}
 		v.setApplied(end)
 	}
-	return applied, nil
+	return v.sink.applied, nil
+}
+
+// applySink is the hrl.Sink of a volume's applier: extents go to the
+// replica, a tag becomes a recovery point.
+type applySink struct {
+	v       *volume
+	ctx     context.Context
+	applied int64            // bytes of data applied
+	exts    []targets.Extent // the batch, reused
+}
+
+func (a *applySink) Apply(exts []hrl.Extent) error {
+	for _, e := range exts {
+		a.exts = append(a.exts, targets.Extent{Off: e.Off, Len: e.Len, Data: e.Data, Trim: e.Trim})
+		a.applied += int64(len(e.Data))
+	}
+	err := a.v.rep.Apply(a.ctx, a.exts)
+	clear(a.exts)
+	a.exts = a.exts[:0]
+	return err
+}
+
+func (a *applySink) Tag(seq uint64, t hrl.Tag) error {
+	v, ctx, gen := a.v, a.ctx, a.v.replay.Header().Generation
+	p := targets.Point{Seq: seq, Generation: gen, Kind: t.Kind, Name: t.Name, Time: t.Time}
+	if err := v.rep.CreatePoint(ctx, p); err != nil {
+		return fmt.Errorf("recovery point %d: %w", seq, err)
+	}
+	v.setApplied(targets.State{Generation: gen, Seq: seq})
+	v.srv.logger().Info("recovery point created", "volume", v.info.Name, "seq", p.Seq, "kind", p.Kind,
+		"name", p.Name, "lag", v.srv.now().Sub(p.Time).Round(time.Millisecond))
+	if err := v.prune(ctx); err != nil {
+		v.srv.logger().Warn("retention pruning failed", "volume", v.info.Name, "err", err)
+	}
+	return nil
 }
 
 func (v *volume) setApplied(st targets.State) {

@@ -147,9 +147,16 @@ func BenchmarkReceiveBody(b *testing.B) {
 	}
 }
 
-// BenchmarkApply measures the apply stage into the file target: read the
-// spooled segment, decode every record, write the replica, commit (fsync).
-func BenchmarkApply(b *testing.B) {
+// BenchmarkApply measures the apply stage into the file target as a
+// running server does it: take the receive buffer kept for the applier,
+// decode every record, write the replica, commit (fsync).
+func BenchmarkApply(b *testing.B) { benchApply(b, "memory") }
+
+// BenchmarkApplySpool is BenchmarkApply reading the spooled segment back
+// first, as the applier does after a restart.
+func BenchmarkApplySpool(b *testing.B) { benchApply(b, "spool") }
+
+func benchApply(b *testing.B, source string) {
 	for _, kind := range []string{"incompressible", "typical"} {
 		b.Run(kind, func(b *testing.B) {
 			id := uuid.New()
@@ -171,6 +178,9 @@ func BenchmarkApply(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer rep.Close()
+			if source == "memory" {
+				sg.mem = &keptBuf{bp: &seg, data: seg}
+			}
 			s := &Server{Target: target, spool: sp}
 			v := &volume{info: info, rep: rep, srv: s}
 			b.SetBytes(int64(len(seg)))

@@ -177,6 +177,19 @@ func (s *site) waitApplied(id string, seq uint64) {
 	s.t.Fatalf("replica did not reach seq %d in time: %+v", seq, s.status(id))
 }
 
+// waitSpoolEmpty waits until a volume has no segment waiting to be applied.
+func (s *site) waitSpoolEmpty(id string) {
+	s.t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		if s.status(id).SpoolBytes == 0 {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	s.t.Fatalf("spool of %s did not drain in time: %+v", id, s.status(id))
+}
+
 // pointSum downloads a point through the admin API and hashes it.
 func (s *site) pointSum(admin *http.Client, volume string, seq uint64) string {
 	s.t.Helper()
@@ -304,6 +317,23 @@ func (a *agentVol) waitSynced() {
 		time.Sleep(20 * time.Millisecond)
 	}
 	a.t.Fatalf("resync did not finish: %+v", a.ship.Status())
+}
+
+// waitResyncAcked is waitSynced that also waits until the site has
+// acknowledged the shipper's "resync complete" tag: the shipper takes it
+// after the tracker reports the resync done, so without this wait a tag
+// the test takes next may come before it.
+func (a *agentVol) waitResyncAcked() {
+	a.t.Helper()
+	a.waitSynced()
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		if a.ship.Status().Resync == nil {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	a.t.Fatalf("the resync's tag was not acknowledged: %+v", a.ship.Status())
 }
 
 // writeRandom writes n random chunks of 4 KiB..256 KiB, some unaligned.

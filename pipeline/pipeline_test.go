@@ -19,7 +19,18 @@ import (
 )
 
 func TestPointsEqualSourceAtEachTag(t *testing.T) {
-	s := newSite(t, memory.New())
+	t.Run("applied from the receive buffers", func(t *testing.T) { pointsEqualSource(t, nil) })
+	t.Run("applied from the spool", func(t *testing.T) {
+		// Receive memory of one byte: every upload is the only one
+		// holding memory, and no buffer fits in the kept memory (half of
+		// it), so the applier reads each segment back from the spool.
+		pointsEqualSource(t, func(srv *pipeline.Server) { srv.ReceiveMemory = 1 })
+	})
+}
+
+func pointsEqualSource(t *testing.T, configure func(*pipeline.Server)) {
+	s := &site{t: t, dir: t.TempDir(), target: memory.New(), configure: configure}
+	s.open()
 	a := newAgentVol(t, s, 8<<20+512*3, 0, s.client("agent1", pki.RoleAgent))
 	rng := rand.New(rand.NewPCG(1, 2))
 	a.writeRandom(rng, 20) // before and during the initial replication
@@ -58,6 +69,10 @@ func TestPointsEqualSourceAtEachTag(t *testing.T) {
 	}
 	if st := a.ship.Status(); st.Resends != 0 || !st.Connected {
 		t.Errorf("shipper status %+v", st)
+	}
+	s.waitSpoolEmpty(a.vol.VolumeID())
+	if kept := pipeline.KeptMemory(s.srv); kept != 0 {
+		t.Errorf("with every segment applied, %d bytes of buffers are kept for the applier, want 0", kept)
 	}
 }
 

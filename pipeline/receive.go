@@ -1,7 +1,6 @@
 package pipeline
 
 import (
-	"bytes"
 	"context"
 	"encoding/hex"
 	"encoding/json"
@@ -149,7 +148,7 @@ func (s *Server) handleSegment(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	bp, data, err := s.readSegment(s.progressBody(w, r), h)
-	defer s.releaseBuf(bp)
+	defer func() { s.releaseBuf(bp) }() // unless kept for the applier
 	if err == nil {
 		err = verifySegment(data, h)
 	}
@@ -163,6 +162,9 @@ func (s *Server) handleSegment(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.spoolUsed.Add(seg.size)
+	if seg.mem = s.keep(bp, data); seg.mem != nil {
+		bp = nil // the applier applies it from memory and releases it
+	}
 	v.push(seg)
 	log.Debug("segment spooled", "bytes", seg.size)
 	acked.SpooledGeneration, acked.SpooledSeq = h.generation, h.last
@@ -218,7 +220,7 @@ func verifySegment(data []byte, h segmentHeaders) error {
 	if got := xxhash.Sum64(data); got != h.sum {
 		return fmt.Errorf("%w: segment %d..%d hashes to %016x, the agent sent %016x", ErrChecksum, h.first, h.last, got, h.sum)
 	}
-	info, err := hrl.Scan(bytes.NewReader(data), int64(len(data)), spoolName(h.first, h.last))
+	info, err := hrl.ScanBytes(data, spoolName(h.first, h.last)) // no copy of the records
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrChecksum, err)
 	}

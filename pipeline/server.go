@@ -51,7 +51,9 @@ type Server struct {
 
 	// StallTimeout aborts an upload that sends nothing for that long and
 	// releases its volume; IdleTimeout closes idle keep-alive connections.
-	// ReceiveMemory bounds the buffers of the uploads being received.
+	// ReceiveMemory bounds the buffers of the uploads being received;
+	// up to half as much again holds verified segments until they are
+	// applied (keep.go).
 	StallTimeout  time.Duration
 	IdleTimeout   time.Duration
 	ReceiveMemory int64
@@ -66,6 +68,7 @@ type Server struct {
 	decoders  sync.Pool
 	bufs      bufPool
 	recvMem   memBudget
+	keptMem   memBudget // receive buffers kept for the applier (keep.go)
 	throttle  throttleState
 	ctx       context.Context
 	cancel    context.CancelFunc

@@ -37,6 +37,7 @@ type spooledSeg struct {
 	first      uint64
 	last       uint64
 	size       int64
+	mem        *keptBuf // the segment's verified receive buffer, if kept (keep.go)
 }
 
 const (

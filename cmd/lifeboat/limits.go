@@ -24,7 +24,8 @@ func limitFlags() []cli.Flag {
 		&cli.DurationFlag{Name: "stall-timeout", Value: pipeline.DefaultStallTimeout,
 			Usage: "abort an upload that sends nothing for this `DURATION` and release its volume (a slow upload that moves is never cut)"},
 		&cli.StringFlag{Name: "receive-memory", Value: "2GiB",
-			Usage: "`SIZE` of memory the uploads being received may hold together; beyond it agents are asked to retry (503)"},
+			Usage: "`SIZE` of memory the uploads being received may hold together; beyond it agents are asked to retry (503).\n" +
+				"\tUp to half as much again keeps received segments in memory until they are applied"},
 	}
 }
 
