@@ -1,7 +1,9 @@
 # Shell functions the bench scripts share (they source bench/lib.sh from the repository root).
 # The site, server and agent helpers below use the caller's globals: WORK
 # (scratch dir), OUT (results), bin (where build_lifeboat puts the binaries),
-# pids (every process started, for the caller's trap to stop), DROP_CACHES.
+# pids (every process started, for the caller's trap to stop), DROP_CACHES;
+# and they set globals for the caller (srv_pid, srv_url, agent_pid, nbd_uri).
+# shellcheck shell=bash disable=SC2034,SC2154
 
 # stop_pid PID: SIGTERM, wait up to 20 s, then SIGKILL.
 stop_pid() {
@@ -18,6 +20,22 @@ stop_pid() {
 
 # free_port: a free TCP port on 127.0.0.1.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# out_work NAME: OUT (results, kept; default a new dir
+# $TMPDIR/lifeboat-NAME.XXXXXX), WORK (scratch, default $OUT/work), both
+# made and absolute, and COMMIT (default the short HEAD, +dirty).
+out_work() {
+	OUT=${OUT:-$(mktemp -d "${TMPDIR:-/tmp}/lifeboat-$1.XXXXXX")}
+	mkdir -p "$OUT"
+	OUT=$(readlink -f "$OUT")
+	WORK=${WORK:-$OUT/work}
+	mkdir -p "$WORK"
+	WORK=$(readlink -f "$WORK")
+	if [[ -z ${COMMIT:-} ]]; then
+		COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+		if [[ -n $(git status --porcelain --untracked-files=no 2>/dev/null) ]]; then COMMIT+="+dirty"; fi
+	fi
+}
 
 # machine_common: the lines of a results' machine record every script
 # prints (COMMIT set by the script).

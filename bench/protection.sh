@@ -49,6 +49,8 @@ fi
 LIFEBOAT=$(readlink -f "$1")
 export LIFEBOAT # replication.sh measures this binary too
 
+source bench/lib.sh # stop_pid, free_port, out_work, machine, build_lifeboat, start_server, start_agent, wait_resync
+
 PARTS=${PARTS:-nbd latency fsyncs initial apply memory}
 SIZE_MIB=${SIZE_MIB:-1024}
 FIOTIME=${FIOTIME:-20}
@@ -59,16 +61,7 @@ INITIAL_MIB=${INITIAL_MIB:-4096}
 INGEST_RUNS=${INGEST_RUNS:-3}
 SEGMENTS=${SEGMENTS:-32}
 DROP_CACHES=${DROP_CACHES:-1}
-OUT=${OUT:-$(mktemp -d "${TMPDIR:-/tmp}/lifeboat-protection.XXXXXX")}
-mkdir -p "$OUT"
-OUT=$(readlink -f "$OUT")
-WORK=${WORK:-$OUT/work}
-mkdir -p "$WORK"
-WORK=$(readlink -f "$WORK")
-if [[ -z ${COMMIT:-} ]]; then
-	COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-	if [[ -n $(git status --porcelain --untracked-files=no 2>/dev/null) ]]; then COMMIT+="+dirty"; fi
-fi
+out_work protection
 
 for t in nbdcopy nbdinfo nbdkit qemu-nbd fio strace python3; do
 	command -v "$t" >/dev/null || { echo "protection.sh: $t is missing (see .ci/deps)" >&2; exit 2; }
@@ -82,8 +75,6 @@ cleanup() {
 	if [[ ${KEEP_WORK:-0} != 1 ]]; then rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
-
-source bench/lib.sh # stop_pid, free_port, machine, build_lifeboat, start_server, start_agent, wait_resync
 
 # Every command from here on, with its output, goes to verbose.log; the
 # terminal gets the progress lines (say) and the tables.

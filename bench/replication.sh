@@ -51,18 +51,11 @@ apply | initial | rpo | all) ;;
 	;;
 esac
 
-OUT=${OUT:-$(mktemp -d "${TMPDIR:-/tmp}/lifeboat-replbench.XXXXXX")}
-mkdir -p "$OUT"
-OUT=$(readlink -f "$OUT")
-WORK=${WORK:-$OUT/work}
-mkdir -p "$WORK"
-WORK=$(readlink -f "$WORK")
+source bench/lib.sh # stop_pid, free_port, out_work, build_lifeboat, start_server, start_agent, wait_resync
+
+out_work replbench
 DROP_CACHES=${DROP_CACHES:-1}
 PROFILE=${PROFILE:-0}
-if [[ -z ${COMMIT:-} ]]; then
-	COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-	if [[ -n $(git status --porcelain --untracked-files=no 2>/dev/null) ]]; then COMMIT+="+dirty"; fi
-fi
 
 pids=()
 cleanup() {
@@ -71,8 +64,6 @@ cleanup() {
 	if [[ ${KEEP_WORK:-0} != 1 ]]; then rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
-
-source bench/lib.sh # stop_pid, free_port, build_lifeboat, start_server, start_agent, wait_resync (from the repository root)
 
 bin=$WORK/bin
 build() {
