@@ -61,11 +61,17 @@ INITIAL_MIB=${INITIAL_MIB:-4096}
 INGEST_RUNS=${INGEST_RUNS:-3}
 SEGMENTS=${SEGMENTS:-32}
 DROP_CACHES=${DROP_CACHES:-1}
-out_work protection
-
+for p in $PARTS; do
+	case $p in
+	nbd | latency | fsyncs | initial | apply | memory) ;;
+	*) echo "protection.sh: unknown part $p in PARTS (nbd latency fsyncs initial apply memory)" >&2; exit 2 ;;
+	esac
+done
 for t in nbdcopy nbdinfo nbdkit qemu-nbd fio strace python3; do
 	command -v "$t" >/dev/null || { echo "protection.sh: $t is missing (see .ci/deps)" >&2; exit 2; }
 done
+
+out_work protection
 
 pids=()
 cleanup() {
@@ -75,11 +81,16 @@ cleanup() {
 	if [[ ${KEEP_WORK:-0} != 1 ]]; then rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
+# A signal ends the script through its EXIT trap (after the command in the
+# foreground, e.g. fio, returns).
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 # Every command from here on, with its output, goes to verbose.log; the
 # terminal gets the progress lines (say) and the tables.
 exec 3>&1 9>>"$OUT/verbose.log"
 BASH_XTRACEFD=9
+PS4='+ ${EPOCHREALTIME} ' # the Unix time of each command, to see where a run spends it
 say() { echo "$@" >&3; echo "## $*" >&9; }
 set -x
 
@@ -282,13 +293,13 @@ part_memory() {
 }
 
 start=$(date +%s)
+took=
 for p in $PARTS; do
-	case $p in
-	nbd | latency | fsyncs | initial | apply | memory) "part_$p" ;;
-	*) echo "protection.sh: unknown part $p (nbd latency fsyncs initial apply memory)" >&2; exit 2 ;;
-	esac
+	t0=$(date +%s)
+	"part_$p"
+	took+="$p $(($(date +%s) - t0)) s; "
 done
-say "== all parts done in $(($(date +%s) - start)) s; loadavg $(cut -d' ' -f1-3 /proc/loadavg)"
+say "== all parts done in $(($(date +%s) - start)) s (${took%; }); loadavg $(cut -d' ' -f1-3 /proc/loadavg)"
 
 python3 bench/protection.py "$results" "$OUT/memory.txt" "$SIZE_MIB" "$INITIAL_MIB" | tee "$OUT/summary.md" >&3
 echo "raw results and verbose.log: $OUT" >&3
