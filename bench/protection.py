@@ -55,7 +55,14 @@ def fsync_bound(res, s):
 
 
 def memory_per_volume(lines):
-    """The agent's peak RSS per busy volume, MiB, if memory.sh says it."""
+    """The agent's peak RSS per busy volume, MiB, if memory.sh says it:
+    its line "agent: peak_rss_mib=N idle_rss_mib=N per_busy_volume_mib=N
+    volumes=N" ((peak - idle) / volumes), else a line naming agent, per
+    and volume with a figure in MiB."""
+    for line in lines:
+        m = re.search(r"\bper_busy_volume_mib=([0-9.]+)", line)
+        if m:
+            return float(m.group(1))
     for line in lines:
         low = line.lower()
         if "agent" in low and "per" in low and "volume" in low:

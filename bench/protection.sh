@@ -16,7 +16,8 @@
 #            against nbdkit too): the table shows the flushes it sent
 #   fsyncs   the agent's fsync+fdatasync calls (strace -f, attached to it)
 #            during the same fio randwrite as in nbd, FSYNCTIME s after a
-#            FSYNC_WARMUP s warm-up (past the bitmap's 10 s ClearDelay, so
+#            warm-up (the volume written once, as bench/fsyncs.sh does, then
+#            FSYNC_WARMUP s of the load: past the bitmap's 10 s ClearDelay, so
 #            that clearing and re-marking regions is in the count), per 1000
 #            writes; the client's flushes (none: fio randwrite sends none
 #            unless told); the journal segments sealed meanwhile (the
@@ -166,7 +167,7 @@ j = json.load(open(sys.argv[1]))["jobs"][0]
 w, s = j["write"], j.get("sync", {})
 pc = w["clat_ns"].get("percentile", {})
 sp = s.get("lat_ns", {}).get("percentile", {})
-print(f"iops={w['iops']:.0f} p50_us={pc.get('50.000000', 0) / 1e3:.0f} p99_us={pc.get('99.000000', 0) / 1e3:.0f}"
+print(f"iops={w['iops']:.1f} p50_us={pc.get('50.000000', 0) / 1e3:.0f} p99_us={pc.get('99.000000', 0) / 1e3:.0f}"
       f" writes={w['total_ios']} flushes={s.get('total_ios', 0)} flush_p99_us={sp.get('99.000000', 0) / 1e3:.0f}")
 PY
 }
@@ -211,6 +212,9 @@ part_fsyncs() {
 	for s in journal replicated; do
 		d=$WORK/fsyncs-$s
 		export_up "$s" "$d"
+		# Warm-up as bench/fsyncs.sh: the whole volume written once (the
+		# working set of a steady state), then the measured load.
+		fio --name=fill --ioengine=nbd --uri="$nbd_uri" --rw=write --bs=1M --iodepth=4 --size="${SIZE_MIB}M" >&9 2>&1
 		fio_write "$d/warmup.json" --iodepth=32 --runtime="$FSYNC_WARMUP"
 		# -C: the per-call lines (with -y, the file of each fd: what is
 		# synced) and the -c summary at the end.
