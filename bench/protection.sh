@@ -11,9 +11,12 @@
 #            (MiB/s), and fio 4 KiB randwrite, iodepth 32, FIOTIME s (IOPS)
 #   latency  fio 4 KiB randwrite at a fixed --rate=20m (5120 IOPS) with
 #            --fsync=32, iodepth 8, LATTIME s: p50/p99 completion latency,
-#            achieved IOPS, rate held (>= 97 % of 5120). fio 3.33 at iodepth
-#            8 sends about one flush per 5 writes, not per 32 (it does so
-#            against nbdkit too): the table shows the flushes it sent
+#            achieved IOPS, rate held (>= 97 % of 5120); with LAT_FILL=1
+#            (default) each export is filled once first (steady state; 0: a
+#            fresh volume, where the replicated agent syncs its bitmap for
+#            each region's first write). fio 3.33 at iodepth 8 sends about
+#            one flush per 5 writes, not per 32 (against nbdkit too): the
+#            table shows the flushes it sent
 #   fsyncs   the agent's fsync+fdatasync calls (strace -f, attached to it)
 #            during the same fio randwrite as in nbd, FSYNCTIME s after a
 #            warm-up (the volume written once, as bench/fsyncs.sh does, then
@@ -34,7 +37,7 @@
 #   WORK=DIR     scratch files, removed at exit [$OUT/work]; its file system
 #                is the one measured
 #   COMMIT=LABEL [git rev-parse --short HEAD, +dirty]
-#   SIZE_MIB=1024 FIOTIME=20 LATTIME=30 FSYNCTIME=15 FSYNC_WARMUP=10 INITIAL_MIB=4096
+#   SIZE_MIB=1024 FIOTIME=20 LATTIME=30 LAT_FILL=1 FSYNCTIME=15 FSYNC_WARMUP=10 INITIAL_MIB=4096
 #   INGEST_RUNS=3 SEGMENTS=32 DROP_CACHES=1 (initial, root)
 #
 # Needs: nbdcopy, nbdinfo, nbdkit, qemu-nbd, fio (nbd engine), strace,
@@ -56,6 +59,7 @@ PARTS=${PARTS:-nbd latency fsyncs initial apply memory}
 SIZE_MIB=${SIZE_MIB:-1024}
 FIOTIME=${FIOTIME:-20}
 LATTIME=${LATTIME:-30}
+LAT_FILL=${LAT_FILL:-1}
 FSYNCTIME=${FSYNCTIME:-15}
 FSYNC_WARMUP=${FSYNC_WARMUP:-10}
 INITIAL_MIB=${INITIAL_MIB:-4096}
@@ -104,7 +108,7 @@ machine protection 2>&9 >&3
 {
 	echo "binary: $LIFEBOAT (sha256 $(sha256sum "$LIFEBOAT" | cut -c1-16))"
 	echo "peers: $(nbdkit --version | head -1); $(qemu-nbd --version | head -1); $(fio --version)"
-	echo "parts: $PARTS; SIZE_MIB=$SIZE_MIB FIOTIME=$FIOTIME LATTIME=$LATTIME FSYNCTIME=$FSYNCTIME FSYNC_WARMUP=$FSYNC_WARMUP INITIAL_MIB=$INITIAL_MIB INGEST_RUNS=$INGEST_RUNS SEGMENTS=$SEGMENTS"
+	echo "parts: $PARTS; SIZE_MIB=$SIZE_MIB FIOTIME=$FIOTIME LATTIME=$LATTIME LAT_FILL=$LAT_FILL FSYNCTIME=$FSYNCTIME FSYNC_WARMUP=$FSYNC_WARMUP INITIAL_MIB=$INITIAL_MIB INGEST_RUNS=$INGEST_RUNS SEGMENTS=$SEGMENTS"
 } 2>&9 | tee -a "$OUT/machine-protection.txt" >&3
 build_lifeboat
 
@@ -172,6 +176,14 @@ print(f"iops={w['iops']:.1f} p50_us={pc.get('50.000000', 0) / 1e3:.0f} p99_us={p
 PY
 }
 
+# fill_volume: the whole export written once, sequentially (1 MiB, iodepth
+# 4): the working set of a steady state, as bench/fsyncs.sh warms up (a
+# replicated agent's bitmap marks, and syncs, each region's first write
+# after the initial replication).
+fill_volume() {
+	fio --name=fill --ioengine=nbd --uri="$nbd_uri" --rw=write --bs=1M --iodepth=4 --size="${SIZE_MIB}M" >&9 2>&1
+}
+
 part_nbd() {
 	local s d t0 t1
 	say "== nbd: nbdcopy --flush of $SIZE_MIB MiB of random data; fio randwrite 4 KiB, iodepth 32, ${FIOTIME}s"
@@ -199,6 +211,7 @@ part_latency() {
 	for s in "${servers[@]}"; do
 		d=$WORK/lat-$s
 		export_up "$s" "$d"
+		if [[ $LAT_FILL == 1 ]]; then fill_volume; fi
 		fio_write "$d/fio.json" --iodepth=8 --rate=20m --fsync=32 --runtime="$LATTIME"
 		export_down
 		echo "latency server=$s $(fio_fields "$d/fio.json")" | tee -a "$results" >&3
@@ -212,9 +225,8 @@ part_fsyncs() {
 	for s in journal replicated; do
 		d=$WORK/fsyncs-$s
 		export_up "$s" "$d"
-		# Warm-up as bench/fsyncs.sh: the whole volume written once (the
-		# working set of a steady state), then the measured load.
-		fio --name=fill --ioengine=nbd --uri="$nbd_uri" --rw=write --bs=1M --iodepth=4 --size="${SIZE_MIB}M" >&9 2>&1
+		# Warm-up as bench/fsyncs.sh: the volume filled, then the measured load.
+		fill_volume
 		fio_write "$d/warmup.json" --iodepth=32 --runtime="$FSYNC_WARMUP"
 		# -C: the per-call lines (with -y, the file of each fd: what is
 		# synced) and the -c summary at the end.
