@@ -24,7 +24,10 @@
 #   DROP_CACHES=1    sync and drop the page cache before each timed copy (root)
 #   PROFILE=0        apply: 1 also writes CPU profiles (go test -cpuprofile,
 #                    and perf record of the server process when perf exists)
+#   LIFEBOAT=PATH    use this lifeboat binary instead of building one
 #   apply:   COUNT=5 BENCHTIME=1s RUNS=5 SEGMENTS=32 (x 32 MiB per run)
+#            GOTEST=1 (0: skip the go test part) KINDS="incompressible typical"
+#            MODES="fresh overwrite" (the end-to-end runs to do)
 #   initial: RUNS=3 SIZE_MIB=4096 SEED=4
 #   rpo:     RUNS=3 RATE=50m RUNTIME=60 SIZE_MIB=2048 BS=64k IODEPTH=8
 #            TAG_INTERVAL=1s EXTRA_RATES="" (e.g. "100m 200m 0"; 0 = unthrottled)
@@ -48,18 +51,11 @@ apply | initial | rpo | all) ;;
 	;;
 esac
 
-OUT=${OUT:-$(mktemp -d "${TMPDIR:-/tmp}/lifeboat-replbench.XXXXXX")}
-mkdir -p "$OUT"
-OUT=$(readlink -f "$OUT")
-WORK=${WORK:-$OUT/work}
-mkdir -p "$WORK"
-WORK=$(readlink -f "$WORK")
+source bench/lib.sh # stop_pid, free_port, out_work, build_lifeboat, start_server, start_agent, wait_resync
+
+out_work replbench
 DROP_CACHES=${DROP_CACHES:-1}
 PROFILE=${PROFILE:-0}
-if [[ -z ${COMMIT:-} ]]; then
-	COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-	if [[ -n $(git status --porcelain --untracked-files=no 2>/dev/null) ]]; then COMMIT+="+dirty"; fi
-fi
 
 pids=()
 cleanup() {
@@ -69,140 +65,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-source bench/lib.sh # stop_pid, free_port (the script runs from the repository root)
-
-now() { date +%s.%N; }
-# disk_io DIR: "READ_MIB WRITTEN_MIB" so far on the block device under DIR
-# (/proc/diskstats; the whole device, whoever did the I/O).
-disk_io() {
-	local dev
-	dev=$(basename "$(df --output=source "$1" | tail -1)")
-	awk -v d="$dev" '$3 == d { printf "%.0f %.0f\n", $6 * 512 / 1048576, $10 * 512 / 1048576 }' /proc/diskstats
-}
-# cpu_s PID: user+system CPU seconds of a process so far (/proc/PID/stat,
-# fields 14 and 15 in clock ticks).
-cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.2f\n", ($12 + $13) / hz }' "/proc/$1/stat"; }
-drop_caches() {
-	sync
-	if [[ $DROP_CACHES == 1 ]]; then
-		echo 3 >/proc/sys/vm/drop_caches
-	fi
-}
-
-machine() {
-	{
-		machine_common
-		echo "workdir: $WORK ($(df -T "$WORK" | awk 'NR == 2 {print $2 " on " $1}'))"
-		echo "tmpdir: ${TMPDIR:-/tmp} ($(df -T "${TMPDIR:-/tmp}" | awk 'NR == 2 {print $2 " on " $1}'))"
-		echo "dropcaches: $DROP_CACHES"
-		echo "loadavg: $(cut -d' ' -f1-3 /proc/loadavg)"
-	} | tee "$OUT/machine-$1.txt"
-	echo "raw results: $OUT"
-	echo
-}
-
 bin=$WORK/bin
 build() {
-	mkdir -p "$bin"
-	go build -o "$bin/lifeboat" ./cmd/lifeboat
-	# The agent runs as a copy named lifeboat-agent, so that profiles and
-	# ps tell it from the server.
-	cp "$bin/lifeboat" "$bin/lifeboat-agent"
+	build_lifeboat
 	go build -o "$bin/ingest" ./bench/ingest
 	go build -o "$bin/rpolag" ./bench/rpolag
-}
-
-# The site: one CA for every server started here, an agent and an admin
-# identity. Each server gets a copy in its own data dir.
-site() {
-	[[ -d $WORK/site ]] && return 0
-	"$bin/lifeboat" server init --data-dir "$WORK/site" >/dev/null
-	"$bin/lifeboat" certs issue --data-dir "$WORK/site" --name bench --out "$WORK/certs" >/dev/null
-}
-
-# start_server DIR: a server with its data dir DIR/srv and a file target
-# DIR/replicas; sets srv_pid and srv_url. Logs: DIR/srv.log.
-start_server() {
-	local dir=$1 port
-	site
-	mkdir -p "$dir/srv"
-	cp -a "$WORK/site/pki" "$dir/srv/"
-	port=$(free_port)
-	"$bin/lifeboat" server --data-dir "$dir/srv" --listen "127.0.0.1:$port" --target "file://$dir/replicas" --recovery-nbd "" \
-		>"$dir/srv.out" 2>"$dir/srv.log" &
-	srv_pid=$!
-	pids+=("$srv_pid")
-	srv_url=https://127.0.0.1:$port
-	for _ in $(seq 100); do
-		grep -q "listening" "$dir/srv.out" 2>/dev/null && return 0
-		sleep 0.1
-	done
-	echo "replication.sh: server did not start:" >&2
-	cat "$dir/srv.out" "$dir/srv.log" >&2
-	return 1
-}
-
-# start_agent DIR VOLPATH [ARGS...]: an agent replicating VOLPATH as v1 to
-# srv_url, NBD on a free port; sets agent_pid, nbd_uri and agent_t0 (the
-# Unix time just before the agent process was started). Logs: DIR/agent.log.
-start_agent() {
-	local dir=$1 vol=$2 port
-	shift 2
-	port=$(free_port)
-	agent_t0=$(now)
-	"$bin/lifeboat-agent" agent --volume "v1=$vol" --journal-dir "$dir/journal" --nbd "127.0.0.1:$port" \
-		--server "$srv_url" --cert "$WORK/certs/bench.crt" --key "$WORK/certs/bench.key" --ca "$WORK/certs/ca.crt" "$@" \
-		>"$dir/agent.out" 2>"$dir/agent.log" &
-	agent_pid=$!
-	pids+=("$agent_pid")
-	nbd_uri=nbd://127.0.0.1:$port/v1
-}
-
-points() { # points DIR: the volume's points as JSON
-	"$bin/lifeboat" points list --server "$srv_url" --data-dir "$WORK/site" --volume v1 --output json
-}
-
-# wait_resync DIR TIMEOUT: wait for the "resync complete" point; prints the
-# Unix time it was created (tag time + the server's lag) and, on stderr's
-# behalf, writes DIR/resync-started (from the agent's status, when seen).
-wait_resync() {
-	local dir=$1 timeout=$2 t0 line
-	t0=$(date +%s)
-	# Light polling (grep and sleep only): the machine has two cores and
-	# this loop shares them with what it measures.
-	while :; do
-		if [[ ! -s $dir/resync-started && -f $dir/journal/v1/status.json ]]; then
-			sed -n 's/^ *"started": "\([^"]*\)".*/\1/p' "$dir/journal/v1/status.json" >"$dir/resync-started" 2>/dev/null || true
-		fi
-		line=$(grep -m1 'recovery point created.*name="resync complete' "$dir/srv.log" || true)
-		[[ -n $line ]] && break
-		if (($(date +%s) - t0 > timeout)); then
-			echo "replication.sh: no resync-complete point after ${timeout}s" >&2
-			tail -5 "$dir/agent.log" "$dir/srv.log" >&2
-			return 1
-		fi
-		if ! kill -0 "$agent_pid" 2>/dev/null; then
-			echo "replication.sh: the agent exited" >&2
-			tail -20 "$dir/agent.log" >&2
-			return 1
-		fi
-		sleep 0.1
-	done
-	points >"$dir/points.json"
-	python3 - "$dir/points.json" "$line" <<'PY'
-import json, re, subprocess, sys
-seq = int(re.search(r"\bseq=(\d+)", sys.argv[2]).group(1))
-lag = re.search(r"\blag=(\S+)", sys.argv[2]).group(1)
-p = next(p for p in json.load(open(sys.argv[1])) if p["seq"] == seq)
-tag = subprocess.run(["date", "-d", p["time"], "+%s.%N"], capture_output=True, text=True, check=True).stdout.strip()
-m = re.fullmatch(r"([0-9.]+)(ns|us|µs|ms|s)", lag)
-if m:
-    secs = float(m.group(1)) * {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1}[m.group(2)]
-else:  # e.g. 1m2.5s
-    mm = re.fullmatch(r"(\d+)m([0-9.]+)s", lag)
-    secs = int(mm.group(1)) * 60 + float(mm.group(2))
-print(f"{float(tag) + secs:.6f}")
-PY
 }
 
 benchstat_cmd() {
@@ -224,8 +91,18 @@ medians() { awk -f bench/medians.awk "$@"; }
 bench_apply() {
 	set -- apply
 	local count=${COUNT:-5} benchtime=${BENCHTIME:-1s} runs=${RUNS:-5} segments=${SEGMENTS:-32} kind bs dir
+	local kinds=${KINDS:-incompressible typical} modes=${MODES:-fresh overwrite}
 	machine apply
 	build
+	: >"$OUT/pipeline-medians.tsv"
+	if [[ ${GOTEST:-1} == 1 ]]; then bench_apply_gotest "$count" "$benchtime"; fi
+	bench_apply_ingest "$runs" "$segments" "$kinds" "$modes"
+	bench_apply_summary
+}
+
+# bench_apply_gotest COUNT BENCHTIME: go test Receive/Apply, benchstat, medians.
+bench_apply_gotest() {
+	local count=$1 benchtime=$2 bs
 	echo "== go test -run '^\$' -bench 'Receive|Apply' -benchmem -count $count -benchtime $benchtime ./pipeline"
 	cp "$OUT/machine-apply.txt" "$OUT/pipeline.txt"
 	go test -run '^$' -bench 'Receive|Apply' -benchmem -count "$count" -benchtime "$benchtime" ./pipeline | tee -a "$OUT/pipeline.txt"
@@ -238,17 +115,20 @@ bench_apply() {
 		echo "== benchstat unavailable; medians computed with awk"
 	fi
 	medians "$OUT/pipeline.txt" >"$OUT/pipeline-medians.tsv"
+}
 
+# bench_apply_ingest RUNS SEGMENTS KINDS MODES: bench/ingest into a real server.
+bench_apply_ingest() {
+	local runs=$1 segments=$2 kinds=$3 modes=$4 kind mode modeflag dir
 	echo "== end to end: bench/ingest into a running lifeboat server, $segments x 32 MiB per run, $runs runs per kind and mode"
 	: >"$OUT/ingest.txt"
-	local mode modeflag
-	for kind in incompressible typical; do
+	for kind in $kinds; do
 		dir=$WORK/ingest-$kind
 		mkdir -p "$dir"
 		start_server "$dir"
 		# fresh: each run to a new volume (a sparse replica, as in an initial
 		# replication); overwrite: every run rewrites one volume filled first.
-		for mode in fresh overwrite; do
+		for mode in $modes; do
 			modeflag=()
 			[[ $mode == overwrite ]] && modeflag=(--overwrite)
 			"$bin/ingest" --server "$srv_url" --cert "$WORK/certs/bench.crt" --key "$WORK/certs/bench.key" \
@@ -279,7 +159,10 @@ bench_apply() {
 		rm -rf "$dir"
 	done
 	echo
+}
 
+# bench_apply_summary: the tables and goals of the apply part.
+bench_apply_summary() {
 	if [[ $PROFILE == 1 ]]; then
 		echo "== CPU profiles of the go test benchmarks ($OUT/cpu-*.prof, pprof -top in cpu-*.txt)"
 		go test -c -o "$WORK/pipeline.test" ./pipeline
@@ -308,9 +191,11 @@ for line in open(sys.argv[2]):
     d = dict(zip(f[0::2], f[1::2]))
     runs[(d["kind"], d.get("mode", "fresh"))].append(d)
 seg = 32 << 20
-print("| go test (median of the runs) | segment MB/s | volume MB/s | ns/op | B/op | allocs/op |")
-print("| --- | ---: | ---: | ---: | ---: | ---: |")
-for kind in ("incompressible", "typical"):
+gotest = bool(med)
+if gotest:
+    print("| go test (median of the runs) | segment MB/s | volume MB/s | ns/op | B/op | allocs/op |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+for kind in ("incompressible", "typical") if gotest else ():
     for b in ("Receive", "Apply"):
         k = f"Benchmark{b}/{kind}"
         ns = med[(k, "ns/op")]
@@ -339,14 +224,16 @@ for kind in ("incompressible", "typical"):
         span = ", ".join(f"{int(d['raw_bytes']) / float(d['applied_s']) / 1e6:.0f}" for d in rs)
         print(f"| {kind} | {mode} | {raw:.1f} | {vol:.1f} | {recv:.1f} | {wr:.3f} | {cpu:.2f} | {busy:.2f} | {cbusy:.2f} | {len(rs)}: {span} |")
 print()
-r, a = med[("BenchmarkReceive/incompressible", "MB/s")], med[("BenchmarkApply/incompressible", "MB/s")]
-ser = 1 / (1 / r + 1 / a)
 for mode in ("fresh", "overwrite"):
-    e = e2e.get(("incompressible", mode), 0)
-    print(f"goal >= 300 MB/s incompressible, end to end, {mode:9s}: {'MET' if e >= 300 else 'MISSED'} ({e:.1f} MB/s)")
-print(f"goal >= 300 MB/s incompressible, serial go test:          {'MET' if ser >= 300 else 'MISSED'} ({ser:.1f} MB/s)")
+    if ("incompressible", mode) in e2e:
+        e = e2e[("incompressible", mode)]
+        print(f"goal >= 300 MB/s incompressible, end to end, {mode:9s}: {'MET' if e >= 300 else 'MISSED'} ({e:.1f} MB/s)")
+if gotest:
+    r, a = med[("BenchmarkReceive/incompressible", "MB/s")], med[("BenchmarkApply/incompressible", "MB/s")]
+    ser = 1 / (1 / r + 1 / a)
+    print(f"goal >= 300 MB/s incompressible, serial go test:          {'MET' if ser >= 300 else 'MISSED'} ({ser:.1f} MB/s)")
 PY
-	echo "loadavg at the end: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/machine-$1.txt"
+	echo "loadavg at the end: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/machine-apply.txt"
 	echo "raw results: $OUT"
 }
 
