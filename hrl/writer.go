@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/cespare/xxhash/v2"
@@ -69,7 +70,7 @@ type Writer struct {
 	count    uint64
 	chain    xxhash.Digest
 	sealed   bool
-	synced   bool // directory entry made durable
+	synced   atomic.Bool // directory entry made durable
 	broken   error
 	win      *Window
 	hash     func([]byte) uint64 // dedupe key; nil means the block's xxhash64 (tests force collisions)
@@ -287,14 +288,40 @@ func (w *Writer) Sync() error {
 }
 
 func (w *Writer) syncDir() error {
-	if w.synced {
+	if w.synced.Load() {
 		return nil
 	}
 	if err := w.fs.SyncDir(filepath.Dir(w.path)); err != nil {
 		return fmt.Errorf("sync journal directory: %w", err)
 	}
-	w.synced = true
+	w.synced.Store(true)
 	return nil
+}
+
+// SyncFunc writes the batched records, as Sync does, and returns a
+// function that makes every record appended so far durable (and the
+// segment's name, the first time). The caller holds what serialises the
+// writer's appends while it calls SyncFunc, and may call the function
+// after releasing it: the fsync then holds up no append. When the writer
+// was sealed or closed in between, the function's error wraps
+// os.ErrClosed; a successful seal had made the records durable.
+func (w *Writer) SyncFunc() (func() error, error) {
+	if w.broken != nil {
+		return nil, w.broken
+	}
+	if err := w.FlushPending(); err != nil {
+		return nil, err
+	}
+	f := w.f
+	if f == nil {
+		return nil, fmt.Errorf("sync segment %s: %w", w.path, os.ErrClosed)
+	}
+	return func() error {
+		if err := f.Sync(); err != nil {
+			return fmt.Errorf("sync segment %s: %w", w.path, err)
+		}
+		return w.syncDir()
+	}, nil
 }
 
 // Seal appends the footer and makes the whole segment durable. A sealed

@@ -28,18 +28,17 @@ type clearCand struct {
 // Mark for a region written again while its bit is still set, which,
 // while replicating, is most writes.
 func (v *Volume) checkpoint(all bool) error {
-	v.ckptMu.Lock() // one at a time: reacked is the running one's
-	defer v.ckptMu.Unlock()
 	if err := v.syncAcked(); err != nil {
 		return err
 	}
+	reacked := &regionsSeen{m: map[int64]struct{}{}}
 	v.mu.Lock()
 	cands := v.pickClears(all)
-	v.reacked = map[int64]struct{}{}
+	v.reacked = append(v.reacked, reacked)
 	v.mu.Unlock()
 	defer func() {
 		v.mu.Lock()
-		v.reacked = nil
+		v.reacked = slices.DeleteFunc(v.reacked, func(m *regionsSeen) bool { return m == reacked })
 		v.mu.Unlock()
 	}()
 	if len(cands) > 0 {
@@ -61,7 +60,7 @@ func (v *Volume) checkpoint(all bool) error {
 		v.locks.lock(off, end)
 		v.mu.Lock()
 		_, again := v.touched[c.r]
-		if _, acked := v.reacked[c.r]; !again && !acked && !v.pinned.has(c.r) {
+		if _, acked := reacked.m[c.r]; !again && !acked && !v.pinned.has(c.r) {
 			v.bitmap.Clear(c.r)
 		}
 		v.mu.Unlock()
@@ -69,6 +68,10 @@ func (v *Volume) checkpoint(all bool) error {
 	}
 	return v.bitmap.Sync()
 }
+
+// regionsSeen is the set of regions acknowledged while one checkpoint
+// runs (Volume.reacked holds one per running checkpoint).
+type regionsSeen struct{ m map[int64]struct{} }
 
 // addClearable records that every change to region r was acknowledged
 // now; copied: by a resync, to be cleared at the next checkpoint. The

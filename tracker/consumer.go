@@ -81,8 +81,8 @@ func (v *Volume) Ack(firstSeq uint64) error {
 	for _, r := range s.regions {
 		if last, ok := v.touched[r]; ok && last <= s.info.LastSeq {
 			delete(v.touched, r)
-			if v.reacked != nil {
-				v.reacked[r] = struct{}{}
+			for _, seen := range v.reacked {
+				seen.m[r] = struct{}{}
 			}
 			if !v.pinned.has(r) {
 				// A resync (the initial replication) walks each region

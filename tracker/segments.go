@@ -3,6 +3,7 @@ package tracker
 import (
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -179,15 +180,28 @@ func (v *Volume) Flush() error {
 		v.mu.Unlock()
 		return ErrClosed
 	}
-	var err error
+	syncJournal := func() error { return nil }
 	if v.w != nil {
-		err = v.w.Sync()
+		f, err := v.w.SyncFunc()
+		if err != nil {
+			v.mu.Unlock()
+			return err
+		}
+		syncJournal = f
 	}
 	v.mu.Unlock()
-	if err != nil {
-		return err
+	// The journal's fsync runs without v.mu, so writes go on meanwhile,
+	// and beside the checkpoint's fsync of the backing store: a Flush
+	// waits for the slower of the two, not for both in turn.
+	jerr := make(chan error, 1)
+	go func() { jerr <- syncJournal() }()
+	cerr := v.checkpoint(false)
+	err := <-jerr
+	if errors.Is(err, os.ErrClosed) {
+		// The segment was rolled meanwhile; its seal syncs it.
+		err = v.waitSealed()
 	}
-	return v.checkpoint(false)
+	return errors.Join(err, cerr)
 }
 
 // Tag appends a recovery-point marker after every write that completed

@@ -162,7 +162,7 @@ type Volume struct {
 	clearable   map[int64]clearCand // regions whose changes are all acknowledged, for checkpoint to clear (HotSetBytes, ClearDelay)
 	copiedCands int                 // of them, acknowledged by a resync (clear at the next checkpoint)
 	ackN        uint64              // clearCand.n of the last one
-	reacked     map[int64]struct{}  // while a checkpoint runs: regions acknowledged since it picked its candidates
+	reacked     []*regionsSeen      // one per running checkpoint: regions acknowledged since it picked its candidates
 	resumeSeq   uint64              // next seq when journaling resumes after bitmap mode
 	acked       uint64              // last acknowledged seq; seqs never go back below it
 	ackFile     *ackedFile
@@ -175,7 +175,6 @@ type Volume struct {
 	copied      regionSet     // regions last journaled by a resync: cleared at once when acknowledged, not kept hot
 	unflushed   []span        // ranges of records that may still be in the writer's batch
 	resyncMu    sync.Mutex    // one Resync at a time
-	ckptMu      sync.Mutex    // one checkpoint at a time; taken before ackMu and mu
 	readOnly    atomic.Bool   // SetReadOnly
 	writers     atomic.Int64  // writes, zeroes and trims in progress
 
