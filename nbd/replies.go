@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"io"
 	"math/bits"
+	"runtime"
 	"sync"
 )
 
@@ -226,12 +227,18 @@ func putChunkHeader(b []byte, flags, typ uint16, handle uint64, length uint32) {
 const corkMax = 16 << 10
 
 // send writes one whole reply. Small replies are group-committed: a sender
-// that finds no write in progress writes everything queued until the queue
-// is empty, so at a high queue depth many replies share one write(2)
-// instead of paying one system call each. Replies of different requests
-// may reach the client in any order (handles match them); the bytes of one
-// reply are always contiguous. A failed write closes the connection: the
-// client cannot resynchronise after a partial reply.
+// that finds no write in progress becomes the flusher and writes everything
+// queued until the queue is empty, so at a high queue depth many replies
+// share one write(2) instead of paying one system call each. Before its
+// first write the flusher yields the processor once (runtime.Gosched):
+// workers that are ready to run finish their requests and queue their
+// replies first. That costs nothing when no other goroutine is runnable,
+// and it never waits for a request that is blocked (in a system call, on
+// a lock): a slow FLUSH does not hold back the replies of fast writes.
+// Replies of different requests may reach the client in any order
+// (handles match them); the bytes of one reply are always contiguous. A
+// failed write closes the connection: the client cannot resynchronise
+// after a partial reply.
 func (c *conn) send(b []byte) {
 	if len(b) > corkMax {
 		c.wmu.Lock()
@@ -246,6 +253,9 @@ func (c *conn) send(b []byte) {
 		return // the sender that is writing will pick it up
 	}
 	c.flushing = true
+	c.pmu.Unlock()
+	runtime.Gosched() // let ready workers queue their replies too
+	c.pmu.Lock()
 	for len(c.pending) > 0 {
 		out := c.pending
 		c.pending = c.spare[:0]
@@ -253,6 +263,7 @@ func (c *conn) send(b []byte) {
 		c.wmu.Lock()
 		c.write(out)
 		c.wmu.Unlock()
+		c.srv.replyWrites.Add(1)
 		c.pmu.Lock()
 		c.spare = out[:0]
 	}
