@@ -36,7 +36,7 @@ import (
 
 // Defaults and limits.
 const (
-	DefaultMaxInFlight      = 16
+	DefaultMaxInFlight      = 32
 	DefaultMaxInFlightBytes = 64 << 20 // two MaxPayload requests
 	DefaultMaxConnections   = 64
 	DefaultHandshakeTimeout = 30 * time.Second
