@@ -49,7 +49,7 @@ func agentCommand() *cli.Command {
 			"Memory is bounded by settings, not by how busy the volumes are: NBD payloads held are at most\n" +
 			"--nbd-max-inflight per connection (one connection per attached volume is usual), and with --server\n" +
 			"each volume's shipper streams its segments from the journal file through a zstd encoder with a 1 MiB\n" +
-			"window (a few MiB per volume, whatever the segment size). Measured with bench/memory.sh: about 7 MiB\n" +
+			"window (a few MiB per volume, whatever the segment size). Measured with bench/memory.sh: 7-8 MiB\n" +
 			"per busy volume at the defaults. GOMEMLIMIT (Go's soft memory limit) may be set as well.\n\n" +
 			"SIGTERM or SIGINT drains the requests in flight, flushes, seals the journal and unmounts.\n" +
 			"Only one agent may use a journal directory at a time.\n\n" +
