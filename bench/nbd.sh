@@ -9,6 +9,9 @@
 #
 # Usage, from the repository root:   bench/nbd.sh
 # Environment: RUNS=5 FIOTIME=30 SIZE_MIB=1024 WORK=DIR (default: a new dir under $TMPDIR)
+#   REPLICATED=1 adds "lifeboat-repl": the agent replicating to a `lifeboat server` on
+#   this machine (127.0.0.1, file target in WORK), measured like the others.
+#   LIFEBOAT=BINARY measures that lifeboat binary instead of building one; DD=0 skips the dd part.
 # Needs: nbdcopy, nbdinfo (libnbd-bin), nbdkit, qemu-nbd (qemu-utils), fio, python3;
 # losetup and root for the dd part. Every process it starts is stopped by PID.
 set -euo pipefail
@@ -39,7 +42,7 @@ done
 echo "# machine: $(nproc) cores, $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)," \
 	"$(uname -r), work dir $WORK on $(df -T "$WORK" | awk 'NR==2 {print $2 " " $1}')"
 echo "# $(nbdkit --version | head -1); $(qemu-nbd --version | head -1); $(fio --version); $(go env GOVERSION)"
-go build -o "$WORK/lifeboat" ./cmd/lifeboat
+if [[ -n ${LIFEBOAT:-} ]]; then cp "$LIFEBOAT" "$WORK/lifeboat"; else go build -o "$WORK/lifeboat" ./cmd/lifeboat; fi
 head -c "$((SIZE_MIB << 20))" /dev/urandom >"$WORK/src.img"
 
 wait_port() { # wait until an NBD server answers on $1
@@ -56,6 +59,9 @@ start() {
 	case $server in
 	lifeboat) "$WORK/lifeboat" agent --nbd "127.0.0.1:$PORT" --volume "disk=$WORK/b/disk.img" \
 			--journal-dir "$WORK/b/journal" >"$WORK/b/agent.log" 2>&1 & ;;
+	lifeboat-repl) "$WORK/lifeboat" agent --nbd "127.0.0.1:$PORT" --volume "disk=$WORK/b/disk.img" \
+			--journal-dir "$WORK/b/journal" --server "https://127.0.0.1:$SPORT" --cert "$WORK/certs/bench.crt" \
+			--key "$WORK/certs/bench.key" --ca "$WORK/certs/ca.crt" >"$WORK/b/agent.log" 2>&1 & ;;
 	nbdkit) nbdkit -f -i 127.0.0.1 -p "$PORT" file "$WORK/b/disk.img" & ;;
 	qemu-nbd) qemu-nbd --persistent -f raw -b 127.0.0.1 -p "$PORT" -x disk "$WORK/b/disk.img" & ;;
 	esac
@@ -68,6 +74,17 @@ start() {
 stop() { kill "$pid"; wait "$pid" 2>/dev/null || true; }
 
 servers=(lifeboat nbdkit qemu-nbd)
+if [[ ${REPLICATED:-0} == 1 ]]; then
+	# One site for every run; each run's agent has a new journal, so a new volume there.
+	"$WORK/lifeboat" server init --data-dir "$WORK/site" >/dev/null
+	"$WORK/lifeboat" certs issue --data-dir "$WORK/site" --name bench --out "$WORK/certs" >/dev/null
+	SPORT=$((PORT + 500))
+	"$WORK/lifeboat" server --data-dir "$WORK/site" --listen "127.0.0.1:$SPORT" --target "file://$WORK/replicas" \
+		>"$WORK/srv.out" 2>"$WORK/srv.log" &
+	pids+=("$!")
+	for _ in $(seq 100); do grep -q listening "$WORK/srv.out" 2>/dev/null && break; sleep 0.1; done
+	servers=(lifeboat lifeboat-repl nbdkit qemu-nbd)
+fi
 results=$WORK/results.txt
 : >"$results"
 for run in $(seq "$RUNS"); do
@@ -93,7 +110,7 @@ PY
 	echo "# run $run done" >&2
 done
 
-if [[ $(id -u) -eq 0 ]] && command -v losetup >/dev/null; then
+if [[ ${DD:-1} != 0 && $(id -u) -eq 0 ]] && command -v losetup >/dev/null; then
 	for run in $(seq "$RUNS"); do
 		# plain file under a loop device
 		truncate -s "${SIZE_MIB}M" "$WORK/plain.img"
@@ -129,13 +146,13 @@ med = lambda k, i: statistics.median(r[i] for r in rows[k])
 n = lambda k: len(rows[k])
 print(f"\n| nbdcopy --flush {mib} MiB | median s | MiB/s | vs nbdkit | runs |")
 print("| --- | ---: | ---: | ---: | ---: |")
-for s in ("lifeboat", "nbdkit", "qemu-nbd"):
+for s in ("lifeboat", "lifeboat-repl", "nbdkit", "qemu-nbd"):
     k = ("copy", s)
     if rows[k]:
         print(f"| {s} | {med(k,0):.2f} | {mib/med(k,0):.0f} | {med(('copy','nbdkit'),0)/med(k,0):.2f}x | {n(k)} |")
 print(f"\n| fio randwrite 4 KiB, iodepth 32 | median IOPS | median p99 us | IOPS vs nbdkit | runs |")
 print("| --- | ---: | ---: | ---: | ---: |")
-for s in ("lifeboat", "nbdkit", "qemu-nbd"):
+for s in ("lifeboat", "lifeboat-repl", "nbdkit", "qemu-nbd"):
     k = ("fio", s)
     if rows[k]:
         print(f"| {s} | {med(k,0):.0f} | {med(k,1):.0f} | {med(k,0)/med(('fio','nbdkit'),0):.2f}x | {n(k)} |")

@@ -9,6 +9,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -334,5 +335,61 @@ func TestConfigErrors(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: Serve returned %v, want an error about %q", c.name, err, c.want)
 		}
+	}
+}
+
+// Replies completed at the same moment are group-written: every request of
+// a burst released together is answered exactly once with its own handle
+// (how many share a write depends on the scheduler), and a request stuck
+// in the backend does not hold back the others' replies.
+func TestRepliesCompletedTogetherAllArrive(t *testing.T) {
+	const burst = nbd.DefaultMaxInFlight - 1 // one worker stays stuck
+	m := newMem(1 << 20)
+	var mu sync.Mutex
+	arrived := 0
+	all := make(chan struct{})
+	stuck := make(chan struct{})
+	m.gate = func(op string, off int64) {
+		if op != "write" {
+			return
+		}
+		if off == 0 {
+			<-stuck
+			return
+		}
+		mu.Lock()
+		if arrived++; arrived == burst {
+			close(all) // every worker is in the backend: release them at once
+		}
+		mu.Unlock()
+		<-all
+	}
+	srv := nbd.NewServer()
+	srv.Exports = []nbd.Export{{Name: "m", Backend: m}}
+	addr := serve(t, srv)
+	c := dial(t, addr)
+	c.negotiateStructured()
+	c.goExport("m")
+	slow := c.send(cmdWrite, 0, 0, 4096, fill(4096, 9))
+	want := map[uint64]bool{}
+	for i := range burst {
+		want[c.send(cmdWrite, 0, uint64(4096*(i+1)), 4096, fill(4096, byte(i)))] = true
+	}
+	for range burst {
+		r, err := c.next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !want[r.handle] || r.errno != 0 {
+			t.Fatalf("reply for handle %d (errno %d): not one of the burst, or twice", r.handle, r.errno)
+		}
+		delete(want, r.handle)
+	}
+	if w := srv.ReplyWrites(); w > burst {
+		t.Errorf("%d replies took %d writes, want at most one each", burst, w)
+	}
+	close(stuck)
+	if r, err := c.next(); err != nil || r.handle != slow {
+		t.Fatalf("the stuck write's reply: handle %d, err %v; want handle %d", r.handle, err, slow)
 	}
 }

@@ -21,3 +21,7 @@ func (s *Server) Connections() (served, refusing int) {
 
 // WarnExposed is warnExposed, for addresses a test cannot bind.
 var WarnExposed = warnExposed
+
+// ReplyWrites is the writes of queued (small) replies on all connections
+// so far.
+func (s *Server) ReplyWrites() int64 { return s.replyWrites.Load() }

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"io"
 	"math/bits"
+	"runtime"
 	"sync"
 )
 
@@ -51,8 +52,21 @@ type worker struct {
 	scratch []byte // small replies
 }
 
+// yieldMax is the largest READ or WRITE whose reply the flusher waits
+// for by yielding (see send): such requests finish within a few system
+// calls. Behind larger ones it would hold replies back.
+const yieldMax = 64 << 10
+
+// small reports whether r is a request whose reply send yields for.
+func small(r *request) bool {
+	return r.errno == 0 && (r.Type == cmdRead || r.Type == cmdWrite) && r.Length <= yieldMax
+}
+
 func (w *worker) handle(r *request) {
 	c := w.c
+	if small(r) {
+		defer c.small.Add(-1)
+	}
 	if r.errno != 0 {
 		c.log.Debug("nbd: request refused", "cmd", cmdName(r.Type), "offset", r.Offset, "length", r.Length, "reason", r.msg)
 		w.replyError(r, r.errno, r.msg)
@@ -226,12 +240,19 @@ func putChunkHeader(b []byte, flags, typ uint16, handle uint64, length uint32) {
 const corkMax = 16 << 10
 
 // send writes one whole reply. Small replies are group-committed: a sender
-// that finds no write in progress writes everything queued until the queue
-// is empty, so at a high queue depth many replies share one write(2)
-// instead of paying one system call each. Replies of different requests
-// may reach the client in any order (handles match them); the bytes of one
-// reply are always contiguous. A failed write closes the connection: the
-// client cannot resynchronise after a partial reply.
+// that finds no write in progress becomes the flusher and writes everything
+// queued until the queue is empty, so at a high queue depth many replies
+// share one write(2) instead of paying one system call each. When other
+// small requests (yieldMax) are being run, the flusher first yields the
+// processor once (runtime.Gosched): workers that are ready to run finish
+// them and queue their replies first. It never waits for a request that
+// is blocked (in a system call, on a lock): a slow FLUSH does not hold
+// back the replies of fast writes; and behind large requests, which would
+// run long before the flusher gets the processor back, it does not yield.
+// Replies of different requests may reach the client in any order
+// (handles match them); the bytes of one reply are always contiguous. A
+// failed write closes the connection: the client cannot resynchronise
+// after a partial reply.
 func (c *conn) send(b []byte) {
 	if len(b) > corkMax {
 		c.wmu.Lock()
@@ -246,6 +267,11 @@ func (c *conn) send(b []byte) {
 		return // the sender that is writing will pick it up
 	}
 	c.flushing = true
+	if c.small.Load() > 1 { // others besides the request being answered
+		c.pmu.Unlock()
+		runtime.Gosched() // let ready workers queue their replies too
+		c.pmu.Lock()
+	}
 	for len(c.pending) > 0 {
 		out := c.pending
 		c.pending = c.spare[:0]
@@ -253,6 +279,7 @@ func (c *conn) send(b []byte) {
 		c.wmu.Lock()
 		c.write(out)
 		c.wmu.Unlock()
+		c.srv.replyWrites.Add(1)
 		c.pmu.Lock()
 		c.spare = out[:0]
 	}

@@ -36,7 +36,7 @@ import (
 
 // Defaults and limits.
 const (
-	DefaultMaxInFlight      = 16
+	DefaultMaxInFlight      = 32
 	DefaultMaxInFlightBytes = 64 << 20 // two MaxPayload requests
 	DefaultMaxConnections   = 64
 	DefaultHandshakeTimeout = 30 * time.Second
@@ -141,6 +141,8 @@ type Server struct {
 	held    atomic.Int64
 	peak    atomic.Int64
 	waiting atomic.Int32
+	// Writes of queued small replies (see send), for tests.
+	replyWrites atomic.Int64
 }
 
 // NewServer returns a Server with default settings and no exports.

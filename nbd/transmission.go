@@ -57,7 +57,8 @@ type conn struct {
 	flushing bool
 	broken   atomic.Bool
 	work     chan request
-	budget   *budget // payload bytes held, at most MaxInFlightBytes
+	small    atomic.Int32 // small requests handed to workers, not yet answered (see send)
+	budget   *budget      // payload bytes held, at most MaxInFlightBytes
 }
 
 // request is one transmission request, decoded and checked.
@@ -236,6 +237,9 @@ func (c *conn) readRequests() error {
 			if err := c.readPayload(&r); err != nil {
 				return err
 			}
+		}
+		if small(&r) {
+			c.small.Add(1) // the worker subtracts it when r is answered
 		}
 		c.work <- r
 	}

@@ -1,18 +1,15 @@
 package pipeline
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
-	"sync"
-
-	"github.com/cespare/xxhash/v2"
 
 	"lifeboat/hrl"
 	"lifeboat/targets"
@@ -22,25 +19,31 @@ import (
 // Errors wrap ErrChecksum (resend), ErrGap (ask where the server is),
 // ErrSlowDown or ErrPermanent; anything else is a transport error.
 func (s *Shipper) send(ctx context.Context, seg hrl.SegmentInfo) error {
-	raw, err := s.readSegment(seg)
+	f, err := os.Open(seg.Path)
 	if err != nil {
-		return err
+		return fmt.Errorf("read segment: %w", err)
 	}
-	body, encoding := raw, contentEncodingPlain
+	defer f.Close()
+	sum, err := s.segmentSum(f, seg.Size)
+	if err != nil {
+		return fmt.Errorf("read segment %s: %w", seg.Path, err)
+	}
+	encoding := contentEncodingPlain
 	if s.enc != nil {
-		s.wire = s.enc.EncodeAll(raw, s.wire[:0])
-		body, encoding = s.wire, contentEncodingZstd
+		encoding = contentEncodingZstd
 	}
 	st := s.Volume.Status()
-	sb := &sentBody{Reader: bytes.NewReader(body), done: make(chan struct{})}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.volumeURL(st.VolumeID)+"/segments", sb)
+	body := openSegmentBody(f, seg.Size, s.enc)
+	// The file is closed and the encoder used for the next segment only
+	// once the transport has let go of this body (see segmentBody).
+	defer body.finish(ctx)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.volumeURL(st.VolumeID)+"/segments", body)
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrPermanent, err)
 	}
-	req.ContentLength = int64(len(body))
-	// raw and wire are reused for the next segment: only once the transport
-	// has let go of this body (see sentBody).
-	defer sb.wait(ctx)
+	if s.enc == nil {
+		req.ContentLength = seg.Size
+	} // else -1: chunked, the compressed size is known at the end
 	h := req.Header
 	h.Set("Content-Type", contentTypeSegment)
 	h.Set("Content-Encoding", encoding)
@@ -50,8 +53,8 @@ func (s *Shipper) send(ctx context.Context, seg hrl.SegmentInfo) error {
 	h.Set(hdrGeneration, strconv.FormatUint(seg.Generation, 10))
 	h.Set(hdrFirstSeq, strconv.FormatUint(seg.FirstSeq, 10))
 	h.Set(hdrLastSeq, strconv.FormatUint(seg.LastSeq, 10))
-	h.Set(hdrSegmentSize, strconv.Itoa(len(raw)))
-	h.Set(hdrSegmentSum, fmt.Sprintf("%016x", xxhash.Sum64(raw)))
+	h.Set(hdrSegmentSize, strconv.FormatInt(seg.Size, 10))
+	h.Set(hdrSegmentSum, fmt.Sprintf("%016x", sum))
 	resp, err := s.Client.Do(req)
 	if err != nil {
 		return fmt.Errorf("send segment %d..%d to %s: %w", seg.FirstSeq, seg.LastSeq, s.URL, err)
@@ -64,10 +67,14 @@ func (s *Shipper) send(ctx context.Context, seg hrl.SegmentInfo) error {
 	if err := s.checkAck(seg, reply); err != nil {
 		return err
 	}
+	wire := seg.Size
+	if n := body.finish(ctx); s.enc != nil {
+		wire = n
+	}
 	s.mu.Lock()
 	s.status.SegmentsSent++
-	s.status.BytesRaw += int64(len(raw))
-	s.status.BytesWire += int64(len(body))
+	s.status.BytesRaw += seg.Size
+	s.status.BytesWire += wire
 	s.mu.Unlock()
 	s.acked(seg)
 	s.setConnected(nil)
@@ -195,29 +202,4 @@ func (s *Shipper) checkSite(gen, seq uint64) error {
 		"was restored from an older copy. Nothing is deleted from the journal and shipping of this volume is stopped; "+
 		"compare 'lifeboat volume list' on the site with this machine, and if the site's replica is not this machine's, "+
 		"give this agent a new --journal-dir (a new volume id)", ErrBadAck, gen, seq, s.Name, st.VolumeID, st.NextSeq-1, st.Generation)
-}
-
-// sentBody is a request body over one of the shipper's reused buffers.
-// The transport closes it once it has stopped reading it, which can be
-// after Client.Do returned: when the server answers before it has read the
-// whole body (a 503, a 409, a 403), the transport may still be writing it.
-// Reusing the buffer before then would change the bytes under the write.
-type sentBody struct {
-	*bytes.Reader
-	once sync.Once
-	done chan struct{}
-}
-
-func (b *sentBody) Close() error {
-	b.once.Do(func() { close(b.done) })
-	return nil
-}
-
-// wait returns once the transport has closed the body (it always does,
-// errors included), or ctx ended.
-func (b *sentBody) wait(ctx context.Context) {
-	select {
-	case <-b.done:
-	case <-ctx.Done():
-	}
 }

@@ -1,7 +1,6 @@
 package pipeline
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -43,8 +42,7 @@ type Shipper struct {
 	mu       sync.Mutex
 	status   ShipperStatus
 	enc      *zstd.Encoder
-	raw      []byte
-	wire     []byte
+	sumBuf   []byte // segmentSum's reads
 	lastTag  uint64
 	tagTime  time.Time
 	lastPoll time.Time // the sender loop's last poll of the site
@@ -146,7 +144,7 @@ func (s *Shipper) Run(ctx context.Context) error {
 		return fmt.Errorf("shipper: tag interval %v is below the minimum %v", s.TagInterval, MinTagInterval)
 	}
 	if s.Compression != 0 {
-		enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(s.Compression), zstd.WithEncoderConcurrency(1))
+		enc, err := newEncoder(s.Compression)
 		if err != nil {
 			return fmt.Errorf("shipper: %w", err)
 		}
@@ -302,11 +300,15 @@ func (s *Shipper) resyncAll(reason string) error {
 // copied again (ResyncAll) and the damaged journal is dropped. It returns
 // true when it did that.
 func (s *Shipper) damagedLocally(seg hrl.SegmentInfo) bool {
-	b, err := s.readSegment(seg)
+	f, err := os.Open(seg.Path)
 	if err != nil {
 		return false
 	}
-	if _, err = hrl.Scan(bytes.NewReader(b), int64(len(b)), seg.Path); err == nil {
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil || fi.Size() < seg.Size {
+		return false // as unreadable as before: not known to be damaged
+	}
+	if _, err = hrl.Scan(f, seg.Size, seg.Path); err == nil {
 		return false
 	}
 	s.logger().Error("journal segment damaged on the agent's disk; full resync", "segment", seg.Path, "err", err)
@@ -397,21 +399,4 @@ func (s *Shipper) acked(seg hrl.SegmentInfo) {
 	if p := s.status.Resync; p != nil && p.PointSeq != 0 && p.PointSeq <= seg.LastSeq {
 		s.status.Resync = nil // the resync's point is on the server
 	}
-}
-
-// readSegment loads a sealed segment file.
-func (s *Shipper) readSegment(seg hrl.SegmentInfo) ([]byte, error) {
-	f, err := os.Open(seg.Path)
-	if err != nil {
-		return nil, fmt.Errorf("read segment: %w", err)
-	}
-	defer f.Close()
-	if int64(cap(s.raw)) < seg.Size {
-		s.raw = make([]byte, seg.Size)
-	}
-	b := s.raw[:seg.Size]
-	if _, err := f.ReadAt(b, 0); err != nil {
-		return nil, fmt.Errorf("read segment %s: %w", seg.Path, err)
-	}
-	return b, nil
 }

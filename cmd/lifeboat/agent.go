@@ -46,6 +46,11 @@ func agentCommand() *cli.Command {
 			"loop device over the FUSE file (losetup -f --show MOUNT/NAME).\n\n" +
 			"NBD has no authentication: whoever reaches the address can read and write the volumes. Prefer a\n" +
 			"Unix socket (mode 0660: root and the socket's group) or 127.0.0.1; another address is warned about.\n\n" +
+			"Memory is bounded by settings, not by how busy the volumes are: NBD payloads held are at most\n" +
+			"--nbd-max-inflight per connection (one connection per attached volume is usual), and with --server\n" +
+			"each volume's shipper streams its segments from the journal file through a zstd encoder with a 1 MiB\n" +
+			"window (a few MiB per volume, whatever the segment size). Measured with bench/memory.sh: 7-8 MiB\n" +
+			"per busy volume at the defaults. GOMEMLIMIT (Go's soft memory limit) may be set as well.\n\n" +
 			"SIGTERM or SIGINT drains the requests in flight, flushes, seals the journal and unmounts.\n" +
 			"Only one agent may use a journal directory at a time.\n\n" +
 			"With --server, each volume is replicated: sealed segments go to the process server over HTTPS\n" +
@@ -72,7 +77,8 @@ func agentCommand() *cli.Command {
 			&cli.IntFlag{Name: "nbd-max-connections", Value: nbd.DefaultMaxConnections,
 				Usage: "serve at most `N` NBD connections at once; more are refused with an error"},
 			&cli.StringFlag{Name: "nbd-max-inflight", Value: "64MiB",
-				Usage: "`SIZE` of payloads one NBD connection may hold; beyond it the agent stops reading its requests until some complete"},
+				Usage: "`SIZE` of payloads one NBD connection may hold; beyond it the agent stops reading its requests until some complete;\n" +
+					"\tthe agent's NBD memory is at most this times the connections in use (lower it when many volumes are busy at once)"},
 			&cli.StringFlag{Name: "fuse-mount", Usage: "`DIR` to show each volume as a file in (needs root and /dev/fuse)"},
 			&cli.DurationFlag{Name: "segment-age", Value: tracker.DefaultSegmentAge,
 				Usage: "seal a journal segment at this `AGE` so that it can be shipped"},
