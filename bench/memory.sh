@@ -59,7 +59,7 @@ rss() { awk -v k="$2:" '$1 == k { printf "%d\n", $2 / 1024 }' "/proc/$1/status";
 "$BIN" server init --data-dir "$WORK/srv" >/dev/null
 "$BIN" certs issue --data-dir "$WORK/srv" --name bench --out "$WORK/certs" >/dev/null
 sport=$(free_port)
-"$BIN" server --data-dir "$WORK/srv" --listen "127.0.0.1:$sport" --target "file://$WORK/replicas" \
+"$BIN" server --data-dir "$WORK/srv" --listen "127.0.0.1:$sport" --target "file://$WORK/replicas" --recovery-nbd "" \
 	>"$WORK/srv.out" 2>"$WORK/srv.log" &
 srv_pid=$!
 pids+=("$srv_pid")
