@@ -71,11 +71,13 @@ func (v *Volume) journal(q journalReq) error {
 	return v.await(v.submit(q))
 }
 
-// journalInline appends a WRITE record in the calling goroutine when the
-// journaler is idle, which saves a single writer the hand-off to another
-// goroutine; it reports false when the journaler is busy (then submit).
+// journalInline appends a WRITE record in the calling goroutine when it
+// is the only write in progress and the journaler is idle, which saves a
+// single writer the hand-off to another goroutine; it reports false
+// otherwise (then submit: the journaler appends the records of concurrent
+// writes together, in one write of the batch).
 func (v *Volume) journalInline(a0, a1 int64, data []byte) (bool, error) {
-	if !v.jmu.TryLock() {
+	if v.writers.Load() > 1 || !v.jmu.TryLock() {
 		return false, nil
 	}
 	defer v.jmu.Unlock()
