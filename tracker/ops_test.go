@@ -378,17 +378,8 @@ func TestClearDelay(t *testing.T) {
 	if err := tracker.ClearBitmapForTest(v); err != nil {
 		t.Fatal(err)
 	}
-	ack := func() {
-		t.Helper()
-		if err := v.Seal(); err != nil {
-			t.Fatal(err)
-		}
-		for _, s := range v.Segments() {
-			if err := v.Ack(s.FirstSeq); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	write, _, _ := hotHelpers(t, v)
+	ack := func() { write(-1) } // seal and acknowledge every segment
 	v.WriteAt(fill(4096, 1), 0)
 	ack()
 	acked := time.Now()
