@@ -31,17 +31,20 @@ func (v *Volume) checkpoint(all bool) error {
 	if err := v.syncAcked(); err != nil {
 		return err
 	}
-	reacked := &regionsSeen{m: map[int64]struct{}{}}
 	v.mu.Lock()
 	cands := v.pickClears(all)
-	v.reacked = append(v.reacked, reacked)
+	var reacked *regionsSeen
+	if len(cands) > 0 { // most Flushes clear nothing: no set to keep
+		reacked = &regionsSeen{m: map[int64]struct{}{}}
+		v.reacked = append(v.reacked, reacked)
+	}
 	v.mu.Unlock()
-	defer func() {
-		v.mu.Lock()
-		v.reacked = slices.DeleteFunc(v.reacked, func(m *regionsSeen) bool { return m == reacked })
-		v.mu.Unlock()
-	}()
-	if len(cands) > 0 {
+	if reacked != nil {
+		defer func() {
+			v.mu.Lock()
+			v.reacked = slices.DeleteFunc(v.reacked, func(m *regionsSeen) bool { return m == reacked })
+			v.mu.Unlock()
+		}()
 		// Barrier: every write that started before now has reached the
 		// backing store (writes hold their range lock until then).
 		v.locks.barrier()
