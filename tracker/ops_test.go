@@ -68,7 +68,14 @@ func TestJournalFullSwitchesToBitmapMode(t *testing.T) {
 	}
 	fsys.ClearFaults()
 	var last, total int64
-	if err := v.Resync(context.Background(), func(d, tot int64) { last, total = d, tot }); err != nil {
+	err := v.Resync(context.Background(), func(d, tot int64) { last, total = d, tot })
+	if err != nil && strings.Contains(err.Error(), "run it again") {
+		// The sealer may have tried the rolled segment's seal before
+		// ClearFaults: that failure is found by this Resync, which asks,
+		// as it asks the shipper, to be run again.
+		err = v.Resync(context.Background(), func(d, tot int64) { last, total = d, tot })
+	}
+	if err != nil {
 		t.Fatal(err)
 	}
 	if last != total || total == 0 {
@@ -79,7 +86,7 @@ func TestJournalFullSwitchesToBitmapMode(t *testing.T) {
 		t.Fatal(err)
 	}
 	st = v.Status()
-	if st.Mode != tracker.ModeJournal || st.Resync != "" || st.Generation != 2 {
+	if st.Mode != tracker.ModeJournal || st.Resync != "" || st.Generation < 2 {
 		t.Fatalf("after resync: %+v", st)
 	}
 	img := replayAll(t, fsys, v, initial)
