@@ -158,8 +158,17 @@ func (v *Volume) background() {
 // waitSealed waits until every segment handed to the sealer so far is sealed.
 func (v *Volume) waitSealed() error {
 	v.mu.Lock()
-	pending := append([]*pendingSeg(nil), v.sealing...)
+	pending := v.pendingLocked()
 	v.mu.Unlock()
+	return waitPending(pending)
+}
+
+func (v *Volume) pendingLocked() []*pendingSeg {
+	return append([]*pendingSeg(nil), v.sealing...)
+}
+
+// waitPending waits for each segment in turn and returns the first seal error.
+func waitPending(pending []*pendingSeg) error {
 	for _, p := range pending {
 		<-p.done
 		if p.err != nil {
@@ -238,8 +247,12 @@ func (v *Volume) Tag(kind hrl.TagKind, name string) (uint64, error) {
 func (v *Volume) Seal() error {
 	v.mu.Lock()
 	v.rollLocked()
+	// The queue is read under the same lock as the roll: the sealer could
+	// otherwise finish (and drop from the queue) the segment just rolled
+	// before it is waited for, and its seal error would be lost.
+	pending := v.pendingLocked()
 	v.mu.Unlock()
-	return v.waitSealed()
+	return waitPending(pending)
 }
 
 // Close seals the open segment, makes everything durable and releases the
