@@ -341,3 +341,51 @@ func TestBatchMode(t *testing.T) {
 		t.Fatal("REF to a batched block does not replay")
 	}
 }
+
+// RecoverPrefix ends the journal at the first gap (records a tracker held
+// in memory and lost) and removes the segments after it; Recover refuses
+// the same journal.
+func TestRecoverPrefixStopsAtAGap(t *testing.T) {
+	dir := t.TempDir()
+	seg := func(first uint64, n int, seal bool) {
+		w, err := hrl.Create(hrl.OSFS{}, dir, hrl.Header{FirstSeq: first, Generation: 1}, hrl.WriterConfig{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer w.Close()
+		for i := range n {
+			if _, _, err := w.AppendData(hrl.TypeWrite, uint64(i)*4096, block(byte(i+1))); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if seal {
+			_, err = w.Seal()
+		} else {
+			err = w.Sync()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	seg(1, 3, true)  // 1..3
+	seg(4, 2, true)  // 4..5
+	seg(20, 2, true) // 6..19 were never written here
+	seg(22, 1, false)
+	if _, err := hrl.Recover(hrl.OSFS{}, dir); !errors.Is(err, hrl.ErrGap) {
+		t.Fatalf("Recover of a journal with a gap: %v", err)
+	}
+	rec, err := hrl.RecoverPrefix(hrl.OSFS{}, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !errors.Is(rec.Gap, hrl.ErrGap) || len(rec.AfterGap) != 2 || len(rec.Segments) != 2 || rec.Segments[1].LastSeq != 5 {
+		t.Fatalf("recovery = %+v", rec)
+	}
+	seqs, err := hrl.ListSegments(hrl.OSFS{}, dir)
+	if err != nil || len(seqs) != 2 || seqs[1] != 4 {
+		t.Fatalf("segments left: %v, %v", seqs, err)
+	}
+	if rec, err = hrl.RecoverPrefix(hrl.OSFS{}, dir); err != nil || rec.Gap != nil || len(rec.Segments) != 2 {
+		t.Fatalf("second recovery = %+v, %v", rec, err)
+	}
+}

@@ -72,6 +72,10 @@ type Plan struct {
 	// Remove lists unsealed segments that never held anything durable that
 	// continues the journal: a torn header, or after a torn tail.
 	Remove []string
+	// Gap is the break in continuity that ended the journal (CheckPrefix
+	// only), and AfterGap the segments from it on, to be removed.
+	Gap      error
+	AfterGap []string
 }
 
 // Check verifies every segment in dir and the continuity between them, and
@@ -83,6 +87,19 @@ type Plan struct {
 // sealed segment, a sealed segment after an unsealed one, and gaps are
 // returned as errors wrapping ErrCorrupt or ErrGap.
 func Check(fsys FS, dir string) (Plan, error) {
+	return check(fsys, dir, false)
+}
+
+// CheckPrefix is Check for a journal whose continuity may break where
+// records were never written to it (a tracker's segments held in memory
+// and lost with the process): the first gap ends the journal, and the
+// segments from it on are listed in AfterGap instead of failing the
+// check. Corruption is still an error.
+func CheckPrefix(fsys FS, dir string) (Plan, error) {
+	return check(fsys, dir, true)
+}
+
+func check(fsys FS, dir string, stopAtGap bool) (Plan, error) {
 	var plan Plan
 	seqs, err := ListSegments(fsys, dir)
 	if err != nil {
@@ -91,6 +108,10 @@ func Check(fsys FS, dir string) (Plan, error) {
 	inTail, cut := false, false
 	for _, s := range seqs {
 		path := filepath.Join(dir, SegmentName(s))
+		if plan.Gap != nil {
+			plan.AfterGap = append(plan.AfterGap, path)
+			continue
+		}
 		info, err := ScanFile(fsys, path)
 		var torn *TornError
 		sealed := err == nil && info.Sealed
@@ -115,7 +136,11 @@ func Check(fsys FS, dir string) (Plan, error) {
 		}
 		if n := len(plan.Segments); n > 0 {
 			if err := CheckContinuity(plan.Segments[n-1], info); err != nil {
-				return plan, err
+				if !stopAtGap {
+					return plan, err
+				}
+				plan.Gap, plan.AfterGap = err, []string{path}
+				continue
 			}
 		}
 		if torn != nil {
@@ -131,6 +156,8 @@ type Recovery struct {
 	Segments  []SegmentInfo // every segment kept, oldest first, all sealed afterwards
 	Truncated *TornError    // the torn tail that was cut off, if any
 	Removed   []string      // unsealed segments dropped: header torn, or after a torn tail
+	Gap       error         // RecoverPrefix: where continuity broke, if it did
+	AfterGap  []string      // RecoverPrefix: the segments removed from the gap on
 }
 
 // Recover prepares the journal in dir for appending after a clean shutdown
@@ -141,7 +168,34 @@ func Recover(fsys FS, dir string) (Recovery, error) {
 	if err != nil {
 		return Recovery{}, err
 	}
-	rec := Recovery{Truncated: plan.Truncate}
+	return recoverPlan(fsys, plan)
+}
+
+// RecoverPrefix is Recover after CheckPrefix: the segments after the first
+// gap are removed (Recovery.Gap says where the journal broke). The caller
+// must know why records can be missing and that what they changed is
+// accounted for elsewhere (the tracker's dirty bitmap).
+func RecoverPrefix(fsys FS, dir string) (Recovery, error) {
+	plan, err := CheckPrefix(fsys, dir)
+	if err != nil {
+		return Recovery{}, err
+	}
+	return recoverPlan(fsys, plan)
+}
+
+func recoverPlan(fsys FS, plan Plan) (Recovery, error) {
+	rec := Recovery{Truncated: plan.Truncate, Gap: plan.Gap}
+	for _, path := range plan.AfterGap {
+		if err := fsys.Remove(path); err != nil {
+			return rec, fmt.Errorf("remove segment after a gap: %w", err)
+		}
+		rec.AfterGap = append(rec.AfterGap, path)
+	}
+	if len(plan.AfterGap) > 0 {
+		if err := fsys.SyncDir(filepath.Dir(plan.AfterGap[0])); err != nil {
+			return rec, err
+		}
+	}
 	for _, path := range plan.Remove {
 		if err := removeDurably(fsys, path); err != nil {
 			return rec, err
@@ -150,6 +204,7 @@ func Recover(fsys FS, dir string) (Recovery, error) {
 	}
 	for _, info := range plan.Segments {
 		if !info.Sealed {
+			var err error
 			if info, err = sealExisting(fsys, info.Path); err != nil {
 				return rec, err
 			}

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"strconv"
 	"strings"
 
@@ -19,7 +18,7 @@ import (
 // Errors wrap ErrChecksum (resend), ErrGap (ask where the server is),
 // ErrSlowDown or ErrPermanent; anything else is a transport error.
 func (s *Shipper) send(ctx context.Context, seg hrl.SegmentInfo) error {
-	f, err := os.Open(seg.Path)
+	f, err := s.Volume.OpenSegment(seg) // a file, or held in memory during a resync
 	if err != nil {
 		return fmt.Errorf("read segment: %w", err)
 	}

@@ -257,6 +257,7 @@ func (a *agentVol) open(s *site, quota int64, client *http.Client) {
 	v.SegmentBytes = 4 << 20
 	v.InitialSync = true
 	v.JournalQuota = quota
+	v.CopyMemory = tracker.DefaultCopyMemory // as the agent: resyncs are shipped from memory
 	v.Logger = testLogger(t)
 	if err := v.Open(context.Background()); err != nil {
 		t.Fatal(err)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
 	"sync"
 
 	"github.com/cespare/xxhash/v2"
@@ -74,7 +73,7 @@ func (c *countWriter) Write(p []byte) (int, error) {
 }
 
 // openSegmentBody streams size bytes of f, through enc unless it is nil.
-func openSegmentBody(f *os.File, size int64, enc *zstd.Encoder) *segmentBody {
+func openSegmentBody(f io.ReaderAt, size int64, enc *zstd.Encoder) *segmentBody {
 	b := &segmentBody{done: make(chan struct{}), enc: make(chan struct{})}
 	src := io.NewSectionReader(f, 0, size)
 	if enc == nil {

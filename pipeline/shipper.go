@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
-	"os"
 	"sync"
 	"time"
 
@@ -300,12 +299,12 @@ func (s *Shipper) resyncAll(reason string) error {
 // copied again (ResyncAll) and the damaged journal is dropped. It returns
 // true when it did that.
 func (s *Shipper) damagedLocally(seg hrl.SegmentInfo) bool {
-	f, err := os.Open(seg.Path)
+	f, err := s.Volume.OpenSegment(seg)
 	if err != nil {
 		return false
 	}
 	defer f.Close()
-	if fi, err := f.Stat(); err != nil || fi.Size() < seg.Size {
+	if size, err := f.Size(); err != nil || size < seg.Size {
 		return false // as unreadable as before: not known to be damaged
 	}
 	if _, err = hrl.Scan(f, seg.Size, seg.Path); err == nil {

@@ -73,7 +73,11 @@ func (v *Volume) Ack(firstSeq uint64) error {
 	if err := v.ackFile.write(s.info.LastSeq); err != nil {
 		return err
 	}
-	v.ackedFiles = append(v.ackedFiles, s.info.Path)
+	if s.mem {
+		v.mem.Remove(s.info.Path) // nothing on disk; the buffer serves the next one
+	} else {
+		v.ackedFiles = append(v.ackedFiles, s.info.Path)
+	}
 	v.mu.Lock()
 	v.acked = s.info.LastSeq
 	v.sealed = v.sealed[1:]

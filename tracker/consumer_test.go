@@ -100,7 +100,7 @@ func (c *consumer) sample() {
 
 func (c *consumer) apply(s hrl.SegmentInfo) error {
 	c.sample()
-	f, err := c.fsys.OpenFile(s.Path, os.O_RDONLY, 0)
+	f, err := c.v.OpenSegment(s)
 	if err != nil {
 		return err
 	}

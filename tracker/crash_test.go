@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"os"
 	"strings"
 	"testing"
 
@@ -31,13 +30,16 @@ type crashRun struct {
 	replSeq  uint64           // last seq applied to the replica
 	dirty    map[int64]uint64 // regions written since their last clear -> last seq
 	log      []string
-	sparse   bool // the backing file reports all-zero blocks as holes
+	sparse   bool   // the backing file reports all-zero blocks as holes
+	copy     bool   // CopyMemory set: the workload's resyncs hold their segments in memory
+	copied   bool   // a resync of the workload began
+	offered  uint64 // the last seq of a segment offered to the consumer
 }
 
-func newCrashRun(t *testing.T, seed uint64, sparse bool) *crashRun {
+func newCrashRun(t *testing.T, seed uint64, sparse, copy bool) *crashRun {
 	t.Helper()
 	size := 512 << 10
-	c := &crashRun{fsys: hrltest.New(), initial: initialImage(size, seed), dirty: map[int64]uint64{}, sparse: sparse}
+	c := &crashRun{fsys: hrltest.New(), initial: initialImage(size, seed), dirty: map[int64]uint64{}, sparse: sparse, copy: copy}
 	c.fsys.MkdirAll("/vol", 0o755)
 	c.fsys.WriteFile(backingPath, c.initial)
 	// Baseline: a volume whose replica is complete (bitmap clean), closed
@@ -69,6 +71,9 @@ func (c *crashRun) volume() *tracker.Volume {
 	// at every checkpoint beyond it, least recently acknowledged first,
 	// so the crashes fall in the middle of that clearing too.
 	v.ClearDelay, v.HotSetBytes = 0, crashHotRegions*crashRegion
+	if c.copy {
+		v.CopyMemory = tracker.MinCopyMemory // above the volume: a resync never waits
+	}
 	return v
 }
 
@@ -115,6 +120,14 @@ func (c *crashRun) workload(v *tracker.Volume, r *rand.Rand) error {
 		}
 		c.touch(off, n, v.Status().NextSeq-1)
 		switch {
+		case c.copy && i%15 == 14:
+			// The dirty regions' content goes to segments held in memory;
+			// the next ack ships them, a crash before it loses them.
+			c.log = append(c.log, "resync")
+			c.copied = true
+			if err := v.Resync(context.Background(), nil); err != nil {
+				return err
+			}
 		case i%5 == 4:
 			c.log = append(c.log, "flush")
 			if err := v.Flush(); err != nil {
@@ -139,7 +152,8 @@ func (c *crashRun) ackAll(v *tracker.Volume) error {
 		return err
 	}
 	for _, s := range v.Segments() {
-		if err := c.apply(s, ^uint64(0)); err != nil {
+		c.offered = max(c.offered, s.LastSeq)
+		if err := replayInto(v, s, c.replica, ^uint64(0)); err != nil {
 			return err
 		}
 		c.replSeq = s.LastSeq
@@ -155,12 +169,9 @@ func (c *crashRun) ackAll(v *tracker.Volume) error {
 	return nil
 }
 
-func (c *crashRun) apply(s hrl.SegmentInfo, last uint64) error {
-	return replayInto(c.fsys, s, c.replica, last)
-}
-
-func replayInto(fsys hrl.FS, s hrl.SegmentInfo, img image, last uint64) error {
-	f, err := fsys.OpenFile(s.Path, os.O_RDONLY, 0)
+// replayInto replays a segment v offers, from its file or from memory.
+func replayInto(v *tracker.Volume, s hrl.SegmentInfo, img image, last uint64) error {
+	f, err := v.OpenSegment(s)
 	if err != nil {
 		return err
 	}
@@ -177,19 +188,28 @@ func replayInto(fsys hrl.FS, s hrl.SegmentInfo, img image, last uint64) error {
 // the backing store differs from replica+journal is dirty; and a resync
 // makes replica+journal equal to the backing store again.
 func TestCrashAtEveryOperation(t *testing.T) {
-	crashAtEveryOperation(t, false, 1)
+	crashAtEveryOperation(t, false, false, 1)
 }
 
 // TestCrashAtEveryOperationSparse is TestCrashAtEveryOperation on a backing
 // file that reports its zero blocks as holes, so that the resync after each
 // crash journals holes as trimmed ZERO records. Every 5th operation.
 func TestCrashAtEveryOperationSparse(t *testing.T) {
-	crashAtEveryOperation(t, true, 5)
+	crashAtEveryOperation(t, true, false, 5)
 }
 
-func crashAtEveryOperation(t *testing.T, sparse bool, step int) {
+// TestCrashAtEveryOperationCopy is TestCrashAtEveryOperation with
+// CopyMemory: two resyncs in the workload hold their segments in memory
+// (every 2nd operation). A crash loses those not acknowledged yet, and
+// the segment files written after them; the reopened volume must then
+// resync in a new generation, with every region they changed dirty.
+func TestCrashAtEveryOperationCopy(t *testing.T) {
+	crashAtEveryOperation(t, false, true, 2)
+}
+
+func crashAtEveryOperation(t *testing.T, sparse, copy bool, step int) {
 	const seed = 7
-	probe := newCrashRun(t, seed, sparse)
+	probe := newCrashRun(t, seed, sparse, copy)
 	start := probe.fsys.Ops()
 	v := probe.volume()
 	openVolume(t, v)
@@ -205,7 +225,7 @@ func crashAtEveryOperation(t *testing.T, sparse bool, step int) {
 		for _, mode := range modes {
 			t.Run(fmt.Sprintf("op%d/%v", n, mode), func(t *testing.T) {
 				t.Parallel()
-				c := newCrashRun(t, seed, sparse)
+				c := newCrashRun(t, seed, sparse, copy)
 				c.fsys.CrashAfter(n)
 				v := c.volume()
 				opened := false
@@ -242,12 +262,25 @@ func (c *crashRun) check(t *testing.T, opened bool) {
 		t.Fatalf("journal quarantined after a crash: %s\nops: %v", st.Resync, c.log)
 	}
 	segs := v.Segments()
-	// Every record acknowledged by a completed Flush is in the journal.
-	if c.flushed != nil && c.replSeq < c.flushSeq {
+	// Every record acknowledged by a completed Flush is in the journal,
+	// unless segments held in memory were lost: the bitmap stands for
+	// them and what followed them (checked below), and the volume must
+	// start a new generation.
+	st := v.Status()
+	if strings.Contains(st.ModeReason+st.Resync, "held in memory") && !c.copied {
+		t.Fatalf("after a crash with no segment held in memory: %+v", st)
+	}
+	// Seqs are never used twice, held in memory or not: a consumer that
+	// got a segment must never be offered another one with its seqs.
+	if st.NextSeq <= c.offered {
+		t.Fatalf("after a crash the next seq is %d, but the consumer was offered seqs up to %d\nops: %v", st.NextSeq, c.offered, c.log)
+	}
+	lostMemory := c.copied && st.Mode == tracker.ModeBitmap
+	if c.flushed != nil && c.replSeq < c.flushSeq && !lostMemory {
 		img := image(append([]byte(nil), c.replica...))
 		var last uint64
 		for _, s := range segs {
-			if err := replayInto(c.fsys, s, img, c.flushSeq); err != nil {
+			if err := replayInto(v, s, img, c.flushSeq); err != nil {
 				t.Fatal(err)
 			}
 			last = max(last, min(s.LastSeq, c.flushSeq))
@@ -260,7 +293,7 @@ func (c *crashRun) check(t *testing.T, opened bool) {
 	// every region where the backing differs from replica+journal.
 	full := image(append([]byte(nil), c.replica...))
 	for _, s := range segs {
-		if err := replayInto(c.fsys, s, full, ^uint64(0)); err != nil {
+		if err := replayInto(v, s, full, ^uint64(0)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -295,7 +328,7 @@ func (c *crashRun) check(t *testing.T, opened bool) {
 	}
 	got := image(append([]byte(nil), c.replica...))
 	for _, s := range v.Segments() {
-		if err := replayInto(c.fsys, s, got, seq); err != nil {
+		if err := replayInto(v, s, got, seq); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -14,3 +14,11 @@ func ClearBitmapForTest(v *Volume) error {
 
 // PinnedRegions counts the regions that only a resync can clear.
 func PinnedRegions(v *Volume) int64 { return v.pinnedRegions() }
+
+// OpenSegmentInMemory reports whether the open segment is held in memory
+// (copy.go).
+func OpenSegmentInMemory(v *Volume) bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.w != nil && v.wMem
+}

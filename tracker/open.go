@@ -125,9 +125,24 @@ func (v *Volume) open() error {
 	if v.ackFile, v.acked, err = openAcked(v.FS, v.JournalDir); err != nil {
 		return err
 	}
+	v.mem = newMemFS()
 	next, err := v.recoverJournal()
 	if err != nil {
 		return err
+	}
+	if lim := v.st.CopySeqLimit; lim != 0 {
+		// Segments held in memory may be lost (copy.go): a new generation
+		// at the reserved seqs' end, after a resync.
+		reason := "journal segments of a resync held in memory were lost when the volume last stopped"
+		if v.st.Mode == ModeJournal {
+			v.st.Mode, v.st.ModeReason = ModeBitmap, reason
+		}
+		if v.st.Resync == "" {
+			v.st.Resync = reason
+		}
+		next = max(next, lim)
+		v.logger().Warn("segments held in memory may have been lost; dirty regions need a resync in a new generation",
+			"path", v.Path, "next_seq", next, "dirty_regions", v.bitmap.Dirty())
 	}
 	if v.st.Running && v.st.Resync == "" {
 		// Writes that reached the backing store after the last durable
@@ -166,7 +181,11 @@ func (v *Volume) open() error {
 // journal that cannot be trusted is moved aside and a new generation begins;
 // the bitmap still covers every region those segments touched.
 func (v *Volume) recoverJournal() (uint64, error) {
-	rec, err := hrl.Recover(v.FS, v.JournalDir)
+	recover := hrl.Recover
+	if v.st.CopySeqLimit != 0 {
+		recover = hrl.RecoverPrefix // segments held in memory may be missing
+	}
+	rec, err := recover(v.FS, v.JournalDir)
 	if err != nil {
 		if !errors.Is(err, hrl.ErrCorrupt) && !errors.Is(err, hrl.ErrGap) {
 			return 0, err
@@ -180,8 +199,19 @@ func (v *Volume) recoverJournal() (uint64, error) {
 	for _, path := range rec.Removed {
 		v.logger().Warn("removed an unsealed journal segment that never became durable", "file", path)
 	}
+	for _, path := range rec.AfterGap {
+		v.logger().Warn("removed a journal segment that followed segments held in memory and lost; its regions are dirty",
+			"file", path, "gap", rec.Gap)
+	}
 	next := v.acked + 1
-	for _, info := range rec.Segments {
+	for i, info := range rec.Segments {
+		if len(v.sealed) == 0 && info.Count > 0 && info.LastSeq > v.acked && info.FirstSeq != v.acked+1 && v.st.CopySeqLimit != 0 {
+			// The segments held in memory before this one were lost.
+			if err := v.removeAfterGap(rec.Segments[i:]); err != nil {
+				return 0, err
+			}
+			break
+		}
 		if info.Count == 0 || info.LastSeq <= v.acked {
 			// Empty, or acknowledged before a crash interrupted its deletion.
 			if err := v.FS.Remove(info.Path); err != nil {
@@ -189,7 +219,7 @@ func (v *Volume) recoverJournal() (uint64, error) {
 			}
 			continue
 		}
-		if len(v.sealed) == 0 && info.FirstSeq != v.acked+1 {
+		if len(v.sealed) == 0 && info.FirstSeq != v.acked+1 && v.st.CopySeqLimit == 0 {
 			return v.quarantine(fmt.Errorf("%w: acknowledged through seq %d but the oldest segment %s starts at %d",
 				hrl.ErrGap, v.acked, filepath.Base(info.Path), info.FirstSeq))
 		}
@@ -205,6 +235,20 @@ func (v *Volume) recoverJournal() (uint64, error) {
 		next = info.LastSeq + 1
 	}
 	return next, nil
+}
+
+// removeAfterGap removes segments that follow segments held in memory and
+// lost (copy.go): they cannot be shipped without them, and what they
+// changed is dirty in the bitmap.
+func (v *Volume) removeAfterGap(segs []hrl.SegmentInfo) error {
+	for _, info := range segs {
+		v.logger().Warn("removed a journal segment that followed segments held in memory and lost; its regions are dirty",
+			"file", info.Path, "acked_seq", v.acked)
+		if err := v.FS.Remove(info.Path); err != nil {
+			return fmt.Errorf("remove segment after a gap: %w", err)
+		}
+	}
+	return v.FS.SyncDir(v.JournalDir)
 }
 
 // segmentRegions lists the regions a segment's records change and records

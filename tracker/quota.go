@@ -87,10 +87,23 @@ func (v *Volume) waitRoom(ctx context.Context, need int64) error {
 		case v.closed:
 			return ErrClosed
 		case v.st.Mode != ModeJournal:
-			return fmt.Errorf("journaling failed meanwhile (%s); run it again", v.st.Resync)
-		case v.overQuotaLocked(need) == nil:
+			return v.failedMeanwhileLocked()
+		}
+		quotaOK, memOK := v.overQuotaLocked(need) == nil, v.copyRoomLocked(need)
+		switch {
+		case quotaOK && memOK:
+			// Back to memory segments after a wait for room (copy.go).
+			v.setCopyLocked(v.copying) // may suspend: checked again above
+			if v.st.Mode != ModeJournal {
+				continue
+			}
 			return nil
-		case v.w.Count() > 0:
+		case !memOK && v.wMem:
+			// Ship the memory segment; live writes go to a segment file
+			// until there is room again.
+			v.setCopyLocked(false)
+			continue
+		case !quotaOK && v.w.Count() > 0:
 			v.rollLocked() // may suspend: checked again above
 			continue
 		}

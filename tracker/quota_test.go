@@ -226,7 +226,7 @@ func TestResyncWaitingForQuota(t *testing.T) {
 	}()
 	replica := make(image, v.Size())
 	first := v.Segments()[0]
-	if err := replayInto(fsys, first, replica, first.LastSeq); err != nil {
+	if err := replayInto(v, first, replica, first.LastSeq); err != nil {
 		t.Fatal(err)
 	}
 	if err := v.Ack(first.FirstSeq); err != nil {

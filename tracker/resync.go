@@ -41,6 +41,8 @@ func (v *Volume) Resync(ctx context.Context, progress func(done, total int64)) e
 	if err != nil {
 		return err
 	}
+	v.beginCopy()
+	defer v.endCopy() // also on failure: the memory segments so far are shipped
 	dirty := v.bitmap.snapshot()
 	v.skipAcknowledged(dirty)
 	w := resyncWalk{v: v, ctx: ctx, progress: progress, chunk: v.resyncChunkBytes()}
@@ -54,13 +56,23 @@ func (v *Volume) Resync(ctx context.Context, progress func(done, total int64)) e
 	if w.total == 0 && progress != nil {
 		progress(0, 0)
 	}
+	v.endCopy()
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if v.st.Mode != ModeJournal || v.st.Resync != reason {
-		return fmt.Errorf("resync: journaling failed meanwhile (%s); run it again", v.st.Resync)
+		return fmt.Errorf("resync: %w", v.failedMeanwhileLocked())
 	}
 	v.st.Resync = ""
 	return saveState(v.FS, v.JournalDir, v.st)
+}
+
+// failedMeanwhileLocked is the error of a resync that journaling failed
+// under: it wraps the cause of the last switch to bitmap mode.
+func (v *Volume) failedMeanwhileLocked() error {
+	if v.suspendCause != nil {
+		return fmt.Errorf("journaling failed meanwhile (%w); run it again", v.suspendCause)
+	}
+	return fmt.Errorf("journaling failed meanwhile (%s); run it again", v.st.Resync)
 }
 
 // skipAcknowledged removes from a snapshot of the dirty bitmap the regions

@@ -18,12 +18,19 @@ func (v *Volume) startSegment(next uint64) error {
 	if err != nil {
 		return fmt.Errorf("volume id %q in %s: %w", v.st.VolumeID, stateName, err)
 	}
-	w, err := hrl.Create(v.FS, v.JournalDir, hrl.Header{BlockSize: uint32(v.BlockSize), VolumeID: id,
-		Generation: v.st.Generation, FirstSeq: next}, hrl.WriterConfig{Dedupe: v.win, Buffers: &v.wbuf, Preallocate: v.SegmentBytes + 1<<20, Batch: true})
+	fsys, prealloc := v.FS, v.SegmentBytes+1<<20
+	if v.copyMode {
+		if err := v.reserveCopySeqsLocked(next, 2*v.copySegmentBytes()); err != nil {
+			return err
+		}
+		fsys, prealloc = v.mem, 0
+	}
+	w, err := hrl.Create(fsys, v.JournalDir, hrl.Header{BlockSize: uint32(v.BlockSize), VolumeID: id,
+		Generation: v.st.Generation, FirstSeq: next}, hrl.WriterConfig{Dedupe: v.win, Buffers: &v.wbuf, Preallocate: prealloc, Batch: true})
 	if err != nil {
 		return err
 	}
-	v.w = w
+	v.w, v.wMem = w, v.copyMode
 	if v.curRegion = v.freeRegion; v.curRegion == nil {
 		v.curRegion = make([]int64, 0, v.SegmentBytes/v.RegionSize+1)
 	}
@@ -47,7 +54,7 @@ func (v *Volume) rollLocked() *pendingSeg {
 	if v.w == nil || v.w.Count() == 0 {
 		return nil
 	}
-	p := &pendingSeg{w: v.w, size: v.w.Size(), regions: v.curRegion, done: make(chan struct{})}
+	p := &pendingSeg{w: v.w, size: v.w.Size(), regions: v.curRegion, done: make(chan struct{}), mem: v.wMem}
 	v.closedBytes += p.size
 	v.sealing = append(v.sealing, p)
 	v.sealCond.Signal()
@@ -99,7 +106,7 @@ func (v *Volume) sealer() {
 			v.dropUnsealed(p)
 		default:
 			v.closedBytes += info.Size - p.size // the footer
-			v.sealed = append(v.sealed, sealedSeg{info: info, regions: p.regions})
+			v.sealed = append(v.sealed, sealedSeg{info: info, regions: p.regions, mem: p.mem})
 			close(v.changed)
 			v.changed = make(chan struct{})
 		}
@@ -117,7 +124,7 @@ func (v *Volume) dropUnsealed(p *pendingSeg) {
 		v.pinned.set(r, r+1)
 	}
 	v.wakeLocked()
-	if err := v.FS.Remove(p.w.Path()); err != nil {
+	if err := v.fsFor(p.mem).Remove(p.w.Path()); err != nil {
 		v.logger().Error("could not remove a segment that failed to seal", "file", p.w.Path(), "err", err)
 	}
 }
@@ -266,7 +273,7 @@ func (v *Volume) Close() error {
 	}
 	p := v.rollLocked()
 	v.closed = true
-	w := v.w
+	w, wMem := v.w, v.wMem
 	v.w = nil
 	close(v.done)
 	v.sealCond.Broadcast()
@@ -281,15 +288,28 @@ func (v *Volume) Close() error {
 	if w != nil {
 		// The empty segment opened after the last roll is not needed.
 		w.Close()
-		errs = append(errs, v.FS.Remove(w.Path()), v.FS.SyncDir(v.JournalDir))
+		errs = append(errs, v.fsFor(wMem).Remove(w.Path()), v.FS.SyncDir(v.JournalDir))
 	}
 	errs = append(errs, v.checkpoint(true))
 	if err := errors.Join(errs...); err == nil {
-		// Everything is durable: the next Open needs no resync.
+		// Everything is durable: the next Open needs no resync, unless
+		// segments held in memory go unshipped (copy.go).
 		v.mu.Lock()
 		st := v.st
+		lost := v.memSegmentsLocked()
 		v.mu.Unlock()
 		st.Running = false
+		if lost > 0 {
+			reason := fmt.Sprintf("%d journal segments of a resync held in memory were not shipped before the volume closed", lost)
+			st.Mode, st.ModeReason = ModeBitmap, reason
+			if st.Resync == "" {
+				st.Resync = reason
+			}
+			v.logger().Warn("closing with segments held in memory unshipped; their regions stay dirty for a resync",
+				"path", v.Path, "segments", lost)
+		} else {
+			st.CopySeqLimit = 0
+		}
 		errs = append(errs, saveState(v.FS, v.JournalDir, st))
 	}
 	// An Ack in flight finishes before its file closes; later ones see

@@ -38,6 +38,10 @@ type state struct {
 	// ReadOnly, when set, says why writes are refused (SetReadOnly); it
 	// holds across restarts.
 	ReadOnly string `json:"read_only,omitempty"`
+	// CopySeqLimit is above every seq a segment held only in memory may
+	// have used since the last Close that found them all acknowledged
+	// (copy.go); 0 when none may have.
+	CopySeqLimit uint64 `json:"copy_seq_limit,omitempty"`
 }
 
 func loadState(fsys hrl.FS, dir string) (state, bool, error) {

@@ -41,6 +41,7 @@ const (
 	DefaultCheckpointInterval = 5 * time.Second
 	DefaultClearDelay         = 10 * time.Second
 	DefaultHotSetBytes        = 1 << 30
+	DefaultCopyMemory         = 32 << 20 // for a volume with a shipper; NewVolume leaves CopyMemory 0
 )
 
 // Errors of this package.
@@ -135,6 +136,14 @@ type Volume struct {
 	// recovery point, whose failback sends what changed since the point).
 	// Ignored for a volume opened before, and with InitialSync.
 	CleanStart bool
+	// CopyMemory, when positive, lets a Resync (an initial replication, a
+	// full resync) hold the segments it writes in memory instead of the
+	// journal directory, at most about this many bytes of them not yet
+	// acknowledged; it waits for the consumer beyond that (copy.go). Set
+	// it only with a consumer that acknowledges (a shipper): without one,
+	// Resync would wait forever. 0: resyncs are journaled to disk. At
+	// least MinCopyMemory otherwise.
+	CopyMemory int64
 	Logger     *slog.Logger
 
 	backing  hrl.File
@@ -146,37 +155,42 @@ type Volume struct {
 	jmu      sync.Mutex // held while a batch (or an inline append) is journaled
 	jreqPool sync.Pool
 
-	mu          sync.Mutex // journal, segment lists, state
-	w           *hrl.Writer
-	win         *hrl.Window
-	st          state
-	touched     map[int64]uint64 // region -> last seq that changed it
-	curRegion   []int64          // regions first touched by the open segment
-	freeRegion  []int64          // an acknowledged segment's region list, for reuse
-	wbuf        hrl.Buffers      // the segment writers' scratch space, reused
-	sealing     []*pendingSeg    // handed to the sealer, oldest first
-	sealed      []sealedSeg      // sealed, not acknowledged, oldest first
-	sealCond    sync.Cond
-	changed     chan struct{} // closed and replaced when sealed changes
-	closed      bool
-	clearable   map[int64]clearCand // regions whose changes are all acknowledged, for checkpoint to clear (HotSetBytes, ClearDelay)
-	copiedCands int                 // of them, acknowledged by a resync (clear at the next checkpoint)
-	ackN        uint64              // clearCand.n of the last one
-	reacked     []*regionsSeen      // one per running checkpoint: regions acknowledged since it picked its candidates
-	resumeSeq   uint64              // next seq when journaling resumes after bitmap mode
-	acked       uint64              // last acknowledged seq; seqs never go back below it
-	ackFile     *ackedFile
-	ackedFiles  []string      // segments acknowledged since the last syncAcked, to delete after it (ackMu)
-	ackMu       sync.Mutex    // serialises Ack, and Ack with Close closing the files; taken before mu
-	sealBroken  bool          // a seal failed: later segments are not offered until a new generation
-	closedBytes int64         // bytes of the segments rolled and not yet acknowledged (sealing and sealed)
-	freed       chan struct{} // closed and replaced when journal room may have become free, or the mode changed
-	pinned      regionSet     // dirty regions only a resync may clear (see the type's doc)
-	copied      regionSet     // regions last journaled by a resync: cleared at once when acknowledged, not kept hot
-	unflushed   []span        // ranges of records that may still be in the writer's batch
-	resyncMu    sync.Mutex    // one Resync at a time
-	readOnly    atomic.Bool   // SetReadOnly
-	writers     atomic.Int64  // writes, zeroes and trims in progress
+	mu           sync.Mutex // journal, segment lists, state
+	w            *hrl.Writer
+	win          *hrl.Window
+	st           state
+	touched      map[int64]uint64 // region -> last seq that changed it
+	curRegion    []int64          // regions first touched by the open segment
+	freeRegion   []int64          // an acknowledged segment's region list, for reuse
+	wbuf         hrl.Buffers      // the segment writers' scratch space, reused
+	sealing      []*pendingSeg    // handed to the sealer, oldest first
+	sealed       []sealedSeg      // sealed, not acknowledged, oldest first
+	sealCond     sync.Cond
+	changed      chan struct{} // closed and replaced when sealed changes
+	closed       bool
+	clearable    map[int64]clearCand // regions whose changes are all acknowledged, for checkpoint to clear (HotSetBytes, ClearDelay)
+	copiedCands  int                 // of them, acknowledged by a resync (clear at the next checkpoint)
+	ackN         uint64              // clearCand.n of the last one
+	reacked      []*regionsSeen      // one per running checkpoint: regions acknowledged since it picked its candidates
+	resumeSeq    uint64              // next seq when journaling resumes after bitmap mode
+	acked        uint64              // last acknowledged seq; seqs never go back below it
+	ackFile      *ackedFile
+	ackedFiles   []string      // segments acknowledged since the last syncAcked, to delete after it (ackMu)
+	ackMu        sync.Mutex    // serialises Ack, and Ack with Close closing the files; taken before mu
+	sealBroken   bool          // a seal failed: later segments are not offered until a new generation
+	closedBytes  int64         // bytes of the segments rolled and not yet acknowledged (sealing and sealed)
+	freed        chan struct{} // closed and replaced when journal room may have become free, or the mode changed
+	pinned       regionSet     // dirty regions only a resync may clear (see the type's doc)
+	copied       regionSet     // regions last journaled by a resync: cleared at once when acknowledged, not kept hot
+	unflushed    []span        // ranges of records that may still be in the writer's batch
+	resyncMu     sync.Mutex    // one Resync at a time
+	readOnly     atomic.Bool   // SetReadOnly
+	writers      atomic.Int64  // writes, zeroes and trims in progress
+	mem          *memFS        // segments held in memory (copy.go)
+	copying      bool          // a Resync with CopyMemory runs
+	copyMode     bool          // segments opened now are memory segments
+	wMem         bool          // the open segment is a memory segment
+	suspendCause error         // of the last switch to bitmap mode
 
 	done   chan struct{}
 	wg     sync.WaitGroup
@@ -186,6 +200,7 @@ type Volume struct {
 type sealedSeg struct {
 	info    hrl.SegmentInfo
 	regions []int64
+	mem     bool // held in memory (copy.go)
 }
 
 type pendingSeg struct {
@@ -195,6 +210,7 @@ type pendingSeg struct {
 	done    chan struct{}
 	err     error
 	started bool
+	mem     bool
 }
 
 // NewVolume returns a Volume with default settings.
@@ -227,6 +243,9 @@ func (v *Volume) checkConfig() error {
 	}
 	if v.HotSetBytes < 0 || v.ClearDelay < 0 {
 		return fmt.Errorf("hot set %d bytes and clear delay %v must not be negative", v.HotSetBytes, v.ClearDelay)
+	}
+	if c := v.CopyMemory; c < 0 || c > 0 && c < MinCopyMemory {
+		return fmt.Errorf("copy memory %d bytes: set 0 (resyncs journaled to disk) or at least %d", c, MinCopyMemory)
 	}
 	if v.SegmentBytes < 1<<16 {
 		return fmt.Errorf("segment size %d is below the 64 KiB minimum", v.SegmentBytes)

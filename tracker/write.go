@@ -260,7 +260,14 @@ func (v *Volume) journalLocked(r *journalReq) error {
 	}
 	if v.st.Mode == ModeJournal {
 		first := v.w.NextSeq()
-		last, err := r.append(v.w)
+		var last uint64
+		var err error
+		if v.wMem {
+			err = v.reserveCopySeqsLocked(first, r.need)
+		}
+		if err == nil {
+			last, err = r.append(v.w)
+		}
 		if err == nil {
 			v.trackLocked(r, first, last)
 			return nil
@@ -297,7 +304,7 @@ func (v *Volume) trackLocked(r *journalReq, first, last uint64) {
 	} else {
 		v.unflushed = v.unflushed[:0] // every record so far is in the file
 	}
-	if v.w.Size() >= v.SegmentBytes {
+	if v.w.Size() >= v.segmentLimitLocked() {
 		v.rollLocked()
 	}
 }
@@ -314,6 +321,7 @@ func (v *Volume) failLocked(cause error) {
 // valid and are sealed; from now on only the bitmap tracks changes, until
 // Resync.
 func (v *Volume) suspendLocked(cause error) {
+	v.suspendCause = cause
 	v.st.Mode = ModeBitmap
 	v.st.ModeReason = cause.Error()
 	v.st.Resync = "journal suspended: " + cause.Error()
@@ -325,7 +333,7 @@ func (v *Volume) suspendLocked(cause error) {
 			v.rollLocked()
 		} else {
 			w.Close()
-			v.FS.Remove(w.Path())
+			v.fsFor(v.wMem).Remove(w.Path())
 		}
 		v.w = nil
 	}

@@ -185,6 +185,7 @@ func (a *agent) openVolumes(ctx context.Context, o agentOptions) error {
 			v.JournalQuota = o.Replication.JournalQuota
 			v.CheckpointInterval = o.Replication.Checkpoint
 			v.HotSetBytes = o.Replication.HotSet
+			v.CopyMemory = o.Replication.CopyMemory
 		}
 		v.Logger = a.log.With("volume", s.Name)
 		if err := v.Open(ctx); err != nil {

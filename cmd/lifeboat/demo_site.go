@@ -119,6 +119,7 @@ func (d *demoSite) startAgent(ctx context.Context) error {
 	v.SegmentAge = 500 * time.Millisecond
 	v.SegmentBytes = 4 << 20
 	v.JournalQuota = 1 << 30
+	v.CopyMemory = tracker.DefaultCopyMemory // the copy is shipped from memory, not journaled first
 	v.Logger = d.log.With("volume", demoVolumeName)
 	if err := v.Open(ctx); err != nil {
 		return fmt.Errorf("open the demo volume: %w", err)

@@ -32,6 +32,7 @@ type replicationOptions struct {
 	MaxBackoff   time.Duration
 	Checkpoint   time.Duration
 	HotSet       int64
+	CopyMemory   int64
 }
 
 const statusFileName = "status.json"
@@ -56,6 +57,10 @@ func replicationFlags() []cli.Flag {
 			Usage: "`SIZE` of each volume's recently written regions that stay marked dirty after the site acknowledged them,\n" +
 				"\tso that writing them again costs no fsync of the dirty bitmap (DRBD's activity log); after a crash\n" +
 				"\tof the agent or the machine they are copied again. 0: clear every acknowledged region (most fsyncs)"},
+		&cli.StringFlag{Name: "copy-memory", Value: "32MiB",
+			Usage: "`SIZE` of memory per volume for an initial replication or a full resync: what it copies is shipped from\n" +
+				"\tmemory instead of being written to the journal first, and waits for the site beyond SIZE. If the agent\n" +
+				"\tstops meanwhile, the copy resumes from the regions not yet acknowledged. 0: journal the copy to disk"},
 	}
 }
 
@@ -72,6 +77,12 @@ func parseReplicationOptions(c *cli.Context) (replicationOptions, error) {
 	o.JournalQuota = q
 	if o.HotSet, err = parseSize(c.String("hot-set")); err != nil {
 		return o, usageError("--hot-set: %v", err)
+	}
+	if o.CopyMemory, err = parseSize(c.String("copy-memory")); err != nil {
+		return o, usageError("--copy-memory: %v", err)
+	}
+	if o.CopyMemory != 0 && o.CopyMemory < tracker.MinCopyMemory {
+		return o, usageError("--copy-memory %s: want 0 or at least %s", c.String("copy-memory"), humanBytes(tracker.MinCopyMemory))
 	}
 	switch lvl := c.String("compression"); lvl {
 	case "none":
