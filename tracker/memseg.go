@@ -18,6 +18,7 @@ type memFS struct {
 	mu    sync.Mutex
 	files map[string]*memFile
 	free  [][]byte
+	size  int64 // capacity of a new file's buffer: what a segment takes before it is rolled
 }
 
 var _ hrl.FS = (*memFS)(nil)
@@ -45,6 +46,8 @@ func (m *memFS) OpenFile(name string, flag int, _ os.FileMode) (hrl.File, error)
 		var b []byte
 		if n := len(m.free); n > 0 {
 			b, m.free = m.free[n-1][:0], m.free[:n-1]
+		} else if m.size > 0 {
+			b = make([]byte, 0, m.size)
 		}
 		f = &memFile{name: name, data: b}
 		m.files[name] = f
@@ -65,7 +68,7 @@ func (m *memFS) Remove(name string) error {
 	b := f.data
 	f.data = nil
 	f.mu.Unlock()
-	if cap(b) > 0 && len(m.free) < 4 {
+	if cap(b) >= int(m.size) && len(m.free) < 2 {
 		m.free = append(m.free, b)
 	}
 	return nil

@@ -126,6 +126,9 @@ func (v *Volume) open() error {
 		return err
 	}
 	v.mem = newMemFS()
+	// A memory segment is rolled once it reaches copySegmentBytes; the
+	// records of the batch that took it there come on top.
+	v.mem.size = v.copySegmentBytes() + 2*resyncChunk
 	next, err := v.recoverJournal()
 	if err != nil {
 		return err

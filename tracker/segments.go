@@ -186,7 +186,8 @@ func waitPending(pending []*pendingSeg) error {
 }
 
 // Flush makes every write that completed before it was called durable in
-// both the journal and the backing store.
+// both the journal and the backing store (in the journal: unless it went
+// to a segment held in memory during a resync, see CopyMemory).
 func (v *Volume) Flush() error {
 	if err := v.waitSealed(); err != nil {
 		return err

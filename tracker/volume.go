@@ -18,6 +18,9 @@
 // while a resync is pending are cleared at the next checkpoint whatever
 // the hot set (an initial replication resumes after a restart from what
 // was cleared), and Close clears every acknowledged region.
+//
+// A resync's copy may be held in memory instead of the journal directory
+// (Volume.CopyMemory); copy.go has its continuity and crash rules.
 package tracker
 
 import (
@@ -78,7 +81,9 @@ const initialSyncReason = "initial replication: the replica has none of this vol
 //  4. the backing store is written.
 //
 // The request is acknowledged after 3 and 4 reached the page cache; Flush
-// makes both durable.
+// makes both durable, except a record in a segment held in memory while a
+// resync copies the volume (CopyMemory, copy.go): its region's dirty bit,
+// synced in 2, stands for it until the consumer acknowledges it.
 //
 // When a record cannot be journaled (the journal disk fails, a seal fails,
 // or JournalQuota is reached) the volume switches to bitmap mode: writes go
