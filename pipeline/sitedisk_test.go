@@ -146,22 +146,25 @@ func TestSiteDiskFullThrottlesOnceAnEpisodeAndHeals(t *testing.T) {
 
 // The spool's own write fails with ENOSPC (the check before it did not see
 // the disk fill): the agent gets the same 503 "site disk full", nothing is
-// acknowledged, and replication goes on once the write succeeds.
+// acknowledged, and replication goes on once the write succeeds. (The
+// volume has its first point before the disk fills: until then segments
+// are applied without the spool, direct.go.)
 func TestSpoolWriteOnAFullDiskIsAThrottle(t *testing.T) {
 	fs := hrltest.New()
-	fs.FailPath("write", spoolSuffix, syscall.ENOSPC)
 	s := configuredSite(t, memory.New(), func(srv *pipeline.Server) { srv.FS = fs })
 	a := newAgentVol(t, s, 4<<20, 0, s.client("agent1", pki.RoleAgent))
+	a.waitResyncAcked()
+	acked := a.ship.Status().AckedSeq
+	fs.FailPath("write", spoolSuffix, syscall.ENOSPC)
 	rng := rand.New(rand.NewPCG(5, 6))
 	a.writeRandom(rng, 10)
 	waitUntil(t, "the agent to show the site's full disk", func() bool {
 		return strings.Contains(a.ship.Status().SiteDiskFull, "no space left on device")
 	})
-	if st := a.ship.Status(); st.AckedSeq != 0 {
-		t.Fatalf("acknowledged seq %d though the spool could not write it", st.AckedSeq)
+	if st := a.ship.Status(); st.AckedSeq != acked {
+		t.Fatalf("acknowledged seq %d, was %d: acknowledged though the spool could not write it", st.AckedSeq, acked)
 	}
 	fs.ClearFaults()
-	a.waitSynced()
 	seq, sum := a.tag("after")
 	s.checkPoints(a, map[uint64]string{seq: sum})
 }
