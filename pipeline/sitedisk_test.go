@@ -267,14 +267,20 @@ func oneRecordSegment(t *testing.T, id uuid.UUID, seq uint64) []byte {
 // postSegment sends seg's headers with body and returns the answer.
 func postSegment(t *testing.T, c *http.Client, url string, id uuid.UUID, seq uint64, seg []byte, body io.Reader) (int, string) {
 	t.Helper()
+	return postSegmentRange(t, c, url, id, seq, seq, seg, body)
+}
+
+// postSegmentRange is postSegment for a segment of seqs first..last.
+func postSegmentRange(t *testing.T, c *http.Client, url string, id uuid.UUID, first, last uint64, seg []byte, body io.Reader) (int, string) {
+	t.Helper()
 	req, err := http.NewRequest(http.MethodPost, fmt.Sprintf("%s/v1/volumes/%s/segments", url, id), body)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for k, v := range map[string]string{
 		"Content-Encoding": "identity", "X-Lifeboat-Volume-Name": "vol", "X-Lifeboat-Volume-Size": strconv.Itoa(8 << 20),
-		"X-Lifeboat-Block-Size": "4096", "X-Lifeboat-Generation": "1", "X-Lifeboat-First-Seq": strconv.FormatUint(seq, 10),
-		"X-Lifeboat-Last-Seq": strconv.FormatUint(seq, 10), "X-Lifeboat-Segment-Size": strconv.Itoa(len(seg)),
+		"X-Lifeboat-Block-Size": "4096", "X-Lifeboat-Generation": "1", "X-Lifeboat-First-Seq": strconv.FormatUint(first, 10),
+		"X-Lifeboat-Last-Seq": strconv.FormatUint(last, 10), "X-Lifeboat-Segment-Size": strconv.Itoa(len(seg)),
 		"X-Lifeboat-Segment-Sum": fmt.Sprintf("%016x", xxhash.Sum64(seg)),
 	} {
 		req.Header.Set(k, v)
