@@ -11,7 +11,9 @@ import (
 	"lifeboat/targets"
 )
 
-// volume is one replicated volume on the process server.
+// volume is one replicated volume on the process server. Lock order:
+// recvMu, then mu (a receive holds recvMu throughout, and takes mu to read
+// and update the spooled and applied state).
 type volume struct {
 	info targets.VolumeInfo // ID, Name, Size, BlockSize fixed while open; Machine guarded by mu
 	rep  targets.Replica
