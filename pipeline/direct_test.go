@@ -52,10 +52,20 @@ func (w *spoolWatch) spooled() []string {
 func TestDirectApplyBeforeTheFirstPoint(t *testing.T) {
 	watch := &spoolWatch{FS: hrl.OSFS{}}
 	s := configuredSite(t, file.New(t.TempDir()), func(srv *pipeline.Server) { srv.FS = watch })
-	a := newAgentVol(t, s, 8<<20, 0, s.client("agent1", pki.RoleAgent))
 	rng := rand.New(rand.NewPCG(21, 22))
-	a.writeRandom(rng, 20) // before and during the initial replication
-	a.waitResyncAcked()    // its point is created and acknowledged
+	fill := func(f *os.File) { // data, zeros and holes, all before the initial replication's point
+		for range 40 {
+			b := make([]byte, 4096*(1+rng.IntN(64)))
+			for i := range b[len(b)/4:] {
+				b[len(b)/4+i] = byte(rng.Uint32())
+			}
+			if _, err := f.WriteAt(b, rng.Int64N(8<<20-int64(len(b)))&^511); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	a := newAgentVolFrom(t, s, 8<<20, fill, 0, s.client("agent1", pki.RoleAgent))
+	a.waitResyncAcked() // its point is created and acknowledged
 	sum := fileSum(t, a.path)
 	id := a.vol.VolumeID()
 	st := s.status(id)
