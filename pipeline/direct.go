@@ -86,6 +86,9 @@ func (s *Server) applyDirect(ctx context.Context, v *volume, h segmentHeaders, d
 	v.spooledGen, v.spooledSeq = h.generation, h.last
 	v.direct++
 	v.mu.Unlock()
-	log.Info("segment applied", "direct", true, "bytes", n, "took", time.Since(start).Round(time.Microsecond))
+	// The applier's line, field for field (scripts and tests read it), and
+	// direct=true.
+	s.logger().Info("segment applied", "volume", v.info.Name, "generation", h.generation, "first_seq", h.first,
+		"last_seq", h.last, "bytes", n, "took", time.Since(start).Round(time.Microsecond), "direct", true)
 	return true
 }
