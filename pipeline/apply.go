@@ -11,7 +11,9 @@ import (
 	"lifeboat/targets"
 )
 
-// volume is one replicated volume on the process server.
+// volume is one replicated volume on the process server. Lock order:
+// recvMu, then mu (a receive holds recvMu throughout, and takes mu to read
+// and update the spooled and applied state).
 type volume struct {
 	info targets.VolumeInfo // ID, Name, Size, BlockSize fixed while open; Machine guarded by mu
 	rep  targets.Replica
@@ -26,6 +28,11 @@ type volume struct {
 	pending    []spooledSeg // spooled, not yet applied, in seq order
 	applied    targets.State
 	applyErr   string
+	// hasPoint: the replica has (or may have) a recovery point. Set when
+	// the volume is loaded and before every point is created, never
+	// cleared; while false, segments may be applied directly (direct.go).
+	hasPoint bool
+	direct   int64 // segments applied directly since the volume was opened
 
 	replay hrl.SegmentReplay // the applier's, reused
 	sink   applySink
@@ -65,7 +72,7 @@ func (v *volume) status() VolumeStatus {
 	defer v.mu.Unlock()
 	st := VolumeStatus{Info: v.info, SpooledGeneration: v.spooledGen, SpooledSeq: v.spooledSeq,
 		AppliedGeneration: v.applied.Generation, AppliedSeq: v.applied.Seq, ApplyError: v.applyErr,
-		Throttled: v.srv.throttle.current()}
+		DirectApplied: v.direct, Throttled: v.srv.throttle.current()}
 	for _, s := range v.pending {
 		st.SpoolBytes += s.size
 	}
@@ -198,6 +205,9 @@ func (a *applySink) Apply(exts []hrl.Extent) error {
 func (a *applySink) Tag(seq uint64, t hrl.Tag) error {
 	v, ctx, gen := a.v, a.ctx, a.v.replay.Header().Generation
 	p := targets.Point{Seq: seq, Generation: gen, Kind: t.Kind, Name: t.Name, Time: t.Time}
+	v.mu.Lock()
+	v.hasPoint = true // before: a point whose creation fails may exist all the same
+	v.mu.Unlock()
 	if err := v.rep.CreatePoint(ctx, p); err != nil {
 		return fmt.Errorf("recovery point %d: %w", seq, err)
 	}

@@ -237,6 +237,13 @@ type agentVol struct {
 
 func newAgentVol(t *testing.T, s *site, size int64, quota int64, client *http.Client) *agentVol {
 	t.Helper()
+	return newAgentVolFrom(t, s, size, nil, quota, client)
+}
+
+// newAgentVolFrom is newAgentVol over a disk that fill, if not nil, writes
+// before the agent opens it: all of it is in the initial replication.
+func newAgentVolFrom(t *testing.T, s *site, size int64, fill func(*os.File), quota int64, client *http.Client) *agentVol {
+	t.Helper()
 	dir := t.TempDir()
 	a := &agentVol{t: t, path: filepath.Join(dir, "disk.img"), journal: filepath.Join(dir, "journal")}
 	f, err := os.Create(a.path)
@@ -244,6 +251,9 @@ func newAgentVol(t *testing.T, s *site, size int64, quota int64, client *http.Cl
 		t.Fatal(err)
 	}
 	f.Truncate(size)
+	if fill != nil {
+		fill(f)
+	}
 	f.Close()
 	a.open(s, quota, client)
 	t.Cleanup(a.close)

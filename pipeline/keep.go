@@ -9,7 +9,9 @@ package pipeline
 // (spooledSeg.mem), and the applier replays it from memory and releases it
 // once the segment is applied. The spool file stays the durable copy: the
 // applier reads it back only when no buffer came with the segment (after a
-// server restart, or when the buffer was not kept).
+// server restart, or when the buffer was not kept). Before a volume's
+// first recovery point the receive applies the buffer itself instead and
+// spools nothing (direct.go).
 //
 // Memory bound. A kept buffer stops counting against the receive memory
 // (Server.ReceiveMemory, for uploads in progress) and counts against the

@@ -20,12 +20,13 @@
 //
 // A segment is the exact bytes of the agent's .hrl file: the wire format is
 // the spool format, no record is re-encoded. The server answers 200 only
-// after the segment is fsynced in the spool; 409 when it does not continue
-// the volume's journal (the body says which seq it expects); 422 when a
-// checksum fails (resend); 408 when the body stalls (resend); 503 with
-// Retry-After when the spool or a disk of the site is nearly full, or the
-// receive buffers are in use (slow down; see diskfree.go); 403 when the
-// volume belongs to another machine. A 200 names the segment it
+// after the segment is fsynced in the spool, or, before the volume's
+// first recovery point, committed to the replica (direct.go); 409 when it
+// does not continue the volume's journal (the body says which seq it
+// expects); 422 when a checksum fails (resend); 408 when the body stalls
+// (resend); 503 with Retry-After when the spool or a disk of the site is
+// nearly full, or the receive buffers are in use (slow down; see
+// diskfree.go); 403 when the volume belongs to another machine. A 200 names the segment it
 // acknowledges (AckedGeneration, AckedFirstSeq, AckedLastSeq): the agent
 // deletes its copy only when they are the segment's own.
 package pipeline
@@ -94,9 +95,13 @@ type VolumeStatus struct {
 	AppliedGeneration uint64 `json:"applied_generation"`
 	AppliedSeq        uint64 `json:"applied_seq"`
 	SpoolBytes        int64  `json:"spool_bytes"`
-	Points            int    `json:"points"`
-	LatestPoint       *Point `json:"latest_point,omitempty"`
-	ApplyError        string `json:"apply_error,omitempty"`
+	// DirectApplied counts the segments applied straight onto the
+	// replica, without a spool copy, since the server opened the volume:
+	// only before its first recovery point (direct.go).
+	DirectApplied int64  `json:"direct_applied,omitempty"`
+	Points        int    `json:"points"`
+	LatestPoint   *Point `json:"latest_point,omitempty"`
+	ApplyError    string `json:"apply_error,omitempty"`
 	// Failed says why the volume's replica cannot be opened (it is retried
 	// when its agent sends or asks again); the other fields are then zero.
 	Failed string `json:"failed,omitempty"`

@@ -93,7 +93,8 @@ func httpError(w http.ResponseWriter, code int, err error) {
 }
 
 // handleSegment receives one segment: sender, continuity, throttling,
-// decode, verify every checksum, spool durably, then answer.
+// decode, verify every checksum, spool durably (or, before the volume's
+// first point, apply and commit it: direct.go), then answer.
 func (s *Server) handleSegment(w http.ResponseWriter, r *http.Request) {
 	h, err := parseSegmentHeaders(r)
 	if err != nil {
@@ -154,6 +155,11 @@ func (s *Server) handleSegment(w http.ResponseWriter, r *http.Request) {
 	}
 	if err != nil {
 		s.refuseBody(w, log, err)
+		return
+	}
+	if s.applyDirect(r.Context(), v, h, data, log) { // before the first point (direct.go)
+		acked.SpooledGeneration, acked.SpooledSeq = h.generation, h.last
+		writeJSON(w, http.StatusOK, acked)
 		return
 	}
 	seg, err := s.spool.put(h.info.ID, spooledSeg{generation: h.generation, first: h.first, last: h.last}, data)

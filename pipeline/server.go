@@ -210,7 +210,12 @@ func (s *Server) loadVolume(ctx context.Context, rep targets.Replica) (*volume, 
 	if err != nil {
 		return nil, err
 	}
-	v := &volume{info: info, rep: newSwappable(rep), srv: s, wake: make(chan struct{}, 1), applied: st}
+	points, err := rep.Points(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("points of replica %s: %w", info.Name, err)
+	}
+	v := &volume{info: info, rep: newSwappable(rep), srv: s, wake: make(chan struct{}, 1), applied: st,
+		hasPoint: len(points) > 0}
 	v.spooledGen, v.spooledSeq = st.Generation, st.Seq
 	for _, seg := range segs {
 		if seg.last <= st.Seq {

@@ -146,22 +146,25 @@ func TestSiteDiskFullThrottlesOnceAnEpisodeAndHeals(t *testing.T) {
 
 // The spool's own write fails with ENOSPC (the check before it did not see
 // the disk fill): the agent gets the same 503 "site disk full", nothing is
-// acknowledged, and replication goes on once the write succeeds.
+// acknowledged, and replication goes on once the write succeeds. (The
+// volume has its first point before the disk fills: until then segments
+// are applied without the spool, direct.go.)
 func TestSpoolWriteOnAFullDiskIsAThrottle(t *testing.T) {
 	fs := hrltest.New()
-	fs.FailPath("write", spoolSuffix, syscall.ENOSPC)
 	s := configuredSite(t, memory.New(), func(srv *pipeline.Server) { srv.FS = fs })
 	a := newAgentVol(t, s, 4<<20, 0, s.client("agent1", pki.RoleAgent))
+	a.waitResyncAcked()
+	acked := a.ship.Status().AckedSeq
+	fs.FailPath("write", spoolSuffix, syscall.ENOSPC)
 	rng := rand.New(rand.NewPCG(5, 6))
 	a.writeRandom(rng, 10)
 	waitUntil(t, "the agent to show the site's full disk", func() bool {
 		return strings.Contains(a.ship.Status().SiteDiskFull, "no space left on device")
 	})
-	if st := a.ship.Status(); st.AckedSeq != 0 {
-		t.Fatalf("acknowledged seq %d though the spool could not write it", st.AckedSeq)
+	if st := a.ship.Status(); st.AckedSeq != acked {
+		t.Fatalf("acknowledged seq %d, was %d: acknowledged though the spool could not write it", st.AckedSeq, acked)
 	}
 	fs.ClearFaults()
-	a.waitSynced()
 	seq, sum := a.tag("after")
 	s.checkPoints(a, map[uint64]string{seq: sum})
 }
@@ -264,14 +267,20 @@ func oneRecordSegment(t *testing.T, id uuid.UUID, seq uint64) []byte {
 // postSegment sends seg's headers with body and returns the answer.
 func postSegment(t *testing.T, c *http.Client, url string, id uuid.UUID, seq uint64, seg []byte, body io.Reader) (int, string) {
 	t.Helper()
+	return postSegmentRange(t, c, url, id, seq, seq, seg, body)
+}
+
+// postSegmentRange is postSegment for a segment of seqs first..last.
+func postSegmentRange(t *testing.T, c *http.Client, url string, id uuid.UUID, first, last uint64, seg []byte, body io.Reader) (int, string) {
+	t.Helper()
 	req, err := http.NewRequest(http.MethodPost, fmt.Sprintf("%s/v1/volumes/%s/segments", url, id), body)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for k, v := range map[string]string{
 		"Content-Encoding": "identity", "X-Lifeboat-Volume-Name": "vol", "X-Lifeboat-Volume-Size": strconv.Itoa(8 << 20),
-		"X-Lifeboat-Block-Size": "4096", "X-Lifeboat-Generation": "1", "X-Lifeboat-First-Seq": strconv.FormatUint(seq, 10),
-		"X-Lifeboat-Last-Seq": strconv.FormatUint(seq, 10), "X-Lifeboat-Segment-Size": strconv.Itoa(len(seg)),
+		"X-Lifeboat-Block-Size": "4096", "X-Lifeboat-Generation": "1", "X-Lifeboat-First-Seq": strconv.FormatUint(first, 10),
+		"X-Lifeboat-Last-Seq": strconv.FormatUint(last, 10), "X-Lifeboat-Segment-Size": strconv.Itoa(len(seg)),
 		"X-Lifeboat-Segment-Sum": fmt.Sprintf("%016x", xxhash.Sum64(seg)),
 	} {
 		req.Header.Set(k, v)
