@@ -20,7 +20,10 @@ type volume struct {
 	srv  *Server
 	wake chan struct{}
 
-	recvMu sync.Mutex // one segment received at a time
+	recvMu   sync.Mutex // one segment checked and stored at a time
+	recvCond sync.Cond  // on recvMu: an upload ended (uploads changed)
+	uploads  int        // under recvMu: uploads of this volume in progress
+	waiting  int        // under recvMu: of them, waiting for a segment they follow
 
 	mu         sync.Mutex
 	spooledGen uint64
@@ -72,7 +75,7 @@ func (v *volume) status() VolumeStatus {
 	defer v.mu.Unlock()
 	st := VolumeStatus{Info: v.info, SpooledGeneration: v.spooledGen, SpooledSeq: v.spooledSeq,
 		AppliedGeneration: v.applied.Generation, AppliedSeq: v.applied.Seq, ApplyError: v.applyErr,
-		DirectApplied: v.direct, Throttled: v.srv.throttle.current()}
+		DirectApplied: v.direct, Throttled: v.srv.throttle.current(), SegmentsInFlight: MaxSegmentsInFlight}
 	for _, s := range v.pending {
 		st.SpoolBytes += s.size
 	}

@@ -17,22 +17,24 @@ import (
 // send ships one segment and returns nil once the server has it durably.
 // Errors wrap ErrChecksum (resend), ErrGap (ask where the server is),
 // ErrSlowDown or ErrPermanent; anything else is a transport error.
-func (s *Shipper) send(ctx context.Context, seg hrl.SegmentInfo) error {
+// follows marks a segment sent while the one before it may still be in
+// flight (hdrFollows). The lane holds what one send in progress uses.
+func (s *Shipper) send(ctx context.Context, seg hrl.SegmentInfo, follows bool, l *lane) error {
 	f, err := s.Volume.OpenSegment(seg) // a file, or held in memory during a resync
 	if err != nil {
 		return fmt.Errorf("read segment: %w", err)
 	}
 	defer f.Close()
-	sum, err := s.segmentSum(f, seg.Size)
+	sum, err := l.segmentSum(f, seg.Size)
 	if err != nil {
 		return fmt.Errorf("read segment %s: %w", seg.Path, err)
 	}
 	encoding := contentEncodingPlain
-	if s.enc != nil {
+	if l.enc != nil {
 		encoding = contentEncodingZstd
 	}
 	st := s.Volume.Status()
-	body := openSegmentBody(f, seg.Size, s.enc)
+	body := openSegmentBody(f, seg.Size, l.enc)
 	// The file is closed and the encoder used for the next segment only
 	// once the transport has let go of this body (see segmentBody).
 	defer body.finish(ctx)
@@ -40,7 +42,7 @@ func (s *Shipper) send(ctx context.Context, seg hrl.SegmentInfo) error {
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrPermanent, err)
 	}
-	if s.enc == nil {
+	if l.enc == nil {
 		req.ContentLength = seg.Size
 	} // else -1: chunked, the compressed size is known at the end
 	h := req.Header
@@ -54,6 +56,9 @@ func (s *Shipper) send(ctx context.Context, seg hrl.SegmentInfo) error {
 	h.Set(hdrLastSeq, strconv.FormatUint(seg.LastSeq, 10))
 	h.Set(hdrSegmentSize, strconv.FormatInt(seg.Size, 10))
 	h.Set(hdrSegmentSum, fmt.Sprintf("%016x", sum))
+	if follows {
+		h.Set(hdrFollows, "1")
+	}
 	resp, err := s.Client.Do(req)
 	if err != nil {
 		return fmt.Errorf("send segment %d..%d to %s: %w", seg.FirstSeq, seg.LastSeq, s.URL, err)
@@ -67,7 +72,7 @@ func (s *Shipper) send(ctx context.Context, seg hrl.SegmentInfo) error {
 		return err
 	}
 	wire := seg.Size
-	if n := body.finish(ctx); s.enc != nil {
+	if n := body.finish(ctx); l.enc != nil {
 		wire = n
 	}
 	s.mu.Lock()

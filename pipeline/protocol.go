@@ -42,22 +42,27 @@ import (
 
 // Defaults.
 const (
-	DefaultAddr          = ":9443"
-	DefaultThrottleFree  = 0.20 // ASR throttles when less than 20 % of its cache is free
-	DefaultSpoolQuota    = 8 << 30
-	DefaultTagInterval   = 5 * time.Minute
-	MinTagInterval       = time.Second
-	DefaultMaxBackoff    = 30 * time.Second
-	maxSegmentWireBytes  = 1 << 30
-	headerPrefix         = "X-Lifeboat-"
-	hdrVolumeName        = headerPrefix + "Volume-Name"
-	hdrVolumeSize        = headerPrefix + "Volume-Size"
-	hdrBlockSize         = headerPrefix + "Block-Size"
-	hdrGeneration        = headerPrefix + "Generation"
-	hdrFirstSeq          = headerPrefix + "First-Seq"
-	hdrLastSeq           = headerPrefix + "Last-Seq"
-	hdrSegmentSize       = headerPrefix + "Segment-Size"
-	hdrSegmentSum        = headerPrefix + "Segment-Sum" // xxhash64 of the segment bytes, hex
+	DefaultAddr         = ":9443"
+	DefaultThrottleFree = 0.20 // ASR throttles when less than 20 % of its cache is free
+	DefaultSpoolQuota   = 8 << 30
+	DefaultTagInterval  = 5 * time.Minute
+	DefaultInFlight     = 2 // segments a shipper sends at once (Shipper.InFlight)
+	MinTagInterval      = time.Second
+	DefaultMaxBackoff   = 30 * time.Second
+	maxSegmentWireBytes = 1 << 30
+	headerPrefix        = "X-Lifeboat-"
+	hdrVolumeName       = headerPrefix + "Volume-Name"
+	hdrVolumeSize       = headerPrefix + "Volume-Size"
+	hdrBlockSize        = headerPrefix + "Block-Size"
+	hdrGeneration       = headerPrefix + "Generation"
+	hdrFirstSeq         = headerPrefix + "First-Seq"
+	hdrLastSeq          = headerPrefix + "Last-Seq"
+	hdrSegmentSize      = headerPrefix + "Segment-Size"
+	hdrSegmentSum       = headerPrefix + "Segment-Sum" // xxhash64 of the segment bytes, hex
+	// hdrFollows, set to 1, says that the segment directly follows the
+	// one before it in the same generation (seq FirstSeq-1), which the
+	// agent may still be sending: the server takes it only after that one.
+	hdrFollows           = headerPrefix + "Follows"
 	hdrPointSeq          = headerPrefix + "Point-Seq"
 	hdrPointName         = headerPrefix + "Point-Name"
 	hdrPointSize         = headerPrefix + "Point-Size" // the image's size: what a whole download receives
@@ -98,10 +103,14 @@ type VolumeStatus struct {
 	// DirectApplied counts the segments applied straight onto the
 	// replica, without a spool copy, since the server opened the volume:
 	// only before its first recovery point (direct.go).
-	DirectApplied int64  `json:"direct_applied,omitempty"`
-	Points        int    `json:"points"`
-	LatestPoint   *Point `json:"latest_point,omitempty"`
-	ApplyError    string `json:"apply_error,omitempty"`
+	DirectApplied int64 `json:"direct_applied,omitempty"`
+	// SegmentsInFlight is how many segments of the volume the server
+	// takes at once from its agent, in order (hdrFollows); 0 from a server
+	// that takes one at a time.
+	SegmentsInFlight int    `json:"segments_in_flight,omitempty"`
+	Points           int    `json:"points"`
+	LatestPoint      *Point `json:"latest_point,omitempty"`
+	ApplyError       string `json:"apply_error,omitempty"`
 	// Failed says why the volume's replica cannot be opened (it is retried
 	// when its agent sends or asks again); the other fields are then zero.
 	Failed string `json:"failed,omitempty"`

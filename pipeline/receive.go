@@ -5,8 +5,10 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/cespare/xxhash/v2"
 	"github.com/google/uuid"
@@ -25,6 +27,8 @@ type segmentHeaders struct {
 	size       int64
 	sum        uint64
 	encoding   string
+	follows    bool            // hdrFollows: only after the segment before it
+	ctx        context.Context // the request's
 }
 
 func parseSegmentHeaders(r *http.Request) (segmentHeaders, error) {
@@ -42,6 +46,8 @@ func parseSegmentHeaders(r *http.Request) (segmentHeaders, error) {
 		return n
 	}
 	h.info.ID = r.PathValue("id")
+	h.ctx = r.Context()
+	h.follows = r.Header.Get(hdrFollows) == "1"
 	h.info.Name = r.Header.Get(hdrVolumeName)
 	h.info.Size = int64(num(hdrVolumeSize))
 	h.info.BlockSize = int(num(hdrBlockSize))
@@ -116,38 +122,20 @@ func (s *Server) handleSegment(w http.ResponseWriter, r *http.Request) {
 		httpError(w, statusCode(err), err)
 		return
 	}
-	v.recvMu.Lock()
-	defer v.recvMu.Unlock()
-	if err := s.failedOver(h.info.ID); err != nil { // checked under recvMu: see SiteVolume.Fence
-		log.Info("segment refused", "err", err)
-		httpError(w, statusCode(err), err)
-		return
-	}
-	gen, seq := v.spooled()
+	v.beginUpload()
+	defer v.endUpload()
 	acked := SegmentReply{AckedGeneration: h.generation, AckedFirstSeq: h.first, AckedLastSeq: h.last}
-	switch {
-	case h.last <= seq && h.last >= h.first:
-		// Already here (a resend after a lost answer): acknowledge again.
-		acked.SpooledGeneration, acked.SpooledSeq = gen, seq
-		writeJSON(w, http.StatusOK, acked)
-		return
-	case h.generation == gen && h.first == seq+1,
-		seq == 0 && h.first == 1,
-		// A new generation follows a resync of the regions its gap
-		// changed; generation 1 is an agent's first journal, so on an
-		// empty replica only seq 1 may start it.
-		h.generation > gen && h.first > seq && !(seq == 0 && h.generation == 1):
-	default:
-		err := fmt.Errorf("%w: replica has generation %d up to seq %d, segment is generation %d seqs %d..%d",
-			ErrGap, gen, seq, h.generation, h.first, h.last)
-		log.Warn("segment refused", "err", err)
-		writeJSON(w, http.StatusConflict, SegmentReply{SpooledGeneration: gen, SpooledSeq: seq, Error: err.Error()})
+	// Answered before the body when the answer cannot change: a fenced
+	// volume, a segment already here, a gap no upload in progress fills.
+	if s.refuseEarly(w, v, h, p, acked, log, false) {
 		return
 	}
 	if err := s.admit(h.size); err != nil {
 		writeThrottled(w, err)
 		return
 	}
+	// The body is read and verified without the volume's lock: the next
+	// segment's upload overlaps with this one's spooling or apply.
 	bp, data, err := s.readSegment(s.progressBody(w, r), h)
 	defer func() { s.releaseBuf(bp) }() // unless kept for the applier
 	if err == nil {
@@ -155,6 +143,13 @@ func (s *Server) handleSegment(w http.ResponseWriter, r *http.Request) {
 	}
 	if err != nil {
 		s.refuseBody(w, log, err)
+		return
+	}
+	v.recvMu.Lock()
+	defer v.recvMu.Unlock()
+	// Checked again under recvMu, waiting for a segment it follows that
+	// is still being received.
+	if s.refuseEarly(w, v, h, p, acked, log, true) {
 		return
 	}
 	if s.applyDirect(r.Context(), v, h, data, log) { // before the first point (direct.go)
@@ -243,4 +238,140 @@ func verifySegment(data []byte, h segmentHeaders) error {
 		return fmt.Errorf("segment block size %d, headers say %d", info.BlockSize, h.info.BlockSize)
 	}
 	return nil
+}
+
+// Order of segments in flight. An agent may send the segments that follow
+// one it is still sending (Shipper.InFlight), each marked with hdrFollows:
+// the segment continues the one before it, same generation, no gap. Their
+// bodies are received at once, and each takes the volume's recvMu only to
+// check its place and store it, so a segment that arrives before the one
+// it follows waits (recvCond) while an upload of the volume is in
+// progress, and is refused as a gap (409) only when none is: the agent
+// then asks where the server is and sends again. Without hdrFollows a
+// segment may also start a new generation, so it is never taken ahead of
+// an upload in progress.
+
+// MaxSegmentsInFlight is how many segments of one volume this server
+// takes at once (VolumeStatus.SegmentsInFlight).
+const MaxSegmentsInFlight = 4
+
+// aheadGrace is how long a segment that arrives ahead of the one it
+// follows waits for that one's upload to begin.
+const aheadGrace = 500 * time.Millisecond
+
+// placement is where a segment stands against the volume's spooled state.
+type placement int
+
+const (
+	placeNext  placement = iota // continues the spooled state: take it
+	placeHere                   // already spooled: acknowledge again
+	placeAhead                  // follows a segment not here yet, maybe in flight
+	placeGap                    // cannot continue the spooled state
+)
+
+func place(h segmentHeaders, follows bool, gen, seq uint64) placement {
+	switch {
+	case h.last <= seq && h.last >= h.first:
+		return placeHere
+	case follows && h.generation == gen && h.first == seq+1:
+		return placeNext
+	case follows && h.first > seq+1:
+		return placeAhead
+	case follows:
+		return placeGap
+	case h.generation == gen && h.first == seq+1,
+		seq == 0 && h.first == 1,
+		// A new generation follows a resync of the regions its gap
+		// changed; generation 1 is an agent's first journal, so on an
+		// empty replica only seq 1 may start it.
+		h.generation > gen && h.first > seq && !(seq == 0 && h.generation == 1):
+		return placeNext
+	}
+	return placeGap
+}
+
+// refuseEarly answers a segment that must not be stored: its volume is
+// fenced or moved to another machine, it is already here (200), or it
+// does not continue the spooled state (409). locked: the caller holds
+// v.recvMu, and a segment ahead waits there for the one it follows while
+// another upload of the volume is in progress; otherwise a segment ahead
+// is let through to read its body.
+func (s *Server) refuseEarly(w http.ResponseWriter, v *volume, h segmentHeaders, p peer, acked SegmentReply, log *slog.Logger, locked bool) bool {
+	r := func(err error) bool {
+		log.Info("segment refused", "err", err)
+		httpError(w, statusCode(err), err)
+		return true
+	}
+	if err := s.failedOver(h.info.ID); err != nil { // final under recvMu: see SiteVolume.Fence
+		return r(err)
+	}
+	if err := p.mayReach(v.infoNow()); err != nil { // final under recvMu: an admin's reassignment
+		return r(err)
+	}
+	follows := h.follows
+	grace := time.Now().Add(aheadGrace)
+	for {
+		gen, seq := v.spooled()
+		switch place(h, follows, gen, seq) {
+		case placeHere:
+			// A resend after a lost answer: acknowledge again.
+			acked.SpooledGeneration, acked.SpooledSeq = gen, seq
+			writeJSON(w, http.StatusOK, acked)
+			return true
+		case placeNext:
+			return false
+		case placeAhead:
+			if !locked {
+				return false
+			}
+			// Wait while another upload is active (not itself waiting):
+			// it may be the one this follows; and for aheadGrace, in case
+			// that one's request has not arrived yet.
+			active, early := v.uploads-v.waiting > 1, time.Now().Before(grace)
+			if (active || early) && h.ctx.Err() == nil {
+				v.waiting++
+				if v.waiting == v.uploads {
+					v.recvCond.Broadcast() // nobody left to fill the gap
+				}
+				stop := context.AfterFunc(h.ctx, v.wakeReceivers)
+				var timer *time.Timer
+				if early {
+					timer = time.AfterFunc(time.Until(grace), v.wakeReceivers)
+				}
+				v.recvCond.Wait()
+				if timer != nil {
+					timer.Stop()
+				}
+				stop()
+				v.waiting--
+				continue
+			}
+		}
+		err := fmt.Errorf("%w: replica has generation %d up to seq %d, segment is generation %d seqs %d..%d",
+			ErrGap, gen, seq, h.generation, h.first, h.last)
+		log.Warn("segment refused", "err", err)
+		writeJSON(w, http.StatusConflict, SegmentReply{SpooledGeneration: gen, SpooledSeq: seq, Error: err.Error()})
+		return true
+	}
+}
+
+// beginUpload and endUpload count the volume's uploads in progress; the
+// end of one wakes the segments waiting for the one they follow.
+func (v *volume) beginUpload() {
+	v.recvMu.Lock()
+	v.uploads++
+	v.recvMu.Unlock()
+}
+
+func (v *volume) wakeReceivers() {
+	v.recvMu.Lock()
+	v.recvCond.Broadcast()
+	v.recvMu.Unlock()
+}
+
+func (v *volume) endUpload() {
+	v.recvMu.Lock()
+	v.uploads--
+	v.recvCond.Broadcast()
+	v.recvMu.Unlock()
 }

@@ -31,15 +31,22 @@ func newEncoder(level zstd.EncoderLevel) (*zstd.Encoder, error) {
 		zstd.WithWindowSize(ShipWindow), zstd.WithLowerEncoderMem(true))
 }
 
+// lane is what one segment in flight uses: its encoder and its hashing
+// buffer. A shipper has one lane per segment it may have in flight.
+type lane struct {
+	enc    *zstd.Encoder // nil: uncompressed
+	sumBuf []byte
+}
+
 // segmentSum is the xxhash64 of the first size bytes of f, read in
-// sumChunk pieces into the shipper's buffer.
-func (s *Shipper) segmentSum(f io.ReaderAt, size int64) (uint64, error) {
-	if s.sumBuf == nil {
-		s.sumBuf = make([]byte, sumChunk)
+// sumChunk pieces into the lane's buffer.
+func (l *lane) segmentSum(f io.ReaderAt, size int64) (uint64, error) {
+	if l.sumBuf == nil {
+		l.sumBuf = make([]byte, sumChunk)
 	}
 	var d xxhash.Digest
 	d.Reset()
-	if _, err := io.CopyBuffer(&d, io.NewSectionReader(f, 0, size), s.sumBuf); err != nil {
+	if _, err := io.CopyBuffer(&d, io.NewSectionReader(f, 0, size), l.sumBuf); err != nil {
 		return 0, err
 	}
 	return d.Sum64(), nil

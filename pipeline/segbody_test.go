@@ -53,7 +53,7 @@ func TestSegmentBodyStreamsWithoutHoldingTheSegment(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer enc.Close()
-	s := &Shipper{enc: enc}
+	s := &lane{enc: enc}
 	var wire bytes.Buffer
 	wire.Grow(size + size/8) // outside the measurement: the server's side
 	runtime.GC()

@@ -216,6 +216,7 @@ func (s *Server) loadVolume(ctx context.Context, rep targets.Replica) (*volume, 
 	}
 	v := &volume{info: info, rep: newSwappable(rep), srv: s, wake: make(chan struct{}, 1), applied: st,
 		hasPoint: len(points) > 0}
+	v.recvCond.L = &v.recvMu
 	v.spooledGen, v.spooledSeq = st.Generation, st.Seq
 	for _, seg := range segs {
 		if seg.last <= st.Seq {

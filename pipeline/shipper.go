@@ -36,12 +36,17 @@ type Shipper struct {
 	// (a planned failover) while it has nothing to send; default
 	// DefaultPollInterval.
 	PollInterval time.Duration
-	Logger       *slog.Logger
+	// InFlight is how many segments the shipper sends at once, in order,
+	// when the server takes that many (VolumeStatus.SegmentsInFlight):
+	// the next segment's upload overlaps with the server storing the one
+	// before. Default DefaultInFlight; 1 sends one at a time.
+	InFlight int
+	Logger   *slog.Logger
 
 	mu       sync.Mutex
 	status   ShipperStatus
-	enc      *zstd.Encoder
-	sumBuf   []byte // segmentSum's reads
+	lanes    chan *lane // one per segment in flight
+	depth    int        // segments in flight now: InFlight, or what the server takes
 	lastTag  uint64
 	tagTime  time.Time
 	lastPoll time.Time // the sender loop's last poll of the site
@@ -142,13 +147,22 @@ func (s *Shipper) Run(ctx context.Context) error {
 	if s.TagInterval != 0 && s.TagInterval < MinTagInterval {
 		return fmt.Errorf("shipper: tag interval %v is below the minimum %v", s.TagInterval, MinTagInterval)
 	}
-	if s.Compression != 0 {
-		enc, err := newEncoder(s.Compression)
-		if err != nil {
-			return fmt.Errorf("shipper: %w", err)
+	n := s.InFlight
+	if n <= 0 {
+		n = DefaultInFlight
+	}
+	s.lanes = make(chan *lane, n)
+	for range n {
+		l := &lane{}
+		if s.Compression != 0 {
+			enc, err := newEncoder(s.Compression)
+			if err != nil {
+				return fmt.Errorf("shipper: %w", err)
+			}
+			l.enc = enc
+			defer enc.Close()
 		}
-		s.enc = enc
-		defer enc.Close()
+		s.lanes <- l
 	}
 	var wg sync.WaitGroup
 	wg.Add(2)
@@ -159,14 +173,18 @@ func (s *Shipper) Run(ctx context.Context) error {
 	return nil
 }
 
-// sendLoop resumes where the server is, then ships every sealed segment.
+// sendLoop resumes where the server is, then ships every sealed segment,
+// up to depth at once (flights.go); they are acknowledged in order.
 func (s *Shipper) sendLoop(ctx context.Context) {
 	log := s.logger()
 	var backoff time.Duration
 	resumed := false
 	var refused [2]uint64 // first seq of the segment the server refused, and how often in a row
+	var fl flights
+	defer fl.drain()
 	for ctx.Err() == nil {
 		if !resumed {
+			fl.drain()
 			err := s.resume(ctx)
 			switch {
 			case errors.Is(err, ErrForbidden), errors.Is(err, ErrBadAck), errors.Is(err, ErrFailedOver):
@@ -178,19 +196,26 @@ func (s *Shipper) sendLoop(ctx context.Context) {
 			}
 			resumed = true
 		}
-		seg, err := s.nextSegment(ctx)
-		if errors.Is(err, ErrFailedOver) {
-			resumed = false
-			s.stopped(ctx, err)
-			continue
-		}
-		if err != nil {
-			if ctx.Err() == nil && !errors.Is(err, tracker.ErrClosed) {
-				log.Error("waiting for a segment", "err", err)
+		if fl.empty() {
+			seg, err := s.nextSegment(ctx)
+			if errors.Is(err, ErrFailedOver) {
+				resumed = false
+				s.stopped(ctx, err)
+				continue
 			}
-			return
+			if err != nil {
+				if ctx.Err() == nil && !errors.Is(err, tracker.ErrClosed) {
+					log.Error("waiting for a segment", "err", err)
+				}
+				return
+			}
+			fl.launch(ctx, s, seg, false)
 		}
-		err = s.send(ctx, seg)
+		s.topUp(ctx, &fl)
+		seg, err := fl.next()
+		if err != nil {
+			fl.drain() // they follow a segment the server did not take
+		}
 		switch {
 		case err == nil:
 			backoff = 0
@@ -232,6 +257,13 @@ func (s *Shipper) resume(ctx context.Context) error {
 		return err
 	}
 	s.onSite(st)
+	depth := 1 // a server that does not say takes one segment at a time
+	if st.SegmentsInFlight > 1 {
+		depth = min(cap(s.lanes), st.SegmentsInFlight)
+	}
+	s.mu.Lock()
+	s.depth = depth
+	s.mu.Unlock()
 	for _, r := range st.Recovery {
 		if r.Kind == RecoveryFailover {
 			return failedOverError(r)

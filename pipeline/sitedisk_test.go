@@ -273,6 +273,12 @@ func postSegment(t *testing.T, c *http.Client, url string, id uuid.UUID, seq uin
 // postSegmentRange is postSegment for a segment of seqs first..last.
 func postSegmentRange(t *testing.T, c *http.Client, url string, id uuid.UUID, first, last uint64, seg []byte, body io.Reader) (int, string) {
 	t.Helper()
+	return postSegmentWith(t, c, url, id, first, last, seg, body, nil)
+}
+
+// postSegmentWith is postSegmentRange with extra headers.
+func postSegmentWith(t *testing.T, c *http.Client, url string, id uuid.UUID, first, last uint64, seg []byte, body io.Reader, extra map[string]string) (int, string) {
+	t.Helper()
 	req, err := http.NewRequest(http.MethodPost, fmt.Sprintf("%s/v1/volumes/%s/segments", url, id), body)
 	if err != nil {
 		t.Fatal(err)
@@ -283,6 +289,9 @@ func postSegmentRange(t *testing.T, c *http.Client, url string, id uuid.UUID, fi
 		"X-Lifeboat-Last-Seq": strconv.FormatUint(last, 10), "X-Lifeboat-Segment-Size": strconv.Itoa(len(seg)),
 		"X-Lifeboat-Segment-Sum": fmt.Sprintf("%016x", xxhash.Sum64(seg)),
 	} {
+		req.Header.Set(k, v)
+	}
+	for k, v := range extra {
 		req.Header.Set(k, v)
 	}
 	resp, err := c.Do(req)
