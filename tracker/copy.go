@@ -3,6 +3,7 @@ package tracker
 import (
 	"fmt"
 	"os"
+	"strings"
 
 	"lifeboat/hrl"
 )
@@ -31,13 +32,28 @@ import (
 //   - Open after a crash (or after a Close that left memory segments
 //     unacknowledged) with CopySeqLimit set: the journal on disk ends at
 //     its first gap (hrl.RecoverPrefix; the segments after it are removed,
-//     their regions are dirty), the volume is in bitmap mode, and the next
-//     Resync starts a new generation at CopySeqLimit or above, which the
-//     site accepts after anything it was sent. A copy killed midway thus
-//     resumes from the bitmap: what was acknowledged and cleared is not
-//     copied again.
+//     their regions are dirty), journaling goes on in a new generation at
+//     CopySeqLimit or above (which the site accepts after anything it was
+//     sent), and the dirty regions need a resync before the next point.
+//     A copy killed midway thus resumes from the bitmap: what was
+//     acknowledged and cleared is not copied again.
 //   - A Close that finds every memory segment acknowledged clears
 //     CopySeqLimit: the acknowledged seq on disk is above all of them.
+
+// lostMemoryReason is in Status.Resync after a stop that may have lost
+// segments held in memory.
+const lostMemoryReason = "journal segments of a resync held in memory were lost when the volume last stopped"
+
+// withReason adds reason to a resync reason, unless it is there.
+func withReason(old, reason string) string {
+	switch {
+	case old == "":
+		return reason
+	case strings.Contains(old, reason):
+		return old
+	}
+	return old + "; " + reason
+}
 
 // MinCopyMemory is the smallest CopyMemory accepted other than 0: room for
 // a resync chunk's records in one segment while another is shipped.

@@ -206,7 +206,7 @@ func TestCopyLostAtCloseResumesInANewGeneration(t *testing.T) {
 	openVolume(t, v)
 	defer v.Close()
 	st := v.Status()
-	if st.Mode != tracker.ModeBitmap || !strings.Contains(st.ModeReason, "held in memory") || st.NextSeq <= used {
+	if st.Mode != tracker.ModeJournal || st.Generation != 2 || !strings.Contains(st.Resync, "held in memory") || st.NextSeq <= used {
 		t.Fatalf("after a Close that lost segments held in memory: %+v (seqs used up to %d)", st, used)
 	}
 	if st.DirtyRegions >= st.Regions || st.DirtyRegions == 0 {

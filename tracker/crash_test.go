@@ -267,7 +267,8 @@ func (c *crashRun) check(t *testing.T, opened bool) {
 	// them and what followed them (checked below), and the volume must
 	// start a new generation.
 	st := v.Status()
-	if strings.Contains(st.ModeReason+st.Resync, "held in memory") && !c.copied {
+	lostMemory := strings.Contains(st.Resync, "held in memory")
+	if lostMemory && !c.copied {
 		t.Fatalf("after a crash with no segment held in memory: %+v", st)
 	}
 	// Seqs are never used twice, held in memory or not: a consumer that
@@ -275,7 +276,6 @@ func (c *crashRun) check(t *testing.T, opened bool) {
 	if st.NextSeq <= c.offered {
 		t.Fatalf("after a crash the next seq is %d, but the consumer was offered seqs up to %d\nops: %v", st.NextSeq, c.offered, c.log)
 	}
-	lostMemory := c.copied && st.Mode == tracker.ModeBitmap
 	if c.flushed != nil && c.replSeq < c.flushSeq && !lostMemory {
 		img := image(append([]byte(nil), c.replica...))
 		var last uint64

@@ -134,15 +134,14 @@ func (v *Volume) open() error {
 		return err
 	}
 	if lim := v.st.CopySeqLimit; lim != 0 {
-		// Segments held in memory may be lost (copy.go): a new generation
-		// at the reserved seqs' end, after a resync.
-		reason := "journal segments of a resync held in memory were lost when the volume last stopped"
+		// Segments held in memory may be lost (copy.go): journaling goes
+		// on in a new generation at the reserved seqs' end, and a resync
+		// of the dirty regions makes it whole (in bitmap mode, Resync
+		// starts the new generation).
 		if v.st.Mode == ModeJournal {
-			v.st.Mode, v.st.ModeReason = ModeBitmap, reason
+			v.st.Generation++
 		}
-		if v.st.Resync == "" {
-			v.st.Resync = reason
-		}
+		v.st.Resync = withReason(v.st.Resync, lostMemoryReason)
 		next = max(next, lim)
 		v.logger().Warn("segments held in memory may have been lost; dirty regions need a resync in a new generation",
 			"path", v.Path, "next_seq", next, "dirty_regions", v.bitmap.Dirty())

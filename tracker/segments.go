@@ -301,11 +301,8 @@ func (v *Volume) Close() error {
 		v.mu.Unlock()
 		st.Running = false
 		if lost > 0 {
-			reason := fmt.Sprintf("%d journal segments of a resync held in memory were not shipped before the volume closed", lost)
-			st.Mode, st.ModeReason = ModeBitmap, reason
-			if st.Resync == "" {
-				st.Resync = reason
-			}
+			// The next Open starts a new generation (copy.go).
+			st.Resync = withReason(st.Resync, lostMemoryReason)
 			v.logger().Warn("closing with segments held in memory unshipped; their regions stay dirty for a resync",
 				"path", v.Path, "segments", lost)
 		} else {
