@@ -84,18 +84,18 @@ func liveWrites(t *testing.T, v *tracker.Volume, stop chan struct{}) *sync.WaitG
 	return &wg
 }
 
-// finish tags the volume once the resync is done, waits for the consumer
+// finish tags the volume once a resync is done, waits for the consumer
 // and checks that the replica equals the backing store.
-func finish(t *testing.T, fsys *countFS, v *tracker.Volume, c *consumer) {
+func finish(t *testing.T, fsys interface{ ReadFile(string) ([]byte, error) }, v *tracker.Volume, c *consumer, tag string) {
 	t.Helper()
-	seq, err := v.Tag(hrl.TagCrash, "copied")
+	seq, err := v.Tag(hrl.TagCrash, tag)
 	if err != nil {
 		t.Fatal(err)
 	}
 	c.waitAcked(seq)
 	backing, _ := fsys.ReadFile(backingPath)
 	if !bytes.Equal(c.image(), backing) {
-		t.Fatal("replica differs from the backing store after the copy")
+		t.Fatalf("replica differs from the backing store after the resync (tag %q)", tag)
 	}
 }
 
@@ -116,7 +116,7 @@ func TestResyncCopyHeldInMemory(t *testing.T) {
 		close(stop)
 		wg.Wait()
 		written := fsys.segBytes.Load()
-		finish(t, fsys, v, c)
+		finish(t, fsys, v, c, "copied")
 		t.Logf("CopyMemory %d: %d bytes written to segment files, at most %d bytes unacknowledged", mem, written, c.maxJournalBytes())
 		if mem == 0 {
 			if journaled = written; written < copySize/2 {
@@ -164,7 +164,7 @@ func TestResyncCopyWaitsForTheConsumer(t *testing.T) {
 	if err := <-errc; err != nil {
 		t.Fatal(err)
 	}
-	finish(t, fsys, v, c)
+	finish(t, fsys, v, c, "copied")
 }
 
 // A Close with memory segments not yet acknowledged loses them: the next
@@ -219,7 +219,7 @@ func TestCopyLostAtCloseResumesInANewGeneration(t *testing.T) {
 	if g := v.Status().Generation; g != 2 {
 		t.Fatalf("the resync after lost segments runs in generation %d, want 2", g)
 	}
-	finish(t, fsys, v, c)
+	finish(t, fsys, v, c, "copied")
 	if sent := c.stats(2).payload[hrl.TypeResync]; sent > st.DirtyRegions*tracker.DefaultRegionSize {
 		t.Fatalf("the resumed copy sent %d bytes for %d dirty regions", sent, st.DirtyRegions)
 	}

@@ -74,19 +74,6 @@ func (m *memFS) Remove(name string) error {
 	return nil
 }
 
-// bytes is the memory the files hold.
-func (m *memFS) bytes() int64 {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	var n int64
-	for _, f := range m.files {
-		f.mu.Lock()
-		n += int64(cap(f.data))
-		f.mu.Unlock()
-	}
-	return n
-}
-
 func (m *memFS) Rename(string, string) error {
 	return errors.New("memory segments are not renamed")
 }

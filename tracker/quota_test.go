@@ -255,15 +255,7 @@ func TestResyncWaitingForQuota(t *testing.T) {
 	if err := v.Resync(ctx, nil); err != nil {
 		t.Fatal(err)
 	}
-	seq, err := v.Tag(hrl.TagCrash, "synced")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.waitAcked(seq)
-	backing, _ := fsys.ReadFile(backingPath)
-	if !bytes.Equal(c.image(), backing) {
-		t.Fatal("replica differs from the backing store")
-	}
+	finish(t, fsys, v, c, "synced")
 }
 
 func TestJournalQuotaIsValidated(t *testing.T) {
