@@ -1,6 +1,7 @@
 package tracker
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -76,7 +77,7 @@ func (v *Volume) open() error {
 		return err
 	}
 	if !found {
-		st = state{VolumeID: uuid.NewString(), Generation: 1, BlockSize: v.BlockSize, RegionSize: v.RegionSize, Mode: ModeJournal}
+		st = state{VolumeID: cmp.Or(v.ID, uuid.NewString()), Generation: 1, BlockSize: v.BlockSize, RegionSize: v.RegionSize, Mode: ModeJournal}
 	} else if st.BlockSize != v.BlockSize {
 		return fmt.Errorf("journal %s was written with block size %d, not %d", v.JournalDir, st.BlockSize, v.BlockSize)
 	}

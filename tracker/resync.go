@@ -207,8 +207,12 @@ func (w *resyncWalk) data(off, end int64) error {
 // records.
 func (v *Volume) resyncData(ctx context.Context, b []byte, off int64) error {
 	end := off + int64(len(b))
+	var keep []bool // with ResyncSkip: which blocks of b are journaled
 	q := journalReq{a0: off, a1: end, need: dataNeed(int64(len(b)), v.blockSize()), resync: true,
 		fn: func(w *hrl.Writer) (uint64, error) {
+			if keep != nil {
+				return appendKept(w, b, off, keep, v.blockSize())
+			}
 			_, last, err := w.AppendData(hrl.TypeResync, uint64(off), b)
 			return last, err
 		}}
@@ -218,9 +222,15 @@ func (v *Volume) resyncData(ctx context.Context, b []byte, off int64) error {
 		}
 		v.locks.lock(off, end)
 		_, err := v.backing.ReadAt(b, off)
-		if err != nil {
+		switch {
+		case err != nil:
 			err = fmt.Errorf("read backing at %d: %w", off, err)
-		} else {
+		case v.ResyncSkip != nil && !v.keepBlocks(b, off, &keep):
+			// The consumer has these bytes: the regions need no record.
+			v.mu.Lock()
+			v.unpinCoveredLocked(off, end)
+			v.mu.Unlock()
+		default:
 			err = v.journal(q)
 		}
 		v.locks.unlock(off, end)

@@ -149,6 +149,19 @@ type Volume struct {
 	// Resync would wait forever. 0: resyncs are journaled to disk. At
 	// least MinCopyMemory otherwise.
 	CopyMemory int64
+	// ID is the volume id of a volume opened for the first time (no
+	// volume.json); empty: a new UUID. A failover volume takes the id of
+	// the site volume it recovers, so that reverse replication ships its
+	// journal under the primary volume's id. Ignored afterwards.
+	ID string
+	// ResyncSkip, when set, is asked for each block a Resync reads: true
+	// leaves it out of the journal, because the consumer's copy already
+	// holds these bytes (a reprotect that compared block hashes with the
+	// primary disk, or a block outside what may differ). A chunk whose
+	// blocks are all skipped gets no record and its regions count as
+	// copied. It is called under the block's range lock; it must not
+	// block for long.
+	ResyncSkip func(off int64, block []byte) bool
 	Logger     *slog.Logger
 
 	backing  hrl.File
