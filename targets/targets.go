@@ -191,3 +191,16 @@ func (v *VolumeInfo) UnmarshalJSON(b []byte) error {
 	}
 	return nil
 }
+
+// ChangeLister is a Replica that can tell where its current content may
+// differ from a retained recovery point, without reading the data.
+type ChangeLister interface {
+	// ChangedSince returns the byte ranges (sorted, non-overlapping, merged)
+	// where the replica's committed content may differ from point seq; it may
+	// over-report (whole blocks, pages), never under-report. ErrNotFound when
+	// the point is not retained.
+	ChangedSince(ctx context.Context, seq uint64) ([]Range, error)
+}
+
+// Range is Len bytes at Off.
+type Range struct{ Off, Len int64 }
