@@ -220,6 +220,20 @@ func (w *swappable) OpenPoint(ctx context.Context, seq uint64) (targets.PointRea
 	return r.OpenPoint(ctx, seq)
 }
 
+// ChangedSince implements targets.ChangeLister when the replica does; it
+// fails with errors.ErrUnsupported otherwise.
+func (w *swappable) ChangedSince(ctx context.Context, seq uint64) ([]targets.Range, error) {
+	r, err := w.current()
+	if err != nil {
+		return nil, err
+	}
+	cl, ok := r.(targets.ChangeLister)
+	if !ok {
+		return nil, fmt.Errorf("%w: the target cannot list a replica's changes", errors.ErrUnsupported)
+	}
+	return cl.ChangedSince(ctx, seq)
+}
+
 // DeletePoint implements targets.Replica.
 func (w *swappable) DeletePoint(ctx context.Context, seq uint64) error {
 	r, err := w.current()

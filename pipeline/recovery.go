@@ -41,6 +41,9 @@ type RecoveryState struct {
 	Export string `json:"export"`
 	URL    string `json:"url,omitempty"`
 	File   string `json:"file,omitempty"`
+	// Reprotect, on a failover, is its reverse replication to the
+	// primary site's master target.
+	Reprotect *ReprotectState `json:"reprotect,omitempty"`
 	// AzureDisk is the URL of the page blob (a fixed VHD, in plaintext)
 	// made from the failover point for a managed disk (--azure-disk).
 	AzureDisk string `json:"azure_disk,omitempty"`
@@ -76,6 +79,38 @@ type Holds interface {
 	Step(id string) string
 }
 
+// ReprotectState is a failover volume's reverse replication.
+type ReprotectState struct {
+	To     string    `json:"to"` // the master target, https://HOST:PORT
+	Since  time.Time `json:"since"`
+	Verify bool      `json:"verify,omitempty"`
+	Full   bool      `json:"full,omitempty"`
+	// CandidateBytes is what the first sync considered: the union of the
+	// blocks written on the failover volume, those the site applied
+	// after the failover point and the primary's dirty regions (the
+	// whole volume with Full).
+	CandidateBytes int64 `json:"candidate_bytes"`
+	// RolledBackBytes is what the primary had written that the site never
+	// got, rolled back with --force.
+	RolledBackBytes int64 `json:"rolled_back_bytes,omitempty"`
+	// BaseSeq is the failover volume's journal dropped when the reprotect
+	// began (Shipper.BaseSeq).
+	BaseSeq uint64 `json:"base_seq"`
+	// Failback is set once a failback chose its tag and the replica's new
+	// state, so that a failback run again after a crash reuses them.
+	Failback *FailbackPlan `json:"failback,omitempty"`
+	// Shipper is the reverse replication's progress (status only).
+	Shipper *ShipperStatus `json:"shipper,omitempty"`
+}
+
+// FailbackPlan is the switch a failback makes: the failover volume's tag
+// TagSeq, and the replica's and the agent's new journal position.
+type FailbackPlan struct {
+	TagSeq     uint64 `json:"tag_seq"`
+	Generation uint64 `json:"generation"`
+	Seq        uint64 `json:"seq"` // the replica's point; the agent goes on at Seq+1
+}
+
 // SiteVolume is a volume of the site, lent to the recovery service.
 type SiteVolume struct{ v *volume }
 
@@ -93,6 +128,34 @@ func (sv SiteVolume) Fence(f func()) {
 	sv.v.recvMu.Lock()
 	defer sv.v.recvMu.Unlock()
 	f()
+}
+
+// Rebase replaces what the process server knows of the volume's journal:
+// with nothing spooled and no segment being received, fn writes the
+// replica directly and returns the point it created (a failback makes the
+// replica equal to the failover volume); the volume then continues from
+// that point's generation and seq, which the agent's rebased journal
+// follows. It fails with ErrRecoveryState while segments wait in the spool.
+func (sv SiteVolume) Rebase(ctx context.Context, fn func(targets.Replica) (targets.Point, error)) error {
+	v := sv.v
+	v.recvMu.Lock()
+	defer v.recvMu.Unlock()
+	v.mu.Lock()
+	n := len(v.pending)
+	v.mu.Unlock()
+	if n > 0 {
+		return fmt.Errorf("%w: %d segments of the volume wait in the spool; drain it first", ErrRecoveryState, n)
+	}
+	p, err := fn(v.rep)
+	if err != nil {
+		return err
+	}
+	v.mu.Lock()
+	v.hasPoint = true
+	v.applied = targets.State{Generation: p.Generation, Seq: p.Seq}
+	v.spooledGen, v.spooledSeq = p.Generation, p.Seq
+	v.mu.Unlock()
+	return nil
 }
 
 // Drain waits until every segment spooled when it was called is applied

@@ -203,4 +203,7 @@ type ChangeLister interface {
 }
 
 // Range is Len bytes at Off.
-type Range struct{ Off, Len int64 }
+type Range struct {
+	Off int64 `json:"off"`
+	Len int64 `json:"len"`
+}
