@@ -19,6 +19,8 @@ import (
 //	POST   /v1/volumes/{id}/failover             Request: fail over (Planned: with the agent's help)
 //	POST   /v1/volumes/{id}/failover/point       Request: change the point (Force drops writes)
 //	POST   /v1/volumes/{id}/failover/commit      commit the failover
+//	POST   /v1/volumes/{id}/reprotect            Request (To, Verify, Full, Force): reverse replication to a master target
+//	POST   /v1/volumes/{id}/failback             Request (NoWait): switch back to the primary volume
 //
 // Each answers the recovery volume's state; an error is {"error": ...}
 // with 400 (bad request), 404 (no such volume or point), 409 (the volume's
@@ -45,6 +47,12 @@ func (m *Manager) Register() {
 	}))
 	s.Handle("POST /v1/volumes/{id}/failover/point", m.handler(true, func(ctx context.Context, sv pipeline.SiteVolume, req Request) (pipeline.RecoveryState, error) {
 		return m.ChangePoint(ctx, sv, req, m.progress(sv))
+	}))
+	s.Handle("POST /v1/volumes/{id}/reprotect", m.handler(true, func(ctx context.Context, sv pipeline.SiteVolume, req Request) (pipeline.RecoveryState, error) {
+		return m.Reprotect(ctx, sv, req)
+	}))
+	s.Handle("POST /v1/volumes/{id}/failback", m.handler(true, func(ctx context.Context, sv pipeline.SiteVolume, req Request) (pipeline.RecoveryState, error) {
+		return m.Failback(ctx, sv, req)
 	}))
 	s.Handle("POST /v1/volumes/{id}/failover/commit", m.handler(false, func(ctx context.Context, sv pipeline.SiteVolume, _ Request) (pipeline.RecoveryState, error) {
 		return m.Commit(ctx, sv)

@@ -32,6 +32,14 @@ type Request struct {
 	// AzureDisk also copies the failover point to a page blob Azure can
 	// make a managed disk of (an azure:// target only).
 	AzureDisk bool `json:"azure_disk,omitempty"`
+	// To is the master target a reprotect replicates to; Verify compares
+	// block hashes first, Full sends every block (a replaced disk).
+	To     string `json:"to,omitempty"`
+	Verify bool   `json:"verify,omitempty"`
+	Full   bool   `json:"full,omitempty"`
+	// NoWait makes a failback refuse, rather than wait, while reverse
+	// replication is behind.
+	NoWait bool `json:"no_wait,omitempty"`
 }
 
 // choose finds the point req names among sv's retained points; for

@@ -3,6 +3,7 @@ package failover
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -54,7 +55,13 @@ type Manager struct {
 	// JournalQuota is a failover volume's journal quota; 0 means
 	// DefaultJournalQuota.
 	JournalQuota int64
-	Logger       *slog.Logger
+	// ReverseTLS is the site's client TLS for reverse replication to a
+	// master target (failback.SiteTLS); nil: no reprotect.
+	ReverseTLS func() (*tls.Config, error)
+	// ReverseTagInterval is how often reverse replication takes a
+	// crash-consistent point; default DefaultReverseTagInterval.
+	ReverseTagInterval time.Duration
+	Logger             *slog.Logger
 	Now          func() time.Time
 
 	saveMu sync.Mutex // serialises put: the last state.json written holds the newest list
@@ -75,6 +82,7 @@ type recovery struct {
 	live    atomic.Pointer[View] // the open view, for status (Written)
 	view    *View
 	vol     *tracker.Volume // failover: the view behind the tracker
+	reverse atomic.Pointer[reverse] // failover: its reverse replication, while it runs
 	backend nbd.Backend     // what NBD and FUSE serve
 	err     string          // why it could not be reopened after a restart
 }
@@ -115,6 +123,11 @@ func (m *Manager) Open(ctx context.Context) error {
 		}
 		m.logger().Info("recovery volume served again", "volume", volName(r.state.Volume), "kind", r.state.Kind,
 			"point", r.state.Point.Seq, "export", r.state.Export)
+		if r.state.Reprotect != nil && r.vol != nil && m.ReverseTLS != nil {
+			if err := m.resumeReverse(ctx, r); err != nil {
+				m.logger().Error("reverse replication could not resume", "volume", volName(r.state.Volume), "err", err)
+			}
+		}
 	}
 	return nil
 }
@@ -256,6 +269,12 @@ func (r *recovery) status() pipeline.RecoveryState {
 		st.Written = v.Written()
 	}
 	st.Error = r.err
+	if rv := r.reverse.Load(); rv != nil && st.Reprotect != nil {
+		rp := *st.Reprotect
+		ss := rv.sh.Status()
+		rp.Shipper = &ss
+		st.Reprotect = &rp
+	}
 	return st
 }
 
@@ -382,6 +401,7 @@ func (m *Manager) openView(ctx context.Context, sv pipeline.SiteVolume, r *recov
 	path := filepath.Join(r.dir, "volume")
 	v := tracker.NewVolume(path, filepath.Join(r.dir, "journal"))
 	v.FS = ViewFS{FS: hrl.OSFS{}, Path: path, View: view}
+	v.ID = r.state.Volume.ID // its journal ships back under the primary volume's id
 	v.CleanStart = true // it equals the point: only what changes from now on is dirty
 	v.JournalQuota = m.JournalQuota
 	if v.JournalQuota == 0 {
@@ -401,6 +421,9 @@ func (m *Manager) openView(ctx context.Context, sv pipeline.SiteVolume, r *recov
 // close closes r's tracker volume and view (not its exports).
 func (r *recovery) close() error {
 	var errs []error
+	if rv := r.reverse.Swap(nil); rv != nil {
+		rv.stop()
+	}
 	if r.vol != nil {
 		errs = append(errs, r.vol.Close()) // closes the view through ViewFS
 		r.vol = nil

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"lifeboat/failback"
 	"lifeboat/fusefs"
 	"lifeboat/nbd"
 	"lifeboat/pipeline"
@@ -73,7 +74,8 @@ func (s *Site) Open(ctx context.Context) (err error) {
 	if !s.Recovery {
 		return s.Server.Open(ctx)
 	}
-	s.Manager = &Manager{Dir: filepath.Join(s.DataDir, "recovery"), Site: s.Server, Logger: log}
+	s.Manager = &Manager{Dir: filepath.Join(s.DataDir, "recovery"), Site: s.Server, Logger: log,
+		ReverseTLS: func() (*tls.Config, error) { return failback.SiteTLS(s.DataDir) }}
 	if s.NBDAddr != "" {
 		ln, err := nbd.Listen(s.NBDAddr, log)
 		if err != nil {

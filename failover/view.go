@@ -310,3 +310,18 @@ func (v *View) Close() error {
 	errs := []error{v.flush(), v.files.close(), v.base.Close()}
 	return errors.Join(errs...)
 }
+
+// WrittenRanges lists the blocks written to the view since its point
+// (in its overlay), merged into ranges: what a failover volume changed.
+func (v *View) WrittenRanges() []targets.Range {
+	out := []targets.Range{}
+	n := blockCount(v.size, v.m.bs)
+	for b := int64(0); b < n; {
+		end, in := v.m.run(b, n)
+		if in {
+			out = append(out, targets.Range{Off: b * v.m.bs, Len: min(end*v.m.bs, v.size) - b*v.m.bs})
+		}
+		b = end
+	}
+	return out
+}

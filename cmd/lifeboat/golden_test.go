@@ -145,6 +145,8 @@ var jsonDocuments = map[string]any{
 	"failover start":        pipeline.RecoveryState{},
 	"failover change-point": pipeline.RecoveryState{},
 	"failover commit":       pipeline.RecoveryState{},
+	"reprotect":             pipeline.RecoveryState{},
+	"failback":              pipeline.RecoveryState{},
 }
 
 // Every field of every document type, through nested structs, pointers,

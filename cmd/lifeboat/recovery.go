@@ -162,6 +162,13 @@ func recoveryAction(c *cli.Context, method, path string, withBody bool, done str
 		r.Force, r.AzureDisk = c.Bool("force"), c.Bool("azure-disk")
 		req = &r
 	}
+	return sendRecovery(c, format, args[0], method, path, req, done)
+}
+
+// sendRecovery sends one recovery request (req nil: no body) for volume,
+// showing the site's progress meanwhile, and prints the answer.
+func sendRecovery(c *cli.Context, format, volume, method, path string, req *failover.Request, done string) error {
+	args := []string{volume}
 	client, base, err := adminClient(c)
 	if err != nil {
 		return err
