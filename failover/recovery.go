@@ -62,7 +62,7 @@ type Manager struct {
 	// crash-consistent point; default DefaultReverseTagInterval.
 	ReverseTagInterval time.Duration
 	Logger             *slog.Logger
-	Now          func() time.Time
+	Now                func() time.Time
 
 	saveMu sync.Mutex // serialises put: the last state.json written holds the newest list
 	mu     sync.Mutex
@@ -81,10 +81,10 @@ type recovery struct {
 	dir     string
 	live    atomic.Pointer[View] // the open view, for status (Written)
 	view    *View
-	vol     *tracker.Volume // failover: the view behind the tracker
+	vol     *tracker.Volume         // failover: the view behind the tracker
 	reverse atomic.Pointer[reverse] // failover: its reverse replication, while it runs
-	backend nbd.Backend     // what NBD and FUSE serve
-	err     string          // why it could not be reopened after a restart
+	backend nbd.Backend             // what NBD and FUSE serve
+	err     string                  // why it could not be reopened after a restart
 }
 
 func (m *Manager) logger() *slog.Logger {
@@ -402,7 +402,7 @@ func (m *Manager) openView(ctx context.Context, sv pipeline.SiteVolume, r *recov
 	v := tracker.NewVolume(path, filepath.Join(r.dir, "journal"))
 	v.FS = ViewFS{FS: hrl.OSFS{}, Path: path, View: view}
 	v.ID = r.state.Volume.ID // its journal ships back under the primary volume's id
-	v.CleanStart = true // it equals the point: only what changes from now on is dirty
+	v.CleanStart = true      // it equals the point: only what changes from now on is dirty
 	v.JournalQuota = m.JournalQuota
 	if v.JournalQuota == 0 {
 		v.JournalQuota = DefaultJournalQuota

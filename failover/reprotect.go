@@ -133,7 +133,9 @@ func (m *Manager) masterClient(url string) (*failback.Client, error) {
 // blockSet is one bit per HashBlock of a volume.
 type blockSet []uint64
 
-func newBlockSet(size int64) blockSet { return make(blockSet, (blockCount(size, failback.HashBlock)+63)/64) }
+func newBlockSet(size int64) blockSet {
+	return make(blockSet, (blockCount(size, failback.HashBlock)+63)/64)
+}
 
 func (s blockSet) add(rg targets.Range) {
 	for b := rg.Off / failback.HashBlock; b < blockCount(rg.Off+rg.Len, failback.HashBlock); b++ {
