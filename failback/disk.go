@@ -55,9 +55,32 @@ type DiskTarget struct {
 	disks []Disk
 	byID  map[string]Disk
 
-	mu     sync.Mutex
-	open   map[string]*diskReplica
-	closed bool
+	mu      sync.Mutex
+	open    map[string]*diskReplica
+	retired map[string]string // volume id -> why it takes no more writes
+	closed  bool
+}
+
+// Retire refuses every later Apply and Open of volume id with why: the
+// disk was handed back to its agent (a failback), and a segment still in
+// flight must not write it.
+func (t *DiskTarget) Retire(id, why string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.retired == nil {
+		t.retired = map[string]string{}
+	}
+	t.retired[id] = why
+}
+
+// retiredErr is Retire's refusal, nil for a volume still in use.
+func (t *DiskTarget) retiredErr(id string) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if why, ok := t.retired[id]; ok {
+		return fmt.Errorf("%w: volume %s takes no more reverse replication: %s", targets.ErrClosed, id, why)
+	}
+	return nil
 }
 
 var _ targets.Target = (*DiskTarget)(nil)
@@ -119,6 +142,9 @@ func (t *DiskTarget) Open(ctx context.Context, info targets.VolumeInfo) (targets
 	}
 	if info.BlockSize != d.Info.BlockSize {
 		return nil, fmt.Errorf("%w: the primary volume %s has block size %d, the failover volume %d; reverse replication needs the same block size", ErrGeometry, d.Info.Name, d.Info.BlockSize, info.BlockSize)
+	}
+	if err := t.retiredErr(d.Info.ID); err != nil {
+		return nil, err
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -252,6 +278,9 @@ func (r *diskReplica) Apply(ctx context.Context, extents []targets.Extent) error
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if err := r.usable(ctx); err != nil {
+		return err
+	}
+	if err := r.t.retiredErr(r.info.ID); err != nil {
 		return err
 	}
 	for _, e := range extents {

@@ -43,6 +43,8 @@ type MasterTarget struct {
 
 	Server *pipeline.Server // after Open
 
+	disks *DiskTarget
+
 	mu   sync.Mutex
 	vols map[string]*primary // by id
 }
@@ -103,6 +105,12 @@ func (m *MasterTarget) Open(ctx context.Context) (err error) {
 	dt, err := NewDiskTarget(filepath.Join(m.DataDir, "disks"), disks)
 	if err != nil {
 		return err
+	}
+	m.disks = dt
+	for id, p := range m.vols {
+		if p.adopted != nil {
+			dt.Retire(id, "a failback handed it back to its agent")
+		}
 	}
 	conf := m.TLS
 	if conf == nil {

@@ -25,17 +25,22 @@ func (m *MasterTarget) drained(r *http.Request, p *primary) (pipeline.SiteVolume
 }
 
 func (m *MasterTarget) getVolume(_ http.ResponseWriter, r *http.Request, p *primary) (any, error) {
+	m.mu.Lock()
+	out := Volume{Info: p.info, Unshipped: p.unshipped, Adopted: p.adopted}
+	m.mu.Unlock()
 	sv, err := m.Server.Volume(r.Context(), p.info.ID)
 	if err != nil {
+		if out.Adopted != nil { // retired: the disk is its agent's again
+			return out, nil
+		}
 		return nil, err
 	}
 	st, err := sv.Replica().State(r.Context())
 	if err != nil {
 		return nil, err
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return Volume{Info: p.info, Unshipped: p.unshipped, AppliedGeneration: st.Generation, AppliedSeq: st.Seq, Adopted: p.adopted}, nil
+	out.AppliedGeneration, out.AppliedSeq = st.Generation, st.Seq
+	return out, nil
 }
 
 // hashes answers HashSize bytes per block of each range, read from the
@@ -111,6 +116,7 @@ func (m *MasterTarget) adopt(_ http.ResponseWriter, r *http.Request, p *primary)
 	if done != nil && *done != req {
 		return nil, fmt.Errorf("%w: %s was handed back already (generation %d from seq %d)", pipeline.ErrRecoveryState, p.Name, done.Generation, done.NextSeq)
 	}
+	m.disks.Retire(p.info.ID, "a failback handed it back to its agent")
 	if err := saveAdopted(m.DataDir, p.info.ID, req); err != nil {
 		return nil, err
 	}
