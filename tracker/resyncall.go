@@ -1,5 +1,7 @@
 package tracker
 
+import "log/slog"
+
 // ResyncAll is for a consumer that finds the replica lacks records it had
 // acknowledged: a new or restored replica, or another process server.
 // Every region becomes dirty and pinned, journaling is suspended with
@@ -8,5 +10,5 @@ package tracker
 // up to it without shipping them (they build on what the replica lacks),
 // and the next Resync copies every region in a new generation.
 func (v *Volume) ResyncAll(reason string) (uint64, error) {
-	return v.ResyncRanges([]Range{{0, v.size}}, reason)
+	return v.resyncRanges([]Range{{0, v.size}}, reason, slog.LevelError)
 }

@@ -1,8 +1,10 @@
 package tracker
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -26,6 +28,11 @@ type Range struct{ Off, Len int64 }
 // a new generation. A failback's reprotect starts so: the master target
 // holds none of the failover volume's journal, only the primary disk.
 func (v *Volume) ResyncRanges(ranges []Range, reason string) (uint64, error) {
+	return v.resyncRanges(ranges, reason, slog.LevelInfo)
+}
+
+// resyncRanges is ResyncRanges logging the suspension at level.
+func (v *Volume) resyncRanges(ranges []Range, reason string, level slog.Level) (uint64, error) {
 	v.mu.Lock()
 	if v.closed {
 		v.mu.Unlock()
@@ -49,10 +56,10 @@ func (v *Volume) ResyncRanges(ranges []Range, reason string) (uint64, error) {
 	// is in the journal being dropped.
 	v.pinned = v.bitmap.snapshot()
 	if v.st.Mode == ModeJournal {
-		v.suspendLocked(errors.New(reason))
+		v.suspendAs(errors.New(reason), level, "journal dropped: the dirty regions are resynced in a new generation")
 	} else {
 		v.st.Resync = "journal suspended: " + reason
-		v.logger().Error("dirty regions need a resync", "path", v.Path, "reason", reason)
+		v.logger().Log(context.Background(), level, "dirty regions need a resync", "path", v.Path, "reason", reason)
 		if err := saveState(v.FS, v.JournalDir, v.st); err != nil {
 			v.mu.Unlock()
 			return 0, err

@@ -133,6 +133,10 @@ func (v *Volume) dropUnsealed(p *pendingSeg) {
 // bounds how long a write waits before it can be shipped, and runs a
 // checkpoint every CheckpointInterval so that acknowledged regions turn
 // clean even when no client flushes.
+// resyncCheckpoint is how soon a checkpoint clears the regions a resync
+// copied once the consumer acknowledged them.
+const resyncCheckpoint = 500 * time.Millisecond
+
 func (v *Volume) background() {
 	defer v.wg.Done()
 	tick := 250 * time.Millisecond
@@ -153,7 +157,15 @@ func (v *Volume) background() {
 			v.rollLocked()
 		}
 		v.mu.Unlock()
-		if v.CheckpointInterval > 0 && time.Since(lastCheckpoint) >= v.CheckpointInterval {
+		due := v.CheckpointInterval > 0 && time.Since(lastCheckpoint) >= v.CheckpointInterval
+		if !due && v.CheckpointInterval > 0 && time.Since(lastCheckpoint) >= resyncCheckpoint {
+			// A resync's acknowledged regions are cleared soon: its
+			// progress survives a crash (it resumes, not starts over).
+			v.mu.Lock()
+			due = v.copiedCands > 0
+			v.mu.Unlock()
+		}
+		if due {
 			lastCheckpoint = time.Now()
 			if err := v.checkpoint(false); err != nil {
 				v.logger().Error("checkpoint of the dirty bitmap failed", "path", v.Path, "err", err)

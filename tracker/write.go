@@ -1,7 +1,9 @@
 package tracker
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
 	"syscall"
 	"time"
 
@@ -321,12 +323,16 @@ func (v *Volume) failLocked(cause error) {
 // valid and are sealed; from now on only the bitmap tracks changes, until
 // Resync.
 func (v *Volume) suspendLocked(cause error) {
+	v.suspendAs(cause, slog.LevelError, "journal suspended, tracking dirty regions only; a resync will be needed")
+}
+
+// suspendAs is suspendLocked logging msg at level.
+func (v *Volume) suspendAs(cause error, level slog.Level, msg string) {
 	v.suspendCause = cause
 	v.st.Mode = ModeBitmap
 	v.st.ModeReason = cause.Error()
 	v.st.Resync = "journal suspended: " + cause.Error()
-	v.logger().Error("journal suspended, tracking dirty regions only; a resync will be needed",
-		"path", v.Path, "reason", cause)
+	v.logger().Log(context.Background(), level, msg, "path", v.Path, "reason", cause)
 	if w := v.w; w != nil {
 		v.resumeSeq = w.NextSeq()
 		if w.Count() > 0 {
