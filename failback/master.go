@@ -39,7 +39,9 @@ type MasterTarget struct {
 	Volumes []Primary
 	Site    string      // the certificate name allowed to write; default SiteName
 	TLS     *tls.Config // nil: pki.ServerTLS(DataDir)
-	Logger  *slog.Logger
+	// Configure sets the process server's limits before it opens.
+	Configure func(*pipeline.Server)
+	Logger    *slog.Logger
 
 	Server *pipeline.Server // after Open
 
@@ -121,6 +123,9 @@ func (m *MasterTarget) Open(ctx context.Context) (err error) {
 	}
 	m.Server = pipeline.NewServer(m.DataDir, dt, conf)
 	m.Server.Logger = m.logger()
+	if m.Configure != nil {
+		m.Configure(m.Server)
+	}
 	m.Server.Handle("GET /v1/master/volumes/{id}", m.handler(false, m.getVolume))
 	m.Server.Handle("POST /v1/master/volumes/{id}/hashes", m.handler(true, m.hashes))
 	m.Server.Handle("POST /v1/master/volumes/{id}/adopt", m.handler(true, m.adopt))
@@ -205,12 +210,15 @@ func (m *MasterTarget) Serve(ctx context.Context, ln net.Listener) error {
 
 // Close closes the process server and releases the journal locks.
 func (m *MasterTarget) Close() error {
-	var err error
+	var errs []error
 	if m.Server != nil {
-		err = m.Server.Close()
+		errs = append(errs, m.Server.Close())
+	}
+	if m.disks != nil {
+		errs = append(errs, m.disks.Close())
 	}
 	m.release()
-	return err
+	return errors.Join(errs...)
 }
 
 func (m *MasterTarget) release() {

@@ -125,7 +125,7 @@ func (m *Manager) planFailback(ctx context.Context, sv pipeline.SiteVolume, r *r
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
-		case <-time.After(time.Second):
+		case <-time.After(100 * time.Millisecond):
 		}
 	}
 	if err := r.vol.Flush(); err != nil {
@@ -170,7 +170,7 @@ func (m *Manager) waitApplied(ctx context.Context, info targets.VolumeInfo, rv *
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(time.Second):
+		case <-time.After(100 * time.Millisecond):
 		}
 	}
 }

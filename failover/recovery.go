@@ -347,9 +347,12 @@ func (m *Manager) Step(id string) string {
 func (m *Manager) step(info targets.VolumeInfo, format string, a ...any) {
 	s := fmt.Sprintf(format, a...)
 	m.mu.Lock()
+	same := m.steps[info.ID] == s
 	m.steps[info.ID] = s
 	m.mu.Unlock()
-	m.logger().Info(s, "volume", volName(info))
+	if !same {
+		m.logger().Info(s, "volume", volName(info))
+	}
 }
 
 // mib formats a byte count for a step.

@@ -86,32 +86,24 @@ func (m *Manager) Reprotect(ctx context.Context, sv pipeline.SiteVolume, req Req
 	if err != nil {
 		return pipeline.RecoveryState{}, err
 	}
-	skip, err := m.skipper(ctx, client, info, cands, req.Verify)
+	skip, err := m.skipper(ctx, client, r, info, cands, req.Verify)
 	if err != nil {
 		return pipeline.RecoveryState{}, err
 	}
 	rv := &reverse{}
 	rv.firstSync.Store(true)
 	r.vol.ResyncSkip = rv.onlyFirstSync(skip)
-	base, err := r.vol.ResyncRanges(toTracker(cands.ranges), "reprotect to "+req.To)
-	if err != nil {
+	if _, err := r.vol.ResyncRanges(toTracker(cands.ranges), "reprotect to "+req.To); err != nil {
 		return pipeline.RecoveryState{}, fmt.Errorf("reprotect %s: %w", volName(info), err)
-	}
-	for _, s := range r.vol.Segments() { // the primary gets these blocks from the resync
-		if s.LastSeq > base {
-			break
-		}
-		if err := r.vol.Ack(s.FirstSeq); err != nil {
-			return pipeline.RecoveryState{}, fmt.Errorf("reprotect %s: drop the failover journal: %w", volName(info), err)
-		}
 	}
 	m.mu.Lock()
 	r.state.Committed = true
 	r.state.Reprotect = &pipeline.ReprotectState{To: req.To, Since: m.now().UTC(), Verify: req.Verify, Full: req.Full,
-		CandidateBytes: cands.bytes, RolledBackBytes: pv.Unshipped.Bytes, BaseSeq: base}
+		CandidateBytes: cands.bytes, RolledBackBytes: pv.Unshipped.Bytes}
 	m.mu.Unlock()
-	if err := m.put(info.ID, pipeline.RecoveryFailover, r); err != nil {
-		return pipeline.RecoveryState{}, err
+	// The primary gets the blocks of the journal so far from the resync.
+	if _, err := m.dropJournal(r, "reprotect to "+req.To); err != nil {
+		return pipeline.RecoveryState{}, fmt.Errorf("reprotect %s: %w", volName(info), err)
 	}
 	m.startReverse(r, rv, client)
 	m.logger().Info("reprotect started", "volume", volName(info), "to", req.To, "candidate_bytes", cands.bytes,
@@ -219,12 +211,16 @@ func changedSince(ctx context.Context, sv pipeline.SiteVolume, seq uint64) ([]ta
 	return rs, err
 }
 
-// skipper is the failover volume's ResyncSkip: a block outside the
-// candidates is skipped; with verify, so is one whose hash the primary
-// disk has.
-func (m *Manager) skipper(ctx context.Context, client *failback.Client, info targets.VolumeInfo, c candidateSet, verify bool) (func(int64, []byte) bool, error) {
+// skipper is the failover volume's ResyncSkip. A block is skipped when it
+// is outside the candidates and was not written on the failover volume
+// (its overlay is read at the call: a write since the candidates were
+// found, while journaling was suspended, is copied); with verify, a
+// candidate is skipped when the primary disk's hash of it, read now, is
+// its own.
+func (m *Manager) skipper(ctx context.Context, client *failback.Client, r *recovery, info targets.VolumeInfo, c candidateSet, verify bool) (func(int64, []byte) bool, error) {
+	view := r.view
 	if !verify {
-		return func(off int64, _ []byte) bool { return !c.set.has(off) }, nil
+		return func(off int64, _ []byte) bool { return !c.set.has(off) && !view.HasWritten(off) }, nil
 	}
 	m.step(info, "reprotect: comparing %s of candidate blocks with the primary volume", mib(c.bytes))
 	hashes, err := client.Hashes(ctx, info.ID, failback.HashRequest{Block: failback.HashBlock, Ranges: c.ranges})
@@ -242,7 +238,7 @@ func (m *Manager) skipper(ctx context.Context, client *failback.Client, info tar
 	return func(off int64, b []byte) bool {
 		h, ok := remote[off]
 		if !ok {
-			return !c.set.has(off)
+			return !c.set.has(off) && !view.HasWritten(off)
 		}
 		sum := sha256.Sum256(b)
 		return [failback.HashSize]byte(sum[:failback.HashSize]) == h

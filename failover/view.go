@@ -325,3 +325,7 @@ func (v *View) WrittenRanges() []targets.Range {
 	}
 	return out
 }
+
+// HasWritten reports whether the block at off was written to the view
+// since its point.
+func (v *View) HasWritten(off int64) bool { return v.m.has(off / v.m.bs) }

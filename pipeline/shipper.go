@@ -41,10 +41,11 @@ type Shipper struct {
 	// the next segment's upload overlaps with the server storing the one
 	// before. Default DefaultInFlight; 1 sends one at a time.
 	InFlight int
-	// BaseSeq is the seq up to which the server needs nothing of this
-	// journal: a reprotect dropped it, because the replica (the primary
+	// BaseSeq is the seq up to which the server may lack this journal: a
+	// reprotect dropped it unshipped, because the replica (the primary
 	// disk) gets what it changed from the resync that follows. A server
-	// that has nothing of the volume yet is then not behind it.
+	// behind an acknowledged seq up to BaseSeq is then not taken for a
+	// new or restored replica (no full resync).
 	BaseSeq uint64
 	Logger  *slog.Logger
 
@@ -277,7 +278,7 @@ func (s *Shipper) resume(ctx context.Context) error {
 	if err := s.checkSite(st.SpooledGeneration, st.SpooledSeq); err != nil {
 		return err
 	}
-	if acked := s.Volume.Status().AckedSeq; st.SpooledSeq < acked && !(st.SpooledSeq == 0 && acked <= s.BaseSeq) {
+	if acked := s.Volume.Status().AckedSeq; st.SpooledSeq < acked && acked > s.BaseSeq {
 		if err := s.replicaBehind(st, acked); err != nil {
 			return err
 		}

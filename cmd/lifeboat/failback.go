@@ -13,6 +13,7 @@ import (
 	"lifeboat/failback"
 	"lifeboat/failover"
 	"lifeboat/internal/dirlock"
+	"lifeboat/pipeline"
 	"lifeboat/pipeline/pki"
 	"lifeboat/tracker"
 )
@@ -130,6 +131,8 @@ func masterTargetCommand() *cli.Command {
 				return failure("%v", err)
 			}
 			m.TLS = tlsConf
+			var faultErr error
+			m.Configure = func(srv *pipeline.Server) { faultErr = installFaults(srv) }
 			unlock, err := dirlock.Lock(filepath.Join(m.DataDir, "server.lock"))
 			if errors.Is(err, dirlock.ErrLocked) {
 				return failure("--data-dir %s is in use: %v; stop that master target first", m.DataDir, err)
@@ -150,6 +153,9 @@ func masterTargetCommand() *cli.Command {
 				return err
 			}
 			defer m.Close()
+			if faultErr != nil {
+				return faultErr
+			}
 			fmt.Fprintf(c.App.Writer, "master target listening on https://%s for %d primary volume(s)\n", ln.Addr(), len(m.Volumes))
 			err = m.Serve(c.Context, ln)
 			if err == nil && c.Context.Err() != nil {

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"strconv"
+	"time"
 
 	"lifeboat/internal/faultinject"
 	"lifeboat/pipeline"
@@ -16,7 +17,17 @@ import (
 // released binary has none (faults_off.go).
 //
 //	LIFEBOAT_FAULT_CORRUPT_SEGMENTS=N  flip a byte in the first N segments received
+//	LIFEBOAT_FAULT_SEGMENT_DELAY=D     hold every segment received for D (a slow link)
 func installFaults(srv *pipeline.Server) error {
+	if v := os.Getenv("LIFEBOAT_FAULT_SEGMENT_DELAY"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 {
+			return usageError("LIFEBOAT_FAULT_SEGMENT_DELAY=%q: want a duration", v)
+		}
+		slog.Warn("fault injection for tests: every segment received is held", "delay", d)
+		srv.Middleware = faultinject.DelaySegments(d)
+		return nil
+	}
 	const env = "LIFEBOAT_FAULT_CORRUPT_SEGMENTS"
 	v := os.Getenv(env)
 	if v == "" {

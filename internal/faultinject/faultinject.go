@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"time"
 )
 
 // CorruptSegments is a middleware that flips one byte in the middle of the
@@ -34,6 +35,23 @@ func CorruptSegments(n int) func(http.Handler) http.Handler {
 					b[len(b)/2] ^= 0x40
 				}
 				r.Body = io.NopCloser(bytes.NewReader(b))
+			}
+			next.ServeHTTP(w, r)
+		})
+	}
+}
+
+// DelaySegments is a middleware that holds every segment upload (POST
+// .../segments) for d before the process server sees it: a slow link, so
+// that a test can act in the middle of a transfer.
+func DelaySegments(d time.Duration) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/segments") {
+				select {
+				case <-time.After(d):
+				case <-r.Context().Done():
+				}
 			}
 			next.ServeHTTP(w, r)
 		})
