@@ -2,10 +2,11 @@ package e2e
 
 import (
 	"bytes"
-	"encoding/json"
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,12 +25,13 @@ type master struct {
 	dir  string
 	addr string
 	p    *protected
+	env  []string // added to its environment (fault injection)
 	proc *agentProc
 }
 
-func newMaster(t *testing.T, s *site, p *protected) *master {
+func newMaster(t *testing.T, s *site, p *protected, env ...string) *master {
 	t.Helper()
-	m := &master{t: t, dir: filepath.Join(t.TempDir(), "master"), p: p}
+	m := &master{t: t, dir: filepath.Join(t.TempDir(), "master"), p: p, env: env}
 	out := filepath.Join(t.TempDir(), "mcerts")
 	run(t, binary, "certs", "issue", "--data-dir", s.dir, "--role", "server", "--name", "master", "--host", "127.0.0.1", "--out", out)
 	pkiDir := filepath.Join(m.dir, "pki")
@@ -55,7 +57,7 @@ func (m *master) url() string { return "https://" + m.addr }
 
 func (m *master) start() {
 	m.t.Helper()
-	p, err := startProc(m.t, nil, func(_ *agentProc, line string) bool {
+	p, err := startProc(m.t, m.env, func(_ *agentProc, line string) bool {
 		return strings.HasPrefix(line, "master target listening on")
 	}, "master-target", "--volume", "disk="+m.p.img, "--journal-dir", m.p.jroot, "--data-dir", m.dir, "--listen", m.addr)
 	if err != nil {
@@ -97,46 +99,48 @@ func qemuScript(t *testing.T, uri string, cmds []string) {
 	}
 }
 
-// The cycle on a 1 GiB volume: replicate; writes the agent never ships,
-// then kill -9; fail over to latest; 1 % of the volume written at the
-// site; reprotect --verify sends at most 1.1 x the bytes of the blocks
-// that really differ; failback makes the primary disk equal to the
-// failover volume; the agent ships only its new writes afterwards, and
-// the next point equals the primary disk. Bad requests on the way are
-// refused and change nothing.
-func TestReprotectAndFailback(t *testing.T) {
-	need(t, "qemu-io", "nbdcopy")
-	const size = 1 << 30
-	s := newRecoverySite(t)
-	p := protect(t, s, size, 64<<20)
-	start := time.Now()
-	run(t, "qemu-io", "-f", "raw", "-c", "write -P 0x11 1M 2M", "-c", "flush", p.uri)
-	p.checkLatest(start)
+// failedOver is a protected volume with writes its agent never shipped,
+// failed over to latest, with writes at the site, and its master target.
+type failedOver struct {
+	s      *site
+	p      *protected
+	m      *master
+	st     pipeline.RecoveryState // the failover
+	failed string                 // a copy of the failover volume after the writes
+	differ int64                  // bytes of the 4 KiB blocks that differ from the primary disk
+}
 
-	// Writes the site never gets: the site is down while they are made,
-	// then the agent is killed.
-	s.stop(syscall.SIGTERM)
-	run(t, "qemu-io", "-f", "raw", "-c", "write -P 0x77 100M 512k", "-c", "flush", p.uri)
-	if err := p.a.stop(t, syscall.SIGKILL); err == nil {
+// unshippedBytes is what failOver writes at the source while the site is down.
+const unshippedBytes = 512 << 10
+
+// failOver replicates a volume of size, writes unshippedBytes the site
+// never gets (the site is down while they are made, then the agent is
+// killed), fails over to latest and writes siteBlocks random 4 KiB blocks
+// on the failover volume; check, if set, runs between the failover and
+// those writes.
+func failOver(t *testing.T, size int64, siteBlocks int, masterEnv []string, check func(f *failedOver)) *failedOver {
+	t.Helper()
+	need(t, "qemu-io", "nbdcopy")
+	f := &failedOver{s: newRecoverySite(t)}
+	f.p = protect(t, f.s, size, 64<<20)
+	start := time.Now()
+	run(t, "qemu-io", "-f", "raw", "-c", "write -P 0x11 1M 2M", "-c", "flush", f.p.uri)
+	f.p.checkLatest(start)
+	f.s.stop(syscall.SIGTERM)
+	run(t, "qemu-io", "-f", "raw", "-c", fmt.Sprintf("write -P 0x77 100M %d", unshippedBytes), "-c", "flush", f.p.uri)
+	if err := f.p.a.stop(t, syscall.SIGKILL); err == nil {
 		t.Fatal("agent survived SIGKILL?")
 	}
-	s.start()
-	m := newMaster(t, s, p)
-
-	if r := s.cli("reprotect", "disk", "--to", m.url()); r.code != 1 || !strings.Contains(r.out(), "not failed over") {
-		t.Fatalf("reprotect of a volume that is not failed over: want exit 1 naming it\n%v", r)
+	f.s.start()
+	f.m = newMaster(t, f.s, f.p, masterEnv...)
+	f.st = f.s.recovery("failover", "start", "disk", "--point", "latest")
+	if check != nil {
+		check(f)
 	}
-	st := s.recovery("failover", "start", "disk", "--point", "latest")
-	if r := s.cli("failback", "disk"); r.code != 1 || !strings.Contains(r.out(), "not reprotected") {
-		t.Fatalf("failback without reprotect: want exit 1\n%v", r)
-	}
-
-	// 1 % of the volume written at the site, in 4 KiB blocks of random
-	// bytes (no dedupe, no compression).
-	rng := rand.New(rand.NewPCG(7, 7))
+	rng := rand.New(rand.NewPCG(7, uint64(siteBlocks)))
 	var cmds []string
 	srcs := t.TempDir()
-	for i := range size / 100 / 4096 {
+	for i := range siteBlocks { // random bytes: no dedupe, no compression
 		src := filepath.Join(srcs, fmt.Sprint(i))
 		b := make([]byte, 4096)
 		for j := range b {
@@ -147,71 +151,130 @@ func TestReprotectAndFailback(t *testing.T) {
 		}
 		cmds = append(cmds, fmt.Sprintf("write -q -s %s %d 4k", src, rng.Int64N(size/4096)*4096))
 	}
-	qemuScript(t, st.URL, cmds)
-	failed := filepath.Join(t.TempDir(), "failover.img")
-	run(t, "nbdcopy", st.URL, failed)
-	differ := differingBlocks(t, p.img, failed) * 4096
-	t.Logf("blocks that differ between the primary disk and the failover volume: %d bytes", differ)
+	qemuScript(t, f.st.URL, cmds)
+	f.failed = filepath.Join(t.TempDir(), "failover.img")
+	run(t, "nbdcopy", f.st.URL, f.failed)
+	f.differ = differingBlocks(t, f.p.img, f.failed) * 4096
+	t.Logf("blocks that differ between the primary disk and the failover volume: %d bytes", f.differ)
+	return f
+}
 
-	r := s.cli("reprotect", "disk", "--to", m.url(), "--verify")
-	if r.code != 1 || !strings.Contains(r.out(), "524288 bytes of writes") || !strings.Contains(r.out(), "--force") {
-		t.Fatalf("reprotect with unshipped source writes and no --force: want exit 1 naming 524288 bytes and --force\n%v", r)
+// reverse returns the failover's reverse replication as the site reports it.
+func (f *failedOver) reverse() *pipeline.ReprotectState {
+	f.s.t.Helper()
+	_, list := f.s.recoveryList()
+	fo := failoverOf(list, "disk")
+	if fo == nil || fo.Reprotect == nil {
+		f.s.t.Fatalf("no reprotected failover: %+v", fo)
 	}
-	_, list := s.recoveryList()
-	if f := failoverOf(list, "disk"); f == nil || f.Reprotect != nil || f.Committed {
-		t.Fatalf("a refused reprotect changed the failover: %+v", f)
-	}
-	st = s.recovery("reprotect", "disk", "--to", m.url(), "--verify", "--force")
-	if st.Reprotect == nil || st.Reprotect.RolledBackBytes != 512<<10 || !st.Committed {
-		t.Fatalf("reprotect: %+v", st.Reprotect)
-	}
-	t.Logf("reprotect: %d candidate bytes", st.Reprotect.CandidateBytes)
+	return fo.Reprotect
+}
+
+// firstSynced waits until the reprotect's first sync is on the master
+// target, and returns the reverse shipper's status then.
+func (f *failedOver) firstSynced(timeout time.Duration) *pipeline.ShipperStatus {
+	f.s.t.Helper()
 	var sh *pipeline.ShipperStatus
-	waitFor(t, 2*time.Minute, "the reprotect's first sync", func() bool {
-		_, list := s.recoveryList()
-		f := failoverOf(list, "disk")
-		sh = f.Reprotect.Shipper
+	waitFor(f.s.t, timeout, "the reprotect's first sync", func() bool {
+		sh = f.reverse().Shipper
 		return sh != nil && sh.Tracker.Resync == "" && sh.Tracker.NextSeq-1 == sh.AckedSeq
 	})
-	t.Logf("first sync: %d segment bytes sent (%d on the wire), %d bytes differ", sh.BytesRaw, sh.BytesWire, differ)
-	if float64(sh.BytesRaw) > 1.1*float64(differ) {
-		t.Fatalf("reprotect --verify sent %d bytes; the blocks that differ are %d bytes (bound 1.1x)", sh.BytesRaw, differ)
-	}
-	want := sha256File(t, failed)
-	for _, l := range strings.Split(m.proc.Output()+s.log(), "\n") {
-		if strings.Contains(l, "ready for reverse") || strings.Contains(l, "reprotect started") {
-			t.Log(l)
-		}
-	}
+	return sh
+}
 
-	// Failback.
-	fb := s.recovery("failback", "disk")
+// failBack fails back and checks the primary disk and the site's point
+// against the failover volume (want: its sha256), then stops the master
+// target, starts the agent, and checks that it ships only new writes and
+// that the next point equals the primary disk.
+func (f *failedOver) failBack(want string) {
+	t := f.s.t
+	t.Helper()
+	fb := f.s.recovery("failback", "disk")
 	if fb.Reprotect == nil || fb.Reprotect.Failback == nil {
 		t.Fatalf("failback: %+v", fb)
 	}
-	if got := sha256File(t, p.img); got != want {
+	if got := sha256File(t, f.p.img); got != want {
 		t.Fatalf("after failback the primary disk has sha256 %s; the failover volume %s", got, want)
 	}
-	if _, list := s.recoveryList(); failoverOf(list, "disk") != nil {
+	if _, list := f.s.recoveryList(); failoverOf(list, "disk") != nil {
 		t.Fatal("the failover volume is still there after the failback")
 	}
-	if got := s.export("disk", fmt.Sprint(fb.Reprotect.Failback.Seq)); got != want {
+	if got := f.s.export("disk", fmt.Sprint(fb.Reprotect.Failback.Seq)); got != want {
 		t.Fatalf("the failback's point on the site has sha256 %s; the failover volume %s", got, want)
 	}
-	m.proc.stop(t, syscall.SIGTERM)
-
-	// Forward replication again: only the new writes are shipped.
-	p.a = startAgent(t, append(p.args, s.agentArgs()...)...)
-	p.uri = p.a.uri["disk"]
-	start = time.Now()
-	run(t, "qemu-io", "-f", "raw", "-c", "write -P 0x99 200M 1M", "-c", "flush", p.uri)
-	p.checkLatest(start)
-	ss := shipperStatus(t, p.jroot, "disk")
+	f.m.proc.stop(t, syscall.SIGTERM)
+	f.p.a = startAgent(t, append(f.p.args, f.s.agentArgs()...)...)
+	f.p.uri = f.p.a.uri["disk"]
+	start := time.Now()
+	run(t, "qemu-io", "-f", "raw", "-c", "write -P 0x99 200M 1M", "-c", "flush", f.p.uri)
+	f.p.checkLatest(start)
+	ss := shipperStatus(t, f.p.jroot, "disk")
 	if ss.BytesRaw > 2<<20 || ss.Resync != nil {
 		t.Fatalf("after the failback the agent shipped %d bytes (resync %+v); want only its 1 MiB of new writes", ss.BytesRaw, ss.Resync)
 	}
-	b, _ := json.Marshal(ss)
-	t.Logf("agent after failback: %s", b)
+	t.Logf("agent after failback: %d segment bytes shipped for 1 MiB of new writes, generation %d", ss.BytesRaw, ss.Tracker.Generation)
+}
+
+// The cycle on a 1 GiB volume: replicate; writes the agent never ships,
+// then kill -9; fail over to latest; 1 % of the volume written at the
+// site; reprotect --verify sends at most 1.1 x the bytes of the blocks
+// that really differ; failback makes the primary disk equal to the
+// failover volume; the agent ships only its new writes afterwards, and
+// the next point equals the primary disk. Bad requests on the way are
+// refused and change nothing.
+func TestReprotectAndFailback(t *testing.T) {
+	const size = 1 << 30
+	f := failOver(t, size, size/100/4096, nil, func(f *failedOver) {
+		if r := f.s.cli("failback", "disk"); r.code != 1 || !strings.Contains(r.out(), "not reprotected") {
+			t.Fatalf("failback without reprotect: want exit 1\n%v", r)
+		}
+	})
+	s, m := f.s, f.m
+	if r := s.cli("reprotect", "nosuch", "--to", m.url()); r.code != 1 {
+		t.Fatalf("reprotect of an unknown volume: want exit 1\n%v", r)
+	}
+	r := s.cli("reprotect", "disk", "--to", m.url(), "--verify")
+	if r.code != 1 || !strings.Contains(r.out(), fmt.Sprintf("%d bytes of writes", unshippedBytes)) || !strings.Contains(r.out(), "--force") {
+		t.Fatalf("reprotect with unshipped source writes and no --force: want exit 1 naming %d bytes and --force\n%v", unshippedBytes, r)
+	}
+	if r := s.cli("reprotect", "disk", "--to", m.url(), "--verify", "--full"); r.code != 2 {
+		t.Fatalf("reprotect --verify --full: want a usage error\n%v", r)
+	}
+	_, list := s.recoveryList()
+	if fo := failoverOf(list, "disk"); fo == nil || fo.Reprotect != nil || fo.Committed {
+		t.Fatalf("a refused reprotect changed the failover: %+v", fo)
+	}
+	st := s.recovery("reprotect", "disk", "--to", m.url(), "--verify", "--force")
+	if st.Reprotect == nil || st.Reprotect.RolledBackBytes != unshippedBytes || !st.Committed {
+		t.Fatalf("reprotect: %+v", st.Reprotect)
+	}
+	if r := s.cli("reprotect", "disk", "--to", m.url()); r.code != 1 || !strings.Contains(r.out(), "already reprotected") {
+		t.Fatalf("a second reprotect: want exit 1\n%v", r)
+	}
+	if r := s.cli("failover", "change-point", "disk", "--point", "latest", "--force"); r.code != 1 {
+		t.Fatalf("change-point of a reprotected failover: want exit 1\n%v", r)
+	}
+	sh := f.firstSynced(2 * time.Minute)
+	t.Logf("first sync: %d candidate bytes, %d segment bytes sent (%d on the wire); %d bytes differ",
+		st.Reprotect.CandidateBytes, sh.BytesRaw, sh.BytesWire, f.differ)
+	if float64(sh.BytesRaw) > 1.1*float64(f.differ) {
+		t.Fatalf("reprotect --verify sent %d bytes; the blocks that differ are %d bytes (bound 1.1x)", sh.BytesRaw, f.differ)
+	}
+	if got := sha256File(t, f.p.img); got != sha256File(t, f.failed) {
+		t.Fatal("after the first sync the primary disk differs from the failover volume")
+	}
+
+	// Behind: the master target is down and the failover volume written.
+	m.proc.stop(t, syscall.SIGTERM)
+	run(t, "qemu-io", "-f", "raw", "-c", "write -P 0x5a 300M 1M", "-c", "flush", f.st.URL)
+	if r := s.cli("failback", "disk", "--no-wait"); r.code != 1 || !strings.Contains(r.out(), "behind") {
+		t.Fatalf("failback --no-wait while reverse replication is behind: want exit 1 naming it\n%v", r)
+	}
+	run(t, "qemu-io", "-f", "raw", "-c", "write -P 0x5b 301M 4k", "-c", "flush", f.st.URL) // still writable
+	run(t, "nbdcopy", f.st.URL, f.failed)
+	want := sha256File(t, f.failed)
+	m.start()
+	f.failBack(want)
 }
 
 // freeAddr is a loopback address nothing listens on now.
@@ -223,4 +286,85 @@ func freeAddr(t *testing.T) string {
 	}
 	defer ln.Close()
 	return ln.Addr().String()
+}
+
+// reverseNow reads the reverse replication through the admin API (faster
+// than the CLI, to catch a first sync midway).
+func (f *failedOver) reverseNow() *pipeline.ReprotectState {
+	f.s.t.Helper()
+	var list []pipeline.RecoveryState
+	if err := pipeline.Call(context.Background(), f.s.admin(), http.MethodGet, f.s.url()+"/v1/recovery", nil, &list); err != nil {
+		f.s.t.Fatal(err)
+	}
+	if fo := failoverOf(list, "disk"); fo != nil && fo.Reprotect != nil {
+		return fo.Reprotect
+	}
+	f.s.t.Fatal("no reprotected failover")
+	return nil
+}
+
+// killMidFirstSync starts a reprotect (no --verify), waits until a third
+// of its candidates is shipped and calls kill; it returns the candidate
+// bytes and the bytes shipped before the kill.
+func (f *failedOver) killMidFirstSync(kill func()) (cand, before int64) {
+	t := f.s.t
+	t.Helper()
+	st := f.s.recovery("reprotect", "disk", "--to", f.m.url(), "--force")
+	cand = st.Reprotect.CandidateBytes
+	waitFor(t, time.Minute, "a third of the first sync shipped", func() bool {
+		sh := f.reverseNow().Shipper
+		if sh != nil {
+			before = sh.BytesRaw
+		}
+		return before >= cand/3
+	})
+	time.Sleep(time.Second) // for the tracker to record the progress (its checkpoint)
+	if sh := f.reverseNow().Shipper; sh.Tracker.Resync == "" && sh.Tracker.NextSeq-1 == sh.AckedSeq {
+		t.Fatalf("the first sync finished before the kill (%d of %d bytes): nothing tested", sh.BytesRaw, cand)
+	}
+	kill()
+	return cand, before
+}
+
+// slowLink holds each segment the master target receives for a while, so
+// that a first sync of 64 MiB lasts seconds and a kill lands in its middle.
+var slowLink = []string{"LIFEBOAT_FAULT_SEGMENT_DELAY=1500ms"}
+
+// kill -9 of the master target in the middle of a reprotect's first sync:
+// reverse replication resumes where it was (what it ships in all stays
+// near the candidates, far from twice), and the end state is equal.
+// Without --verify, the first sync ships the candidate blocks: the bound.
+func TestReprotectResumesAfterMasterTargetKill9(t *testing.T) {
+	const size = 512 << 20
+	f := failOver(t, size, 16384, slowLink, nil)
+	cand, before := f.killMidFirstSync(func() { f.m.proc.stop(t, syscall.SIGKILL) })
+	f.m.start()
+	sh := f.firstSynced(2 * time.Minute)
+	t.Logf("candidates %d bytes; shipped %d before the kill, %d in all", cand, before, sh.BytesRaw)
+	if float64(sh.BytesRaw) > 1.1*float64(cand) {
+		t.Fatalf("shipped %d bytes for %d bytes of candidates: it started over or sent more than the candidates", sh.BytesRaw, cand)
+	}
+	if got, want := sha256File(t, f.p.img), sha256File(t, f.failed); got != want {
+		t.Fatal("after the first sync the primary disk differs from the failover volume")
+	}
+	f.failBack(sha256File(t, f.failed))
+}
+
+// kill -9 of the site's server in the middle of a reprotect's first sync:
+// after its restart reverse replication resumes from the regions left,
+// and the end state is equal.
+func TestReprotectResumesAfterSiteKill9(t *testing.T) {
+	const size = 512 << 20
+	f := failOver(t, size, 16384, slowLink, nil)
+	cand, before := f.killMidFirstSync(func() { f.s.stop(syscall.SIGKILL) })
+	f.s.start()
+	sh := f.firstSynced(2 * time.Minute)
+	t.Logf("candidates %d bytes; shipped %d before the kill, %d after the restart", cand, before, sh.BytesRaw)
+	if float64(sh.BytesRaw) > 0.8*float64(cand) {
+		t.Fatalf("shipped %d bytes after the restart, %d before, for %d bytes of candidates: the first sync started over", sh.BytesRaw, before, cand)
+	}
+	if got, want := sha256File(t, f.p.img), sha256File(t, f.failed); got != want {
+		t.Fatal("after the first sync the primary disk differs from the failover volume")
+	}
+	f.failBack(sha256File(t, f.failed))
 }
