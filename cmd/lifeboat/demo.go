@@ -28,7 +28,7 @@ const demoMinSize = 16 << 20
 func demoCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "demo",
-		Usage: "replicate a volume to a recovery site on this machine, prove a recovery point is exact, then test failover and fail over to it",
+		Usage: "replicate a volume to a recovery site on this machine, prove a recovery point is exact, fail over, reprotect and fail back",
 		Description: "Runs a whole site in this process, on 127.0.0.1 with ephemeral ports, in a temporary directory:\n" +
 			"no root, no kernel NBD, no cloud, nothing to install.\n" +
 			"  1. the recovery site: a CA (like 'lifeboat server init'), a process server over mutual TLS and a\n" +
@@ -44,7 +44,14 @@ func demoCommand() *cli.Command {
 			"     that moment is recorded; the RPO is shown;\n" +
 			"  5. the recovery points, as 'lifeboat points list' shows them;\n" +
 			"  6. the latest point (and the first) is read back through the admin API, as 'lifeboat points\n" +
-			"     export' does, and its sha256 compared with the source at that tag: MATCH, or exit 1.\n" +
+			"     export' does, and its sha256 compared with the source at that tag: MATCH, or exit 1;\n" +
+			"  7. a test failover of the latest point, read whole over NBD and compared, then cleaned up;\n" +
+			"  8. a failover to the latest point: the site serves the volume, the agent stops shipping;\n" +
+			"  9. random writes to the failover volume at the site;\n" +
+			" 10. reprotect: the agent stops, a master target (as 'lifeboat master-target') takes its volume, and\n" +
+			"     the site replicates the failover volume back, sending only the blocks that differ (--verify);\n" +
+			" 11. failback: the primary volume must then hold the failover volume's bytes exactly: MATCH;\n" +
+			" 12. the agent starts again and ships only its new writes; their point is compared: MATCH.\n" +
 			"Then a summary. Everything is stopped cleanly and the directory removed, unless --keep (it is also\n" +
 			"kept when the check fails, for analysis).\n\n" +
 			"Examples:\n" +
@@ -97,7 +104,7 @@ func runDemo(ctx context.Context, w, errw io.Writer, o demoOptions) (err error) 
 	}
 	site := &demoSite{log: slog.New(slog.NewTextHandler(errw, &slog.HandlerOptions{Level: level})),
 		quiet:     slog.New(slog.NewTextHandler(errw, &slog.HandlerOptions{Level: quiet})),
-		serverDir: filepath.Join(dir, "server"), agentDir: filepath.Join(dir, "agent")}
+		serverDir: filepath.Join(dir, "server"), agentDir: filepath.Join(dir, "agent"), masterDir: filepath.Join(dir, "master")}
 	site.volPath = filepath.Join(site.agentDir, demoVolumeName+".img")
 	r := &demoRun{o: o, w: w, site: site, start: time.Now(), dir: dir,
 		hashes: map[uint64]string{}, labels: map[uint64]string{}}
@@ -108,7 +115,7 @@ func runDemo(ctx context.Context, w, errw io.Writer, o demoOptions) (err error) 
 		err = r.finish(errw, ownDir, err, ctx.Err() != nil)
 	}()
 	fmt.Fprintf(w, "Lifeboat demo: protect a volume, replicate it to a recovery site, prove a recovery point is exact,\n"+
-		"then test failover and fail over to it.\n"+
+		"then test failover, fail over to it, replicate it back and fail back.\n"+
 		"Everything runs in this process on 127.0.0.1, in %s (no root, no kernel NBD, no cloud).\n", dir)
 	return r.run(ctx)
 }
@@ -126,7 +133,7 @@ func demoDir(dir string) (string, bool, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", false, usageError("--dir: %v", err)
 	}
-	for _, sub := range []string{"server", "agent"} {
+	for _, sub := range []string{"server", "agent", "master"} {
 		if _, err := os.Lstat(filepath.Join(dir, sub)); err == nil {
 			return "", false, usageError("--dir %s already holds %s/ from an earlier demo; remove it or pick another --dir", dir, sub)
 		} else if !errors.Is(err, os.ErrNotExist) {
@@ -145,6 +152,7 @@ func (r *demoRun) finish(errw io.Writer, ownDir bool, err error, interrupted boo
 		fmt.Fprintf(w, "\nkept %s:\n"+
 			"  server/  the recovery site: pki/ (CA, admin identity), spool/, replicas/ (the file target)\n"+
 			"  agent/   %s.img (the protected volume), journal/%s, the agent's certificate\n"+
+			"  master/  the master target of the reprotect and failback: pki/, spool/, disks/\n"+
 			"explore it:\n"+
 			"  lifeboat server --data-dir %s --listen 127.0.0.1:19443 &\n"+
 			"  lifeboat points list --server https://127.0.0.1:19443 --data-dir %s --volume %s\n",
@@ -156,7 +164,7 @@ func (r *demoRun) finish(errw io.Writer, ownDir bool, err error, interrupted boo
 		if ownDir {
 			rerr = os.RemoveAll(dir)
 		} else {
-			rerr = errors.Join(os.RemoveAll(r.site.serverDir), os.RemoveAll(r.site.agentDir))
+			rerr = errors.Join(os.RemoveAll(r.site.serverDir), os.RemoveAll(r.site.agentDir), os.RemoveAll(r.site.masterDir))
 		}
 		if rerr != nil && err == nil {
 			err = fmt.Errorf("clean up %s: %w (remove it by hand)", dir, rerr)

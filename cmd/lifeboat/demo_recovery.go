@@ -17,6 +17,7 @@ import (
 type demoRecovery struct {
 	kind      string
 	point     uint64
+	export    string        // the NBD export on the site
 	started   time.Duration // the request, from sending it to its answer
 	firstRead time.Duration // from sending the request to the first NBD read returned
 	readAll   time.Duration // reading the whole volume over NBD
@@ -39,7 +40,7 @@ func (r *demoRun) recover(ctx context.Context, path string) (demoRecovery, error
 		failover.Request{Point: failover.PointLatest}, &st); err != nil {
 		return demoRecovery{}, err
 	}
-	rec := demoRecovery{kind: st.Kind, point: st.Point.Seq, started: time.Since(start)}
+	rec := demoRecovery{kind: st.Kind, point: st.Point.Seq, export: st.Export, started: time.Since(start)}
 	c, err := nbd.Dial(ctx, d.site.NBDListenAddr().String(), st.Export)
 	if err != nil {
 		return rec, err

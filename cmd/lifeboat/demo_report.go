@@ -89,7 +89,7 @@ func checkPoint(w io.Writer, seq uint64, got string, want, labels map[uint64]str
 }
 
 func (r *demoRun) summary(points int) {
-	st := r.site.ship.Status()
+	st, fb := r.fb.forward, r.fb // the shipper before the failback, and what the failback steps measured
 	var written, zeroed int64
 	writes := 0
 	for _, rs := range r.rounds {
@@ -120,5 +120,13 @@ func (r *demoRun) summary(points int) {
 		row(rec.kind, "point seq %d served in %s, first NBD read after %s, whole volume read in %s: MATCH", rec.point,
 			rec.started.Round(time.Millisecond), rec.firstRead.Round(time.Millisecond), rec.readAll.Round(time.Millisecond))
 	}
+	row("site writes", "%s written on the failover volume; it then differed from the primary in %s",
+		humanBytes(uint64(fb.siteWritten)), humanBytes(uint64(fb.differ)))
+	row("reprotect", "%s sent (%s on the wire) for a %s volume (%.2f%%), %s of candidates, first sync in %s",
+		humanBytes(uint64(fb.sentRaw)), humanBytes(uint64(fb.sentWire)), humanBytes(uint64(r.o.Size)),
+		100*float64(fb.sentRaw)/float64(r.o.Size), humanBytes(uint64(fb.candidates)), fb.reprotect.Round(time.Millisecond))
+	row("failback", "in %s; primary volume = failover volume: MATCH; the site's point seq %d", fb.failback.Round(time.Millisecond), fb.failbackSeq)
+	row("forward again", "%s shipped for %s of new writes, no initial replication; point seq %d: MATCH",
+		humanBytes(uint64(fb.newShipped)), humanBytes(uint64(fb.newWritten)), fb.newPoint)
 	row("total", "%s", time.Since(r.start).Round(10*time.Millisecond))
 }

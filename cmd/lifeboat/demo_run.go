@@ -31,9 +31,14 @@ type demoRun struct {
 	latest       uint64          // the latest point, verified
 	latestHash   string
 	recovery     []demoRecovery // the test failover and the failover
+	fb           demoFailback   // the writes at the site, reprotect, failback, forward again
 }
 
-// Time allowed for the initial replication and for a point after a round.
+// demoSteps is how many steps the demo runs.
+const demoSteps = 12
+
+// Time allowed for the initial replication (and a reprotect's first sync)
+// and for a point after a round.
 const (
 	demoInitialTimeout = 90 * time.Second
 	demoPointTimeout   = 30 * time.Second
@@ -41,7 +46,7 @@ const (
 
 func (r *demoRun) run(ctx context.Context) error {
 	d, w := r.site, r.w
-	step := func(n int, title string) { fmt.Fprintf(w, "\n[%d/8] %s\n", n, title) }
+	step := func(n int, title string) { fmt.Fprintf(w, "\n[%d/%d] %s\n", n, demoSteps, title) }
 
 	step(1, "Recovery site")
 	if err := d.startServer(ctx); err != nil {
@@ -102,6 +107,26 @@ func (r *demoRun) run(ctx context.Context) error {
 
 	step(8, "Failover to the latest point (as 'lifeboat failover start demo'): the site serves the volume now")
 	if err := r.failover(ctx); err != nil {
+		return err
+	}
+
+	step(9, "Writes at the recovery site: random writes to the failover volume over NBD")
+	if err := r.siteWrites(ctx); err != nil {
+		return err
+	}
+
+	step(10, "Reprotect (as 'lifeboat reprotect demo --to MASTER --verify'): the failover volume replicates back to the primary")
+	if err := r.reprotect(ctx); err != nil {
+		return err
+	}
+
+	step(11, "Failback (as 'lifeboat failback demo'): the primary volume takes over again")
+	if err := r.failback(ctx); err != nil {
+		return err
+	}
+
+	step(12, "Forward replication again: the agent ships only its new writes")
+	if err := r.forwardAgain(ctx); err != nil {
 		return err
 	}
 	r.summary(len(pts))

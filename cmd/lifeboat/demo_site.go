@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"lifeboat/failback"
 	"lifeboat/failover"
 	"lifeboat/nbd"
 	"lifeboat/pipeline"
@@ -33,6 +34,7 @@ type demoSite struct {
 
 	serverDir string // lifeboat server --data-dir: pki/, spool/, replicas/
 	agentDir  string // demo.img, journal/demo, demo-agent.crt|key, ca.crt
+	masterDir string // lifeboat master-target --data-dir: pki/, spool/, disks/
 	volPath   string
 
 	// Recovery site.
@@ -52,6 +54,12 @@ type demoSite struct {
 	ship       *pipeline.Shipper
 	shipCancel context.CancelFunc
 	shipWG     sync.WaitGroup
+
+	// The protected server's master target (reprotect and failback).
+	master       *failback.MasterTarget
+	masterURL    string
+	masterCancel context.CancelFunc
+	masterDone   chan error
 }
 
 // startServer creates the site's CA and starts the process server on an
@@ -95,27 +103,16 @@ func (d *demoSite) startServer(ctx context.Context) error {
 	return nil
 }
 
-// startAgent issues the agent's certificate, opens the volume through
-// tracker.Volume, serves it over NBD and starts its shipper.
+// startAgent issues the agent's certificate (the first time), opens the
+// volume through tracker.Volume, serves it over NBD and starts its shipper.
 func (d *demoSite) startAgent(ctx context.Context) error {
-	ca, err := pki.Load(d.serverDir)
-	if err != nil {
-		return err
+	if d.agentHTTP == nil { // a restart keeps the identity
+		if err := d.agentIdentity(); err != nil {
+			return err
+		}
 	}
-	id, err := ca.Issue("demo-agent", pki.RoleAgent, nil, 24*time.Hour)
-	if err != nil {
-		return err
-	}
-	if err := id.Write(d.agentDir, "demo-agent"); err != nil {
-		return err
-	}
-	d.agentHTTP, err = httpClient(filepath.Join(d.agentDir, "demo-agent.crt"), filepath.Join(d.agentDir, "demo-agent.key"),
-		filepath.Join(d.agentDir, "ca.crt"))
-	if err != nil {
-		return err
-	}
-	v := tracker.NewVolume(d.volPath, filepath.Join(d.agentDir, "journal", demoVolumeName))
-	v.InitialSync = true // the replica has nothing yet: copy it whole (holes skipped) first
+	v := tracker.NewVolume(d.volPath, d.journalDir())
+	v.InitialSync = true // a new volume: the replica has nothing yet, copy it whole (holes skipped) first
 	v.SegmentAge = 500 * time.Millisecond
 	v.SegmentBytes = 4 << 20
 	v.JournalQuota = 1 << 30
@@ -154,13 +151,14 @@ func (d *demoSite) startAgent(ctx context.Context) error {
 	return nil
 }
 
-// stop shuts everything down in order: shipper, NBD, volume (seals the
-// journal), then the process server and its target.
-func (d *demoSite) stop() error {
+// stopAgent stops the protected server in order: shipper, NBD, volume
+// (seals the journal, releases its lock). startAgent starts it again.
+func (d *demoSite) stopAgent() error {
 	var errs []error
 	if d.shipCancel != nil {
 		d.shipCancel()
 		d.shipWG.Wait()
+		d.shipCancel = nil
 	}
 	if d.nbdSrv != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -171,12 +169,21 @@ func (d *demoSite) stop() error {
 		if err := <-d.nbdDone; err != nil && !errors.Is(err, nbd.ErrServerClosed) {
 			errs = append(errs, fmt.Errorf("NBD server: %w", err))
 		}
+		d.nbdSrv = nil
 	}
 	if d.vol != nil {
 		if err := d.vol.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("close the demo volume: %w", err))
 		}
+		d.vol = nil
 	}
+	return errors.Join(errs...)
+}
+
+// stop shuts everything down in order: the agent, the master target, then
+// the process server and its target.
+func (d *demoSite) stop() error {
+	errs := []error{d.stopAgent(), d.stopMaster()}
 	for _, c := range []*http.Client{d.agentHTTP, d.admin} {
 		if c != nil {
 			c.CloseIdleConnections()
@@ -231,17 +238,5 @@ func (d *demoSite) waitPoint(ctx context.Context, seq uint64, timeout time.Durat
 		if !sleepCtx(ctx, 50*time.Millisecond) {
 			return pipeline.Point{}, time.Time{}, ctx.Err()
 		}
-	}
-}
-
-// sleepCtx sleeps for d; false if ctx ended first.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
 	}
 }

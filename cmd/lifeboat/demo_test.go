@@ -19,13 +19,20 @@ func TestDemo(t *testing.T) {
 		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
 	}
 	for _, w := range []string{
-		"[3/8] Initial replication", "walked", "first recovery point: seq",
-		"[7/8] Test failover", "first NBD read returned after", "cleaned up in",
-		"[8/8] Failover", "the agent was told and stopped shipping: volume failed over at the site",
+		"[3/12] Initial replication", "walked", "first recovery point: seq",
+		"[7/12] Test failover", "first NBD read returned after", "cleaned up in",
+		"[8/12] Failover", "the agent was told and stopped shipping: volume failed over at the site",
 		"round 1  ", "round 2  ", "RPO at the flush",
 		"← after initial replication", "← after round 1", "← after round 2",
 		"GET /v1/volumes/demo/points/latest", "(round 2)\n      MATCH: recovery point",
 		"(initial replication)\n      MATCH: recovery point", "Summary", "= source at its tag",
+		"[9/12] Writes at the recovery site", "it differs from the primary volume in",
+		"[10/12] Reprotect", "agent stopped", "reprotect --verify:", "0 B rolled back", "first sync done in",
+		"[11/12] Failback", "failed back in", "MATCH: the primary volume holds exactly the failover volume's bytes",
+		"(the failback)\n      MATCH: recovery point",
+		"[12/12] Forward replication again", "resync pending: none", "the new writes only, no initial replication",
+		"(writes after the failback)\n      MATCH: recovery point",
+		"      reprotect        ", "      failback         in ", "      forward again    ",
 	} {
 		if !strings.Contains(stdout, w) {
 			t.Errorf("output lacks %q:\n%s", w, stdout)
@@ -51,7 +58,8 @@ func TestDemoKeepAndUsage(t *testing.T) {
 	if !strings.Contains(stdout, "kept "+dir) {
 		t.Errorf("--keep: output does not say what it kept:\n%s", stdout)
 	}
-	for _, f := range []string{"server/pki/admin.crt", "server/replicas", "agent/demo.img", "agent/demo-agent.key", "agent/journal/demo"} {
+	for _, f := range []string{"server/pki/admin.crt", "server/replicas", "agent/demo.img", "agent/demo-agent.key", "agent/journal/demo",
+		"master/pki/server.crt"} {
 		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
 			t.Errorf("--keep: %v", err)
 		}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -110,6 +111,35 @@ func writeRound(c *nbd.Client, rng *rand.Rand) (demoRound, error) {
 	}
 	r.Flush, r.Took = time.Since(f), time.Since(start)
 	return r, nil
+}
+
+// compareVolume reads c whole, and returns its sha256 and how many bytes
+// of 4 KiB blocks differ from the file at path.
+func compareVolume(c *nbd.Client, path string) (string, int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", 0, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	buf, other := make([]byte, 1<<20), make([]byte, 1<<20)
+	var differ int64
+	for off := int64(0); off < c.Size(); off += int64(len(buf)) {
+		n := min(int64(len(buf)), c.Size()-off)
+		if _, err := c.ReadAt(buf[:n], off); err != nil {
+			return "", 0, fmt.Errorf("NBD read at %d: %w", off, err)
+		}
+		if _, err := f.ReadAt(other[:n], off); err != nil {
+			return "", 0, fmt.Errorf("read %s at %d: %w", path, off, err)
+		}
+		h.Write(buf[:n])
+		for i := int64(0); i < n; i += 4096 {
+			if e := min(i+4096, n); !bytes.Equal(buf[i:e], other[i:e]) {
+				differ += e - i
+			}
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil)), differ, nil
 }
 
 // hashFile returns the hex sha256 of a file's content.
