@@ -368,3 +368,41 @@ func TestReprotectResumesAfterSiteKill9(t *testing.T) {
 	}
 	f.failBack(sha256File(t, f.failed))
 }
+
+// A reprotect to a master target that has another volume (another id), or
+// the same volume on a smaller disk, is refused with a clear error and
+// changes nothing.
+func TestReprotectRefusesAnotherOrSmallerVolume(t *testing.T) {
+	const size = 256 << 20
+	f := failOver(t, size, 16, nil, nil)
+	f.m.proc.stop(t, syscall.SIGTERM)
+
+	// Another volume: a journal the agent made for another disk.
+	dir := t.TempDir()
+	other := &protected{img: filepath.Join(dir, "other.img"), jroot: filepath.Join(dir, "journal"), t: t}
+	a := startAgent(t, "--volume", "disk="+other.img+",size=256MiB", "--journal-dir", other.jroot)
+	a.stop(t, syscall.SIGTERM)
+	m2 := newMaster(t, f.s, other)
+	r := f.s.cli("reprotect", "disk", "--to", m2.url(), "--force")
+	if r.code != 1 || !strings.Contains(r.out(), "is not a primary volume of this master target") {
+		t.Fatalf("reprotect to another volume: want exit 1 naming it\n%v", r)
+	}
+	m2.proc.stop(t, syscall.SIGTERM)
+
+	// The same volume (its journal) on a smaller disk.
+	small := &protected{img: filepath.Join(dir, "small.img"), jroot: filepath.Join(dir, "jsmall"), t: t}
+	run(t, "cp", "-r", f.p.jroot, small.jroot)
+	run(t, "truncate", "-s", "128M", small.img)
+	m3 := newMaster(t, f.s, small)
+	r = f.s.cli("reprotect", "disk", "--to", m3.url(), "--force")
+	if r.code != 1 || !strings.Contains(r.out(), "needs a volume of the same size") {
+		t.Fatalf("reprotect to a smaller volume: want exit 1 naming the sizes\n%v", r)
+	}
+	if got := sha256File(t, f.p.img); got == sha256File(t, f.failed) {
+		t.Fatal("the primary disk changed")
+	}
+	_, list := f.s.recoveryList()
+	if fo := failoverOf(list, "disk"); fo == nil || fo.Reprotect != nil || fo.Committed {
+		t.Fatalf("a refused reprotect changed the failover: %+v", fo)
+	}
+}
