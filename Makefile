@@ -19,7 +19,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
 all: lint test build
 
-## demo: replicate a scratch volume to a recovery site on this machine (NBD in, TLS out, file target), then prove its latest recovery point is byte-exact (~5 s after the build, no root)
+## demo: replicate a scratch volume to a recovery site on this machine (NBD in, TLS out, file target), prove its latest recovery point is byte-exact, test failover, fail over, reprotect and fail back (~10 s after the build, no root)
 demo:
 	$(GO) run ./cmd/lifeboat demo
 
