@@ -26,24 +26,16 @@ type master struct {
 	dir  string
 	addr string
 	p    *protected
-	env  []string // added to its environment (fault injection)
+	env   []string // added to its environment (fault injection)
+	certs string   // master.crt, master.key, ca.crt
 	proc *agentProc
 }
 
 func newMaster(t *testing.T, s *site, p *protected, env ...string) *master {
 	t.Helper()
 	m := &master{t: t, dir: filepath.Join(t.TempDir(), "master"), p: p, env: env}
-	out := filepath.Join(t.TempDir(), "mcerts")
-	run(t, binary, "certs", "issue", "--data-dir", s.dir, "--role", "server", "--name", "master", "--host", "127.0.0.1", "--out", out)
-	pkiDir := filepath.Join(m.dir, "pki")
-	os.MkdirAll(pkiDir, 0o700)
-	for from, to := range map[string]string{"master.crt": "server.crt", "master.key": "server.key", "ca.crt": "ca.crt"} {
-		b, err := os.ReadFile(filepath.Join(out, from))
-		if err != nil {
-			t.Fatal(err)
-		}
-		os.WriteFile(filepath.Join(pkiDir, to), b, 0o600)
-	}
+	m.certs = filepath.Join(t.TempDir(), "mcerts")
+	run(t, binary, "certs", "issue", "--data-dir", s.dir, "--role", "server", "--name", "master", "--host", "127.0.0.1", "--out", m.certs)
 	m.addr = freeAddr(t)
 	m.start()
 	t.Cleanup(func() {
@@ -60,7 +52,8 @@ func (m *master) start() {
 	m.t.Helper()
 	p, err := startProc(m.t, m.env, func(_ *agentProc, line string) bool {
 		return strings.HasPrefix(line, "master target listening on")
-	}, "master-target", "--volume", "disk="+m.p.img, "--journal-dir", m.p.jroot, "--data-dir", m.dir, "--listen", m.addr)
+	}, "master-target", "--volume", "disk="+m.p.img, "--journal-dir", m.p.jroot, "--data-dir", m.dir, "--listen", m.addr,
+		"--cert", filepath.Join(m.certs, "master.crt"), "--key", filepath.Join(m.certs, "master.key"), "--ca", filepath.Join(m.certs, "ca.crt"))
 	if err != nil {
 		m.t.Fatal(err)
 	}
@@ -377,6 +370,13 @@ func TestReprotectRefusesAnotherOrSmallerVolume(t *testing.T) {
 	const size = 256 << 20
 	f := failOver(t, newRecoverySite(t), size, 16, nil, nil)
 	f.m.proc.stop(t, syscall.SIGTERM)
+	if r := lifeboat(t, "master-target", "--volume", "disk="+f.p.img, "--cert", filepath.Join(f.m.certs, "master.crt")); r.code != 2 {
+		t.Fatalf("master-target with --cert alone: want a usage error\n%v", r)
+	}
+	if r := lifeboat(t, "master-target", "--volume", "disk="+f.p.img, "--journal-dir", f.p.jroot, "--data-dir", t.TempDir(),
+		"--listen", "127.0.0.1:0"); r.code != 1 || !strings.Contains(r.out(), "server init") && !strings.Contains(r.out(), "ca.crt") {
+		t.Fatalf("master-target without certificates: want exit 1 naming them\n%v", r)
+	}
 
 	// Another volume: a journal the agent made for another disk.
 	dir := t.TempDir()

@@ -1,11 +1,13 @@
 package main
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 
 	"github.com/urfave/cli/v2"
@@ -99,14 +101,18 @@ func masterTargetCommand() *cli.Command {
 			"checksums are verified and it is durable before the acknowledgement, applied in order, idempotently.\n" +
 			"Only the recovery site's certificate (" + failback.SiteName + ") may write; its own server certificate\n" +
 			"comes from the site's CA: on the site, 'lifeboat certs issue --role server --name master --host HOST\n" +
-			"--out DIR', then copy DIR's files to DATA-DIR/pki as ca.crt, server.crt and server.key.\n" +
+			"--out DIR', then copy DIR's three files here and give them with --cert, --key and --ca.\n" +
 			"One TCP port (--listen), opened from the recovery site to the primary site.\n\n" +
 			"Examples:\n" +
-			"   lifeboat master-target --volume db=/dev/sdb --journal-dir /var/lib/lifeboat/journal --data-dir /var/lib/lifeboat/master",
+			"   lifeboat master-target --volume db=/dev/sdb --journal-dir /var/lib/lifeboat/journal --data-dir /var/lib/lifeboat/master \\\n" +
+			"                          --cert master.crt --key master.key --ca ca.crt",
 		Flags: []cli.Flag{
 			&cli.StringSliceFlag{Name: "volume", Usage: "`NAME=PATH` of a primary volume, as given to its agent (repeat for more)"},
 			&cli.StringFlag{Name: "journal-dir", Value: "/var/lib/lifeboat/journal", Usage: "the agent's `DIR` of journals (DIR/NAME per volume)"},
-			&cli.StringFlag{Name: "data-dir", Value: "/var/lib/lifeboat/master", Usage: "`DIR` with pki/ (ca.crt, server.crt, server.key), the spool and the disks' states"},
+			&cli.StringFlag{Name: "data-dir", Value: "/var/lib/lifeboat/master", Usage: "`DIR` for the spool and the disks' states"},
+			&cli.StringFlag{Name: "cert", Usage: "`FILE`: the master target's server certificate from the site's CA (default DATA-DIR/pki/server.crt)"},
+			&cli.StringFlag{Name: "key", Usage: "`FILE`: its key (default DATA-DIR/pki/server.key)"},
+			&cli.StringFlag{Name: "ca", Usage: "`FILE`: the site's CA certificate (default DATA-DIR/pki/ca.crt)"},
 			&cli.StringFlag{Name: "listen", Value: failback.DefaultAddr, Usage: "`ADDR` for reverse replication (HTTPS with client certificates)"},
 		},
 		OnUsageError: onUsageError,
@@ -126,13 +132,16 @@ func masterTargetCommand() *cli.Command {
 			if len(m.Volumes) == 0 {
 				return usageError("give at least one --volume NAME=PATH")
 			}
-			tlsConf, err := pki.ServerTLS(m.DataDir)
+			tlsConf, err := masterTLS(c, m.DataDir)
 			if err != nil {
-				return failure("%v", err)
+				return err
 			}
 			m.TLS = tlsConf
 			var faultErr error
 			m.Configure = func(srv *pipeline.Server) { faultErr = installFaults(srv) }
+			if err := os.MkdirAll(m.DataDir, 0o700); err != nil {
+				return failure("--data-dir %s: %v", m.DataDir, err)
+			}
 			unlock, err := dirlock.Lock(filepath.Join(m.DataDir, "server.lock"))
 			if errors.Is(err, dirlock.ErrLocked) {
 				return failure("--data-dir %s is in use: %v; stop that master target first", m.DataDir, err)
@@ -164,4 +173,29 @@ func masterTargetCommand() *cli.Command {
 			return err
 		},
 	}
+}
+
+// masterTLS is the master target's server TLS: --cert, --key and --ca
+// (all three), or DATA-DIR/pki.
+func masterTLS(c *cli.Context, dataDir string) (*tls.Config, error) {
+	n := 0
+	for _, f := range []string{"cert", "key", "ca"} {
+		if c.String(f) != "" {
+			n++
+		}
+	}
+	var conf *tls.Config
+	var err error
+	switch n {
+	case 0:
+		conf, err = pki.ServerTLS(dataDir)
+	case 3:
+		conf, err = pki.ServerTLSFiles(c.String("cert"), c.String("key"), c.String("ca"))
+	default:
+		return nil, usageError("give --cert, --key and --ca together (or none: DATA-DIR/pki)")
+	}
+	if err != nil {
+		return nil, failure("%v", err)
+	}
+	return conf, nil
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"os"
@@ -274,6 +275,43 @@ func printRecovery(c *cli.Context, st pipeline.RecoveryState) {
 		}
 		fmt.Fprintf(w, "  %s; %s written since %s\n", state, humanBytes(uint64(st.Written)), st.Since.UTC().Format(time.RFC3339))
 	}
+	if rp := st.Reprotect; rp != nil {
+		printReprotect(w, *rp)
+	}
+}
+
+// printReprotect shows a failover volume's reverse replication.
+func printReprotect(w io.Writer, rp pipeline.ReprotectState) {
+	mode := "only the candidates"
+	switch {
+	case rp.Verify:
+		mode = "candidates compared by hash (--verify)"
+	case rp.Full:
+		mode = "every block (--full)"
+	}
+	fmt.Fprintf(w, "  reprotected to %s since %s: first sync of %s of candidate blocks, %s\n", rp.To,
+		rp.Since.UTC().Format(time.RFC3339), humanBytes(uint64(rp.CandidateBytes)), mode)
+	if rp.RolledBackBytes > 0 {
+		fmt.Fprintf(w, "  %s the primary wrote and never shipped rolled back (--force)\n", humanBytes(uint64(rp.RolledBackBytes)))
+	}
+	if sh := rp.Shipper; sh != nil {
+		rpo := "no point yet"
+		if sh.RPOSeconds != nil {
+			rpo = fmt.Sprintf("RPO %.1fs", *sh.RPOSeconds)
+		}
+		first := "first sync done"
+		if sh.Tracker.Resync != "" || sh.Resync != nil {
+			first = "first sync in progress"
+		}
+		fmt.Fprintf(w, "  %s; shipped %s (%s on the wire), acknowledged up to seq %d, %s\n", first,
+			humanBytes(uint64(sh.BytesRaw)), humanBytes(uint64(sh.BytesWire)), sh.AckedSeq, rpo)
+		if sh.LastError != "" {
+			fmt.Fprintf(w, "  last error: %s\n", sh.LastError)
+		}
+	}
+	if fb := rp.Failback; fb != nil {
+		fmt.Fprintf(w, "  failback: tag %d; the site's point %d (generation %d); the agent goes on at seq %d\n", fb.TagSeq, fb.Seq, fb.Generation, fb.Seq+1)
+	}
 }
 
 func recoveryList(c *cli.Context) error {
@@ -300,6 +338,8 @@ func recoveryStateText(st pipeline.RecoveryState) string {
 		return "BROKEN: " + st.Error
 	case st.Kind == pipeline.RecoveryTest:
 		return "active"
+	case st.Reprotect != nil:
+		return "reprotecting to " + st.Reprotect.To
 	case st.Committed:
 		return "committed"
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"time"
 )
 
@@ -29,7 +30,18 @@ import (
 // has not expired, so that a server does not start with an identity no
 // agent will accept. The CA key is not needed.
 func ServerTLS(dataDir string) (*tls.Config, error) {
-	p := Paths(dataDir)
+	return serverTLS(Paths(dataDir), dataDir)
+}
+
+// ServerTLSFiles is ServerTLS with the server certificate, its key and the
+// CA certificate in files of the admin's choice (a master target's, issued
+// by the site's CA); the revocation list is ca.crl beside caFile.
+func ServerTLSFiles(certFile, keyFile, caFile string) (*tls.Config, error) {
+	dir := filepath.Dir(caFile)
+	return serverTLS(Files{Dir: dir, CACert: caFile, ServerCert: certFile, ServerKey: keyFile, CRL: filepath.Join(dir, "ca.crl")}, filepath.Dir(dir))
+}
+
+func serverTLS(p Files, dataDir string) (*tls.Config, error) {
 	pool, err := readPool(p.CACert)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("server TLS: %w in %s: run 'lifeboat server init --data-dir %s' first", ErrNoCA, p.Dir, dataDir)
