@@ -16,7 +16,6 @@ import (
 
 	"lifeboat/pipeline"
 	"lifeboat/pipeline/pki"
-	"lifeboat/targets"
 )
 
 // Client is the recovery site's client of a master target.
@@ -32,7 +31,22 @@ func (c *Client) Volume(ctx context.Context, id string) (Volume, error) {
 	return v, err
 }
 
-// Hashes returns HashSize bytes per block of each range of req.
+// Adopt hands the primary volume id back to its agent.
+func (c *Client) Adopt(ctx context.Context, id string, req AdoptRequest) (Volume, error) {
+	var v Volume
+	err := c.call(ctx, http.MethodPost, "/v1/master/volumes/"+id+"/adopt", req, &v)
+	return v, err
+}
+
+func (c *Client) call(ctx context.Context, method, path string, in, out any) error {
+	if err := pipeline.Call(ctx, c.HTTP, method, strings.TrimSuffix(c.URL, "/")+path, in, out); err != nil {
+		return fmt.Errorf("master target %s: %w", c.URL, err)
+	}
+	return nil
+}
+
+// Hashes returns HashSize bytes per block of each range of req (a binary
+// answer, of any length: not through pipeline.Call).
 func (c *Client) Hashes(ctx context.Context, id string, req HashRequest) ([]byte, error) {
 	if req.Block == 0 {
 		req.Block = HashBlock
@@ -41,71 +55,27 @@ func (c *Client) Hashes(ctx context.Context, id string, req HashRequest) ([]byte
 	for _, r := range req.Ranges {
 		want += blocks(r.Len, req.Block) * HashSize
 	}
-	var out []byte
-	if err := c.call(ctx, http.MethodPost, "/v1/master/volumes/"+id+"/hashes", req, &out); err != nil {
+	b, err := json.Marshal(req)
+	if err != nil {
 		return nil, err
 	}
-	if int64(len(out)) != want {
-		return nil, fmt.Errorf("master target %s answered %d bytes of hashes, want %d (it failed while reading its disk; see its log)", c.URL, len(out), want)
-	}
-	return out, nil
-}
-
-// Adopt hands the primary volume id back to its agent.
-func (c *Client) Adopt(ctx context.Context, id string, req AdoptRequest) (Volume, error) {
-	var v Volume
-	err := c.call(ctx, http.MethodPost, "/v1/master/volumes/"+id+"/adopt", req, &v)
-	return v, err
-}
-
-// call sends in (JSON) and decodes the answer into out: JSON, or the raw
-// bytes into a *[]byte.
-func (c *Client) call(ctx context.Context, method, path string, in, out any) error {
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return err
-		}
-		body = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, strings.TrimSuffix(c.URL, "/")+path, body)
+	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(c.URL, "/")+"/v1/master/volumes/"+id+"/hashes", bytes.NewReader(b))
 	if err != nil {
-		return err
+		return nil, err
 	}
-	resp, err := c.HTTP.Do(req)
+	resp, err := c.HTTP.Do(hr)
 	if err != nil {
-		return fmt.Errorf("master target %s: %w", c.URL, err)
+		return nil, fmt.Errorf("master target %s: %w", c.URL, err)
 	}
 	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return fmt.Errorf("master target %s: %w", c.URL, err)
-	}
 	if resp.StatusCode != http.StatusOK {
-		var e struct{ Error string }
-		json.Unmarshal(b, &e)
-		if e.Error == "" {
-			e.Error = strings.TrimSpace(string(b))
-		}
-		var kind error
-		switch resp.StatusCode {
-		case http.StatusNotFound:
-			kind = targets.ErrNotFound
-		case http.StatusConflict:
-			kind = pipeline.ErrRecoveryState
-		case http.StatusForbidden:
-			kind = pipeline.ErrForbidden
-		default:
-			kind = pipeline.ErrPermanent
-		}
-		return fmt.Errorf("%w: master target %s: %s", kind, c.URL, e.Error)
+		return nil, fmt.Errorf("master target %s: %w", c.URL, pipeline.AnswerError(resp))
 	}
-	if raw, ok := out.(*[]byte); ok {
-		*raw = b
-		return nil
+	out, err := io.ReadAll(io.LimitReader(resp.Body, want+1))
+	if err != nil || int64(len(out)) != want {
+		return nil, fmt.Errorf("master target %s answered %d bytes of hashes, want %d (%v; it failed while reading its disk? see its log)", c.URL, len(out), want, err)
 	}
-	return json.Unmarshal(b, out)
+	return out, nil
 }
 
 // SiteTLS returns the recovery site's client TLS configuration for

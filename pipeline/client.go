@@ -88,6 +88,10 @@ func (s *Shipper) send(ctx context.Context, seg hrl.SegmentInfo, follows bool, l
 // decodeReply turns an answer into nil (200, body decoded into v unless v
 // is nil) or an error wrapping the package error its status code stands
 // for.
+// AnswerError is the error an answer other than 200 stands for, as Call
+// returns it, for a client that reads a 200's body itself.
+func AnswerError(resp *http.Response) error { return decodeReply(resp, nil) }
+
 func decodeReply(resp *http.Response, v any) error {
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	if err != nil {

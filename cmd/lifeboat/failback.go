@@ -41,22 +41,15 @@ func reprotectCommand() *cli.Command {
 			&cli.BoolFlag{Name: "force", Usage: "roll back the primary volume's writes that the site never received"}),
 		OnUsageError: onUsageError,
 		Action: func(c *cli.Context) error {
-			format, err := outputFormat(c)
-			if err != nil {
-				return err
-			}
-			args, err := leafArgs(c, 1, "one VOLUME (MACHINE/NAME, an id, or a NAME only one machine has)")
-			if err != nil {
-				return err
-			}
-			if c.String("to") == "" {
-				return usageError("--to https://HOST:PORT (the master target) is required")
-			}
-			if c.Bool("verify") && c.Bool("full") {
-				return usageError("--verify narrows what is sent and --full sends everything: give one")
-			}
-			req := &failover.Request{To: c.String("to"), Verify: c.Bool("verify"), Full: c.Bool("full"), Force: c.Bool("force")}
-			return sendRecovery(c, format, args[0], http.MethodPost, "/reprotect", req, "%s reprotected")
+			return volumeRequest(c, "/reprotect", "%s reprotected", func() (*failover.Request, error) {
+				if c.String("to") == "" {
+					return nil, usageError("--to https://HOST:PORT (the master target) is required")
+				}
+				if c.Bool("verify") && c.Bool("full") {
+					return nil, usageError("--verify narrows what is sent and --full sends everything: give one")
+				}
+				return &failover.Request{To: c.String("to"), Verify: c.Bool("verify"), Full: c.Bool("full"), Force: c.Bool("force")}, nil
+			})
 		},
 	}
 }
@@ -78,16 +71,9 @@ func failbackCommand() *cli.Command {
 			&cli.BoolFlag{Name: "no-wait", Usage: "refuse, changing nothing, while reverse replication is behind"}),
 		OnUsageError: onUsageError,
 		Action: func(c *cli.Context) error {
-			format, err := outputFormat(c)
-			if err != nil {
-				return err
-			}
-			args, err := leafArgs(c, 1, "one VOLUME (MACHINE/NAME, an id, or a NAME only one machine has)")
-			if err != nil {
-				return err
-			}
-			req := &failover.Request{NoWait: c.Bool("no-wait")}
-			return sendRecovery(c, format, args[0], http.MethodPost, "/failback", req, "%s failed back")
+			return volumeRequest(c, "/failback", "%s failed back", func() (*failover.Request, error) {
+				return &failover.Request{NoWait: c.Bool("no-wait")}, nil
+			})
 		},
 	}
 }
@@ -198,4 +184,22 @@ func masterTLS(c *cli.Context, dataDir string) (*tls.Config, error) {
 		return nil, failure("%v", err)
 	}
 	return conf, nil
+}
+
+// volumeRequest sends the request build makes (POST path) for the one
+// VOLUME argument and prints the answer.
+func volumeRequest(c *cli.Context, path, done string, build func() (*failover.Request, error)) error {
+	format, err := outputFormat(c)
+	if err != nil {
+		return err
+	}
+	args, err := leafArgs(c, 1, "one VOLUME (MACHINE/NAME, an id, or a NAME only one machine has)")
+	if err != nil {
+		return err
+	}
+	req, err := build()
+	if err != nil {
+		return err
+	}
+	return sendRecovery(c, format, args[0], http.MethodPost, path, req, done)
 }
