@@ -77,6 +77,9 @@ type AdoptRequest struct {
 // hashBlocks hashes each block of [off, off+n) of r into out (HashSize
 // bytes per block), reusing buf.
 func hashBlocks(r io.ReaderAt, off, n, block int64, buf []byte, out []byte) ([]byte, error) {
+	if int64(len(buf)) < block {
+		buf = make([]byte, block)
+	}
 	for pos := off; pos < off+n; {
 		c := min(int64(len(buf))/block*block, off+n-pos)
 		if _, err := r.ReadAt(buf[:c], pos); err != nil {

@@ -46,23 +46,9 @@ func (m *MasterTarget) getVolume(_ http.ResponseWriter, r *http.Request, p *prim
 // hashes answers HashSize bytes per block of each range, read from the
 // disk once what is spooled is applied.
 func (m *MasterTarget) hashes(w http.ResponseWriter, r *http.Request, p *primary) (any, error) {
-	var req HashRequest
-	dec := json.NewDecoder(io.LimitReader(r.Body, 256<<20))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
-		return nil, fmt.Errorf("%w: hash request: %v", pipeline.ErrPermanent, err)
-	}
-	if req.Block == 0 {
-		req.Block = HashBlock
-	}
-	if req.Block < 512 || req.Block > 64<<20 || req.Block%512 != 0 {
-		return nil, fmt.Errorf("%w: hash block %d: a multiple of 512 from 512 to 64 MiB", pipeline.ErrPermanent, req.Block)
-	}
-	for _, rg := range req.Ranges {
-		if rg.Off < 0 || rg.Len < 0 || rg.Off+rg.Len > p.info.Size || rg.Off%req.Block != 0 {
-			return nil, fmt.Errorf("%w: range [%d, +%d) is outside the volume (%d bytes) or not aligned to the block (%d)",
-				pipeline.ErrPermanent, rg.Off, rg.Len, p.info.Size, req.Block)
-		}
+	req, err := decodeHashRequest(io.LimitReader(r.Body, 256<<20), p.info.Size)
+	if err != nil {
+		return nil, err
 	}
 	if _, err := m.drained(r, p); err != nil {
 		return nil, err
@@ -84,6 +70,31 @@ func (m *MasterTarget) hashes(w http.ResponseWriter, r *http.Request, p *primary
 		}
 	}
 	return nil, nil
+}
+
+// decodeHashRequest reads a HashRequest for a volume of size bytes and
+// checks it: a block a multiple of 512 up to 64 MiB, ranges inside the
+// volume and starting on a block.
+func decodeHashRequest(r io.Reader, size int64) (HashRequest, error) {
+	var req HashRequest
+	dec := json.NewDecoder(r)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		return req, fmt.Errorf("%w: hash request: %v", pipeline.ErrPermanent, err)
+	}
+	if req.Block == 0 {
+		req.Block = HashBlock
+	}
+	if req.Block < 512 || req.Block > 64<<20 || req.Block%512 != 0 {
+		return req, fmt.Errorf("%w: hash block %d: a multiple of 512 from 512 to 64 MiB", pipeline.ErrPermanent, req.Block)
+	}
+	for _, rg := range req.Ranges {
+		if rg.Off < 0 || rg.Len < 0 || rg.Off > size-rg.Len || rg.Off%req.Block != 0 {
+			return req, fmt.Errorf("%w: range [%d, +%d) is outside the volume (%d bytes) or not aligned to the block (%d)",
+				pipeline.ErrPermanent, rg.Off, rg.Len, size, req.Block)
+		}
+	}
+	return req, nil
 }
 
 // adopt hands p back to its agent: once the disk has the failback's tag,
