@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -60,27 +61,37 @@ func (m *master) start() {
 	m.proc = p
 }
 
-// differingBlocks counts the 4 KiB blocks in which files a and b differ.
+// differingBlocks counts the 4 KiB blocks in which files a and b differ,
+// reading both 1 MiB at a time.
 func differingBlocks(t *testing.T, a, b string) int64 {
 	t.Helper()
-	x, err := os.ReadFile(a)
+	fa, err := os.Open(a)
 	if err != nil {
 		t.Fatal(err)
 	}
-	y, err := os.ReadFile(b)
+	defer fa.Close()
+	fb, err := os.Open(b)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(x) != len(y) {
-		t.Fatalf("%s is %d bytes, %s %d", a, len(x), b, len(y))
-	}
+	defer fb.Close()
+	x, y := make([]byte, 1<<20), make([]byte, 1<<20)
 	var n int64
-	for off := 0; off < len(x); off += 4096 {
-		if !bytes.Equal(x[off:off+4096], y[off:off+4096]) {
-			n++
+	for {
+		nx, errx := io.ReadFull(fa, x)
+		ny, erry := io.ReadFull(fb, y)
+		if nx != ny {
+			t.Fatalf("%s and %s differ in size", a, b)
+		}
+		for off := 0; off < nx; off += 4096 {
+			if !bytes.Equal(x[off:min(off+4096, nx)], y[off:min(off+4096, nx)]) {
+				n++
+			}
+		}
+		if errx != nil || erry != nil {
+			return n
 		}
 	}
-	return n
 }
 
 // qemuScript runs qemu-io commands from its standard input against uri.
