@@ -308,40 +308,47 @@ func (f *failedOver) reverseNow() *pipeline.ReprotectState {
 	return nil
 }
 
-// killMidFirstSync starts a reprotect (no --verify), waits until a third
-// of its candidates is shipped and calls kill; it returns the candidate
-// bytes and the bytes shipped before the kill.
-func (f *failedOver) killMidFirstSync(kill func()) (cand, before int64) {
+// shippedAtLeast waits until the reverse shipper has shipped n bytes
+// and the first sync is still running, and returns what it shipped.
+func (f *failedOver) shippedAtLeast(n int64) int64 {
 	t := f.s.t
 	t.Helper()
-	st := f.s.recovery("reprotect", "disk", "--to", f.m.url(), "--force")
-	cand = st.Reprotect.CandidateBytes
-	waitFor(t, time.Minute, "a third of the first sync shipped", func() bool {
-		sh := f.reverseNow().Shipper
-		if sh != nil {
-			before = sh.BytesRaw
-		}
-		return before >= cand/3
+	var sh *pipeline.ShipperStatus
+	waitFor(t, 2*time.Minute, fmt.Sprintf("%d bytes of the first sync shipped", n), func() bool {
+		sh = f.reverseNow().Shipper
+		return sh != nil && sh.BytesRaw >= n
 	})
-	time.Sleep(time.Second) // for the tracker to record the progress (its checkpoint)
-	if sh := f.reverseNow().Shipper; sh.Tracker.Resync == "" && sh.Tracker.NextSeq-1 == sh.AckedSeq {
-		t.Fatalf("the first sync finished before the kill (%d of %d bytes): nothing tested", sh.BytesRaw, cand)
+	if sh.Tracker.Resync == "" && sh.Tracker.NextSeq-1 == sh.AckedSeq {
+		t.Fatalf("the first sync finished (%d bytes shipped) before the kill: nothing tested", sh.BytesRaw)
 	}
-	kill()
-	return cand, before
+	return sh.BytesRaw
 }
 
 // slowLink holds each segment the master target receives for a while, so
 // that a first sync of 64 MiB lasts seconds and a kill lands in its middle.
 var slowLink = []string{"LIFEBOAT_FAULT_SEGMENT_DELAY=1500ms"}
 
+// killMidFirstSync starts a reprotect (no --verify), waits until a third
+// of its candidates is shipped and a second more (for the failover volume
+// to record that progress), calls kill, and returns the candidate bytes
+// and the bytes shipped before the kill.
+func (f *failedOver) killMidFirstSync(kill func()) (cand, before int64) {
+	f.s.t.Helper()
+	st := f.s.recovery("reprotect", "disk", "--to", f.m.url(), "--force")
+	cand = st.Reprotect.CandidateBytes
+	before = f.shippedAtLeast(cand / 3)
+	time.Sleep(time.Second)
+	before = f.shippedAtLeast(before)
+	kill()
+	return cand, before
+}
+
 // kill -9 of the master target in the middle of a reprotect's first sync:
 // reverse replication resumes where it was (what it ships in all stays
 // near the candidates, far from twice), and the end state is equal.
 // Without --verify, the first sync ships the candidate blocks: the bound.
 func TestReprotectResumesAfterMasterTargetKill9(t *testing.T) {
-	const size = 512 << 20
-	f := failOver(t, newRecoverySite(t), size, 16384, slowLink, nil)
+	f := failOver(t, newRecoverySite(t), 256<<20, 16384, slowLink, nil)
 	cand, before := f.killMidFirstSync(func() { f.m.proc.stop(t, syscall.SIGKILL) })
 	f.m.start()
 	sh := f.firstSynced(2 * time.Minute)
@@ -359,8 +366,7 @@ func TestReprotectResumesAfterMasterTargetKill9(t *testing.T) {
 // after its restart reverse replication resumes from the regions left,
 // and the end state is equal.
 func TestReprotectResumesAfterSiteKill9(t *testing.T) {
-	const size = 512 << 20
-	f := failOver(t, newRecoverySite(t), size, 16384, slowLink, nil)
+	f := failOver(t, newRecoverySite(t), 256<<20, 16384, slowLink, nil)
 	cand, before := f.killMidFirstSync(func() { f.s.stop(syscall.SIGKILL) })
 	f.s.start()
 	sh := f.firstSynced(2 * time.Minute)
