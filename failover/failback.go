@@ -17,6 +17,10 @@ import (
 // once: hashed for the equality check, applied to the replica.
 const failbackChunk = 1 << 20
 
+// rebaseBatch is how much a failback applies to the site's replica in one
+// Apply.
+const rebaseBatch = 16 << 20
+
 // Failback ends a reprotected failover: the failover volume becomes
 // read-only, its last writes reach the primary disk behind a tag, the
 // primary disk is checked equal to it (block hashes), the site's replica
@@ -179,20 +183,38 @@ func (m *Manager) waitApplied(ctx context.Context, info targets.VolumeInfo, rv *
 // hashes of their 1 MiB blocks.
 func (m *Manager) checkEqual(ctx context.Context, info targets.VolumeInfo, r *recovery, client *failback.Client) error {
 	m.step(info, "failback: comparing the primary disk with the failover volume (block hashes)")
-	remote, err := client.Hashes(ctx, info.ID, failback.HashRequest{Block: failbackChunk, Ranges: []targets.Range{{Off: 0, Len: info.Size}}})
-	if err != nil {
-		return fmt.Errorf("failback %s: %w", volName(info), err)
+	// Both sides hash at once: the master target its disk, the site the
+	// failover volume.
+	type answer struct {
+		hashes []byte
+		err    error
 	}
+	remoteCh := make(chan answer, 1)
+	go func() {
+		h, err := client.Hashes(ctx, info.ID, failback.HashRequest{Block: failbackChunk, Ranges: []targets.Range{{Off: 0, Len: info.Size}}})
+		remoteCh <- answer{h, err}
+	}()
+	local := make([]byte, 0, (info.Size+failbackChunk-1)/failbackChunk*failback.HashSize)
 	buf := make([]byte, failbackChunk)
-	var differ []int64
-	for i, off := 0, int64(0); off < info.Size; i, off = i+1, off+failbackChunk {
+	var lerr error
+	for off := int64(0); off < info.Size && lerr == nil; off += failbackChunk {
 		b := buf[:min(failbackChunk, info.Size-off)]
-		if _, err := r.vol.ReadAt(b, off); err != nil {
-			return err
+		if _, lerr = r.vol.ReadAt(b, off); lerr == nil {
+			sum := sha256.Sum256(b)
+			local = append(local, sum[:failback.HashSize]...)
 		}
-		sum := sha256.Sum256(b)
-		if !bytes.Equal(sum[:failback.HashSize], remote[i*failback.HashSize:(i+1)*failback.HashSize]) {
-			differ = append(differ, off)
+	}
+	remote := <-remoteCh
+	if remote.err != nil {
+		return fmt.Errorf("failback %s: %w", volName(info), remote.err)
+	}
+	if lerr != nil {
+		return fmt.Errorf("failback %s: read the failover volume: %w", volName(info), lerr)
+	}
+	var differ []int64
+	for i := 0; i*failback.HashSize < len(local); i++ {
+		if !bytes.Equal(local[i*failback.HashSize:(i+1)*failback.HashSize], remote.hashes[i*failback.HashSize:(i+1)*failback.HashSize]) {
+			differ = append(differ, int64(i)*failbackChunk)
 		}
 	}
 	if len(differ) > 0 {
@@ -231,19 +253,38 @@ func (m *Manager) rebaseReplica(ctx context.Context, sv pipeline.SiteVolume, r *
 				}
 			}
 		}
+		// Extents are applied rebaseBatch bytes at a time: the file target
+		// syncs its undo log once per Apply.
+		var batch []targets.Extent
+		var batched int64
+		apply := func() error {
+			if len(batch) == 0 {
+				return nil
+			}
+			if err := rep.Apply(ctx, batch); err != nil {
+				return fmt.Errorf("failback %s: apply to the replica: %w", volName(info), err)
+			}
+			done += batched
+			m.step(info, "failback: making the site's replica equal to the failover volume: %s of %s", mib(done), mib(total))
+			batch, batched = nil, 0
+			return nil
+		}
 		for _, rg := range ranges {
 			for off := rg.Off; off < rg.Off+rg.Len; off += failbackChunk {
 				b := make([]byte, min(failbackChunk, rg.Off+rg.Len-off))
 				if _, err := r.vol.ReadAt(b, off); err != nil {
 					return p, err
 				}
-				if err := rep.Apply(ctx, []targets.Extent{{Off: off, Len: int64(len(b)), Data: b}}); err != nil {
-					return p, fmt.Errorf("failback %s: apply to the replica: %w", volName(info), err)
-				}
-				if done += int64(len(b)); done%(64<<20) < failbackChunk || done == total {
-					m.step(info, "failback: making the site's replica equal to the failover volume: %s of %s", mib(done), mib(total))
+				batch = append(batch, targets.Extent{Off: off, Len: int64(len(b)), Data: b})
+				if batched += int64(len(b)); batched >= rebaseBatch {
+					if err := apply(); err != nil {
+						return p, err
+					}
 				}
 			}
+		}
+		if err := apply(); err != nil {
+			return p, err
 		}
 		if err := rep.CreatePoint(ctx, p); err != nil {
 			return p, fmt.Errorf("failback %s: point on the replica: %w", volName(info), err)
