@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # bench/failback.sh — reprotect and failback (BENCHMARKS.md, "Failback: delta
 # vs full copy (issue 14)"): a SIZE volume with 1 % changed at the site and
-# 0.5 % written at the source that the site never got, failed back twice in
-# the same run from two fresh sites built the same way (the same data, the
-# same writes at the same offsets):
+# 0.5 % written at the source that the site never got, failed back in two
+# ways (RUNS times each, alternating) in the same run, each time from a fresh
+# site built the same way (the same data, the same writes at the same offsets):
 #
 #   delta    lifeboat reprotect --verify --force, then lifeboat failback
 #   full     lifeboat reprotect --full --force, then lifeboat failback: a
@@ -13,17 +13,17 @@
 # Each run: a server (--recovery-nbd) and an agent replicate the volume (a
 # sparse SIZE image with DATA_MIB of random data at 32 MiB); the server is
 # stopped (SIGTERM), 0.5 % of SIZE of random data is written through the
-# agent's NBD export over that data (a quarter into it), the agent is killed (SIGKILL) and the server started
-# again; `failover start --point latest`; 1 % of SIZE is written to the
-# failover volume in 4 KiB blocks of random bytes at random offsets (one
-# source file per block: nothing dedupes or compresses); the bytes of the
-# 4 KiB blocks in which the primary disk and the failover volume differ are
-# counted (bench/blockdiff); `lifeboat master-target` starts beside the
-# primary disk. "time" is from `lifeboat reprotect` to `lifeboat failback`
-# returned, with the polls of `test-failover list` in between that read the
-# reverse shipper's bytes once its first sync is acknowledged (failback
-# drops that status). After the failback the primary disk is checked equal
-# to the failover volume.
+# agent's NBD export over that data (a quarter into it), the agent is
+# killed (SIGKILL) and the server started again; `failover start --point
+# latest`; 1 % of SIZE is written to the failover volume in 4 KiB blocks of
+# random bytes at random offsets (one source file per block: nothing
+# dedupes or compresses); the bytes of the 4 KiB blocks in which the
+# primary disk and the failover volume differ are counted (bench/blockdiff);
+# `lifeboat master-target` starts beside the primary disk. "time" is from
+# `lifeboat reprotect` to `lifeboat failback` returned, with the polls of
+# `test-failover list` in between that read the reverse shipper's bytes
+# once its first sync is acknowledged (failback drops that status). After
+# the failback the primary disk is checked equal to the failover volume.
 #
 # Usage, from the repository root:   bench/failback.sh [BINARY]
 #   BINARY: a lifeboat binary to measure (default: built from this tree).
