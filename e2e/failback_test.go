@@ -23,13 +23,13 @@ import (
 // master is `lifeboat master-target` beside a protected volume, with a
 // server certificate from the site's CA.
 type master struct {
-	t    *testing.T
-	dir  string
-	addr string
-	p    *protected
+	t     *testing.T
+	dir   string
+	addr  string
+	p     *protected
 	env   []string // added to its environment (fault injection)
 	certs string   // master.crt, master.key, ca.crt
-	proc *agentProc
+	proc  *agentProc
 }
 
 func newMaster(t *testing.T, s *site, p *protected, env ...string) *master {

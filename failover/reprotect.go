@@ -93,16 +93,17 @@ func (m *Manager) Reprotect(ctx context.Context, sv pipeline.SiteVolume, req Req
 	rv := &reverse{}
 	rv.firstSync.Store(true)
 	r.vol.ResyncSkip = rv.onlyFirstSync(skip)
-	if _, err := r.vol.ResyncRanges(toTracker(cands.ranges), "reprotect to "+req.To); err != nil {
-		return pipeline.RecoveryState{}, fmt.Errorf("reprotect %s: %w", volName(info), err)
-	}
 	m.mu.Lock()
+	committed := r.state.Committed
 	r.state.Committed = true
 	r.state.Reprotect = &pipeline.ReprotectState{To: req.To, Since: m.now().UTC(), Verify: req.Verify, Full: req.Full,
 		CandidateBytes: cands.bytes, RolledBackBytes: pv.Unshipped.Bytes}
 	m.mu.Unlock()
 	// The primary gets the blocks of the journal so far from the resync.
-	if _, err := m.dropJournal(r, "reprotect to "+req.To); err != nil {
+	if _, err := m.dropJournal(r, toTracker(cands.ranges), "reprotect to "+req.To); err != nil {
+		m.mu.Lock()
+		r.state.Committed, r.state.Reprotect = committed, nil
+		m.mu.Unlock()
 		return pipeline.RecoveryState{}, fmt.Errorf("reprotect %s: %w", volName(info), err)
 	}
 	m.startReverse(r, rv, client)

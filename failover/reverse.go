@@ -10,6 +10,7 @@ import (
 	"lifeboat/failback"
 	"lifeboat/pipeline"
 	"lifeboat/targets"
+	"lifeboat/tracker"
 )
 
 // reverseMaxBackoff bounds the reverse shipper's wait between tries: a
@@ -98,7 +99,7 @@ func (m *Manager) resumeReverse(ctx context.Context, r *recovery) error {
 	if r.vol.Status().Resync != "" {
 		// The resync copies every dirty region: the journal left
 		// unacknowledged is dropped rather than shipped as well.
-		base, err := m.dropJournal(r, "reverse replication resumed after an unclean stop")
+		base, err := m.dropJournal(r, nil, "reverse replication resumed after an unclean stop")
 		if err != nil {
 			return err
 		}
@@ -150,11 +151,11 @@ func (m *Manager) resumeSkip(ctx context.Context, r *recovery, client *failback.
 	return m.skipper(ctx, client, r, st.Volume, c, true)
 }
 
-// dropJournal makes r's failover volume resync its dirty regions (and
-// more) in a new generation, drops its unshipped journal, and records the
+// dropJournal makes r's failover volume resync its dirty regions and
+// ranges in a new generation, drops its unshipped journal, and records the
 // seq it ends at as the reprotect's BaseSeq.
-func (m *Manager) dropJournal(r *recovery, reason string) (uint64, error) {
-	base, err := r.vol.ResyncRanges(nil, reason)
+func (m *Manager) dropJournal(r *recovery, ranges []tracker.Range, reason string) (uint64, error) {
+	base, err := r.vol.ResyncRanges(ranges, reason)
 	if err != nil {
 		return 0, err
 	}

@@ -187,12 +187,7 @@ func (r *demoRun) forwardAgain(ctx context.Context) error {
 		return fmt.Errorf("NBD flush: %w", err)
 	}
 	flushed := time.Now()
-	next := d.vol.Status().NextSeq
-	h, err := hashFile(d.volPath)
-	if err != nil {
-		return err
-	}
-	p, seen, err := d.waitPoint(ctx, next-1, demoPointTimeout)
+	h, p, seen, err := d.settled(ctx)
 	if err != nil {
 		return err
 	}

@@ -208,15 +208,7 @@ func (r *demoRun) workload(ctx context.Context) error {
 		}
 		flushed := time.Now()
 		rpo := d.ship.Status().RPOSeconds
-		// Nothing writes now: the record before NextSeq is the last write
-		// or a tag after it, and the first point at or after it holds
-		// exactly what the volume holds now.
-		next := d.vol.Status().NextSeq
-		h, err := hashFile(d.volPath)
-		if err != nil {
-			return err
-		}
-		p, seen, err := d.waitPoint(ctx, next-1, demoPointTimeout)
+		h, p, seen, err := d.settled(ctx)
 		if err != nil {
 			return err
 		}

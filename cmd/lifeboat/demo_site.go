@@ -240,3 +240,16 @@ func (d *demoSite) waitPoint(ctx context.Context, seq uint64, timeout time.Durat
 		}
 	}
 }
+
+// settled hashes the volume, which nothing writes now, and waits for the
+// point that holds it: the first at or after the record before NextSeq
+// (the last write, or a tag after it).
+func (d *demoSite) settled(ctx context.Context) (string, pipeline.Point, time.Time, error) {
+	next := d.vol.Status().NextSeq
+	h, err := hashFile(d.volPath)
+	if err != nil {
+		return "", pipeline.Point{}, time.Time{}, err
+	}
+	p, seen, err := d.waitPoint(ctx, next-1, demoPointTimeout)
+	return h, p, seen, err
+}

@@ -3,7 +3,6 @@ package file
 import (
 	"context"
 	"fmt"
-	"slices"
 
 	"lifeboat/targets"
 )
@@ -58,25 +57,6 @@ func (r *Replica) ChangedSince(ctx context.Context, seq uint64) ([]targets.Range
 	}
 	r.mu.RUnlock()
 
-	slices.Sort(blocks)
-	var out []targets.Range
-	add := func(off, end int64) {
-		end = min(end, size)
-		if off >= end {
-			return
-		}
-		if n := len(out); n > 0 && out[n-1].Off+out[n-1].Len >= off {
-			out[n-1].Len = max(out[n-1].Len, end-out[n-1].Off)
-			return
-		}
-		out = append(out, targets.Range{Off: off, Len: end - off})
-	}
-	for _, b := range slices.Compact(blocks) {
-		if b*blockSize >= pointSize {
-			break // in the part grown since the point, added whole below
-		}
-		add(b*blockSize, (b+1)*blockSize)
-	}
-	add(pointSize, size) // grown since the point: not all of it is logged
-	return out, nil
+	// The part grown since the point is not all logged: it is listed whole.
+	return targets.ChangedBlocks(blocks, blockSize, pointSize, size), nil
 }

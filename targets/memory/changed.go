@@ -44,23 +44,7 @@ func (r *Replica) ChangedSince(ctx context.Context, seq uint64) ([]targets.Range
 			changed = append(changed, b)
 		}
 	}
-	slices.Sort(changed)
-	var out []targets.Range
-	add := func(off, end int64) {
-		if end = min(end, size); off >= end {
-			return
-		}
-		if n := len(out); n > 0 && out[n-1].Off+out[n-1].Len >= off {
-			out[n-1].Len = max(out[n-1].Len, end-out[n-1].Off)
-			return
-		}
-		out = append(out, targets.Range{Off: off, Len: end - off})
-	}
-	for _, b := range changed {
-		add(b*BlockSize, (b+1)*BlockSize)
-	}
-	add(p.size, size)
-	return out, nil
+	return targets.ChangedBlocks(changed, BlockSize, p.size, size), nil
 }
 
 // sameBlock compares two versions' data (nil: zeros).
