@@ -235,7 +235,13 @@ func (v *volume) prune(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	_, drop := v.srv.Retention.Select(points, v.srv.now())
+	ret := v.srv.Retention
+	if f := v.srv.RetentionFor; f != nil {
+		if r, ok := f(v.info.Machine, v.info.Name); ok {
+			ret = r
+		}
+	}
+	_, drop := ret.Select(points, v.srv.now())
 	drop = keep(drop, v.srv.pinned(v.info.ID)) // under test or failover
 	for _, p := range drop {
 		if err := v.rep.DeletePoint(ctx, p.Seq); err != nil && !errors.Is(err, targets.ErrNotFound) {

@@ -31,6 +31,9 @@ type Server struct {
 	SpoolQuota   int64
 	ThrottleFree float64
 	Retention    targets.Retention
+	// RetentionFor, if set, gives a volume's own retention (its policy's);
+	// ok false keeps Retention.
+	RetentionFor func(machine, volume string) (r targets.Retention, ok bool)
 	Logger       *slog.Logger
 	Now          func() time.Time // clock for retention; default time.Now
 	// Middleware, if set, wraps the HTTP handler Serve uses: the seam for
@@ -312,3 +315,6 @@ func (s *Server) Close() error {
 	s.vols = nil
 	return errors.Join(errs...)
 }
+
+// SpoolUsage is what the spool holds and the most it may hold.
+func (s *Server) SpoolUsage() (used, quota int64) { return s.spoolUsed.Load(), s.SpoolQuota }

@@ -315,16 +315,28 @@ func (s *Shipper) replicaBehind(st VolumeStatus, acked uint64) error {
 
 // resyncAll makes every region dirty for a resync in a new generation and
 // drops the journal written so far unshipped: it cannot be applied.
-func (s *Shipper) resyncAll(reason string) error {
-	last, err := s.Volume.ResyncAll(reason)
-	if err != nil {
-		return fmt.Errorf("full resync: %w", err)
+func (s *Shipper) resyncAll(reason string) error { return Resync(s.Volume, true, reason) }
+
+// Resync starts a resync of v in a new generation and drops the journal
+// written so far unshipped: every region when full, else the regions the
+// dirty bitmap holds (what the site has not confirmed it has). A shipper
+// of v must not be running: the next one to run copies the regions.
+func Resync(v *tracker.Volume, full bool, reason string) error {
+	var last uint64
+	var err error
+	if full {
+		last, err = v.ResyncAll(reason)
+	} else {
+		last, err = v.ResyncRanges(nil, reason)
 	}
-	for _, seg := range s.Volume.Segments() {
+	if err != nil {
+		return fmt.Errorf("resync: %w", err)
+	}
+	for _, seg := range v.Segments() {
 		if seg.LastSeq > last {
 			break
 		}
-		if err := s.Volume.Ack(seg.FirstSeq); err != nil {
+		if err := v.Ack(seg.FirstSeq); err != nil {
 			return fmt.Errorf("drop journal segment %d..%d: %w", seg.FirstSeq, seg.LastSeq, err)
 		}
 	}

@@ -67,8 +67,12 @@ func agentCommand() *cli.Command {
 			"   lifeboat agent --volume db=/dev/sdb --server https://dr.example:9443 \\\n" +
 			"                  --cert web01.crt --key web01.key --ca ca.crt --tag-interval 10s",
 		Flags: append([]cli.Flag{
-			&cli.StringSliceFlag{Name: "volume", Required: true,
-				Usage: "`NAME=PATH[,size=SIZE][,ro]`: a block device or file to protect (repeatable); size= creates a sparse file when PATH does not exist; ro serves it read-only"},
+			&cli.StringSliceFlag{Name: "volume",
+				Usage: "`NAME=PATH[,size=SIZE][,ro]`: a block device or file to protect (repeatable); size= creates a sparse file when PATH does not exist; ro serves it read-only.\n" +
+					"\tWithout --volume the agent is managed by the configuration server it registered with (--identity-dir)"},
+			&cli.StringFlag{Name: "identity-dir", Value: defaultIdentityDir,
+				Usage: "`DIR` of this machine's registration ('lifeboat agent register'), used when no --volume is given"},
+			&cli.StringFlag{Name: "control", Usage: "`URL` of the configuration server, if it moved since the registration (https://HOST[:9440])"},
 			&cli.StringFlag{Name: "journal-dir", Value: "/var/lib/lifeboat/journal",
 				Usage: "`DIR` holding one journal directory per volume (segments, dirty bitmap, state)"},
 			&cli.StringSliceFlag{Name: "nbd", Value: cli.NewStringSlice("127.0.0.1:10809"),
@@ -86,6 +90,7 @@ func agentCommand() *cli.Command {
 				Usage: "on shutdown, wait at most this `LONG` for NBD requests in flight"},
 		}, replicationFlags()...),
 		OnUsageError: onUsageError,
+		Subcommands:  []*cli.Command{agentRegisterCommand()},
 		Action: func(c *cli.Context) error {
 			if c.Args().Present() {
 				return usageError("agent takes no arguments, got %q; use --volume NAME=PATH", c.Args().Slice())
@@ -106,6 +111,12 @@ func agentCommand() *cli.Command {
 				}
 				seen[v.Name] = true
 				o.Volumes = append(o.Volumes, v)
+			}
+			if len(o.Volumes) == 0 {
+				return managedAgentAction(c, o)
+			}
+			if c.IsSet("control") {
+				return usageError("--control is for an agent managed by the configuration server: drop it, or drop --volume")
 			}
 			r, err := parseReplicationOptions(c)
 			if err != nil {

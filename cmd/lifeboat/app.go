@@ -42,6 +42,8 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			agentCommand(),
 			statusCommand(),
 			serverCommand(),
+			machineCommand(),
+			policyCommand(),
 			processServerCommand(),
 			certsCommand(),
 			pointsCommand(),
@@ -50,11 +52,13 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			reprotectCommand(),
 			failbackCommand(),
 			masterTargetCommand(),
+			eventsCommand(),
 			volumeCommand(),
 			journalCommand(),
 			demoCommand(),
 		},
 	}
+	app.Commands = append(app.Commands, protectionCommands()...)
 	return app
 }
 

@@ -11,6 +11,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"lifeboat/control"
 	"lifeboat/pipeline/pki"
 )
 
@@ -98,9 +99,27 @@ func runServerInit(w io.Writer, dataDir string, hosts []string) error {
 	for _, r := range rows {
 		fmt.Fprintf(w, "  %-*s  %s\n", len(p.ServerCert), r[0], r[1])
 	}
-	fmt.Fprintf(w, "\nNext: issue a certificate for each agent, and copy the three files it writes to that agent:\n"+
+	pass, err := newPassphrase(dataDir)
+	if err != nil {
+		return fmt.Errorf("server init: %w", err)
+	}
+	fmt.Fprintf(w, "\nRegistration passphrase (shown only now; the site keeps only a hash of it):\n\n   %s\n\n", pass)
+	fmt.Fprintf(w, "Next: start the server, then on each machine to protect, with the passphrase in a file (chmod 600):\n"+
+		"   lifeboat agent register --server https://THIS-HOST:9440 --passphrase-file FILE\n"+
+		"Or issue a certificate by hand and copy the three files it writes to that agent:\n"+
 		"   lifeboat certs issue --data-dir %s --name AGENT --out ./AGENT\n", dataDir)
 	return nil
+}
+
+// newPassphrase makes the site's registration passphrase in the
+// configuration server's store of dataDir.
+func newPassphrase(dataDir string) (string, error) {
+	store, err := control.OpenStore(dataDir)
+	if err != nil {
+		return "", err
+	}
+	defer store.Close()
+	return store.SetPassphrase()
 }
 
 // certsCommand is `lifeboat certs`: certificates from the site CA.

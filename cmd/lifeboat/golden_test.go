@@ -19,6 +19,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"lifeboat/control"
 	"lifeboat/pipeline"
 	"lifeboat/pipeline/pki"
 )
@@ -132,7 +133,17 @@ func TestGoldenVersion(t *testing.T) {
 // command. A command that gains --output must be added here (the test
 // below finds it) and get a golden test.
 var jsonDocuments = map[string]any{
-	"status":          []pipeline.ShipperStatus{},
+	"status": struct {
+		Agent []pipeline.ShipperStatus `json:"agent"` // with --journal-dir
+		Site  control.SiteStatus       `json:"site"`  // from the configuration server
+	}{},
+	"machine list":    []control.MachineView{},
+	"machine remove":  control.RemovedMachine{},
+	"policy create":   control.Policy{},
+	"policy update":   control.Policy{},
+	"policy show":     control.Policy{},
+	"policy list":     []control.Policy{},
+	"events":          []control.Event{},
 	"points list":     []pipeline.Point{},
 	"volume list":     []pipeline.VolumeStatus{},
 	"certs list":      []pki.IssuedCert{},

@@ -191,22 +191,41 @@ func writeStatus(path string, st pipeline.ShipperStatus) {
 func statusCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "status",
-		Usage: "show the replication status of the agent's volumes",
-		Description: "Reads the status the running agent writes every second beside each volume's journal:\n" +
-			"connection, shipped bytes, RPO, tracking mode and resync progress.\n\n" +
-			"Example:\n" +
-			"   lifeboat status --journal-dir /var/lib/lifeboat/journal --output json",
-		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "journal-dir", Value: "/var/lib/lifeboat/journal", Usage: "the agent's `DIR`"},
+		Usage: "show the site's protected items, or (--journal-dir) this agent's volumes",
+		Description: "On the site: every protected item with its machine, state (initial replication n %, protected,\n" +
+			"resyncing, bitmap mode, paused, test failover active, failed over, reprotecting), RPO, latest\n" +
+			"recovery point and health (Healthy, Warning, Critical) with the reason, from the configuration server.\n\n" +
+			"On a machine, with --journal-dir: the status the running agent writes every second beside each\n" +
+			"volume's journal: connection, shipped bytes, RPO, tracking mode and resync progress.\n\n" +
+			"Examples:\n" +
+			"   lifeboat status --data-dir /var/lib/lifeboat/server --output json\n" +
+			"   lifeboat status --journal-dir /var/lib/lifeboat/journal",
+		Flags: append([]cli.Flag{
+			&cli.StringFlag{Name: "journal-dir", Usage: "the agent's `DIR` (/var/lib/lifeboat/journal): show this machine's volumes instead of the site's"},
 			outputFlag(),
-		},
+		}, siteFlags()...),
 		OnUsageError: onUsageError,
 		Action: func(c *cli.Context) error {
 			format, err := outputFormat(c)
 			if err != nil {
 				return err
 			}
+			if _, err := leafArgs(c, 0, "no arguments"); err != nil {
+				return err
+			}
 			dir := c.String("journal-dir")
+			if dir == "" {
+				if !c.IsSet("data-dir") && !c.IsSet("cert") {
+					if _, err := os.Stat(pki.Paths(defaultServerDataDir).AdminCert); err == nil {
+						c.Set("data-dir", defaultServerDataDir)
+					} else if _, err := os.Stat("/var/lib/lifeboat/journal"); err == nil {
+						dir = "/var/lib/lifeboat/journal"
+					}
+				}
+				if dir == "" {
+					return siteStatus(c, format)
+				}
+			}
 			files, _ := filepath.Glob(filepath.Join(dir, "*", statusFileName))
 			if len(files) == 0 {
 				return failure("no status in %s: is an agent with --server running there?", dir)

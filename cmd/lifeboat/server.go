@@ -14,6 +14,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/urfave/cli/v2"
 
+	"lifeboat/control"
 	"lifeboat/failover"
 	"lifeboat/internal/dirlock"
 	"lifeboat/nbd"
@@ -37,6 +38,8 @@ type serverOptions struct {
 	Recovery    bool
 	RecoveryNBD string
 	FuseMount   string
+	// Control runs the configuration server (lifeboat server only).
+	Control *controlOptions
 }
 
 func serverFlags() []cli.Flag {
@@ -97,13 +100,20 @@ func recoveryFlags() []cli.Flag {
 func serverCommand() *cli.Command {
 	cmd := processServerCommand()
 	cmd.Name = "server"
-	cmd.Flags = append(cmd.Flags, recoveryFlags()...)
+	cmd.Flags = append(append(cmd.Flags, recoveryFlags()...), controlFlags()...)
 	cmd.Action = func(c *cli.Context) error {
 		o, err := parseServerOptions(c)
 		if err != nil {
 			return err
 		}
 		o.Recovery, o.RecoveryNBD, o.FuseMount = true, c.String("recovery-nbd"), c.String("fuse-mount")
+		if c.String("control-listen") != "" {
+			co, err := parseControlOptions(c, o.Listen)
+			if err != nil {
+				return err
+			}
+			o.Control = &co
+		}
 		return runServer(c.Context, c.App.Writer, o)
 	}
 	cmd.Usage = "run the recovery site: process server and target (run 'server init' once first)"
@@ -111,7 +121,8 @@ func serverCommand() *cli.Command {
 		"them durably, applies them in order to the target and turns every tag into a recovery point.\n" +
 		"It also serves test failover and failover volumes (lifeboat test-failover, lifeboat failover) over\n" +
 		"NBD on --recovery-nbd and, with --fuse-mount, as files for a loop device.\n" +
-		"The configuration server and master target will join this process in later releases.\n\n" +
+		"It also runs the configuration server on --control-listen: agents register there (lifeboat agent register)\n" +
+		"and the site protects their volumes with policies (lifeboat policy, lifeboat protect, lifeboat status).\n\n" +
 		"Examples:\n" +
 		"   lifeboat server init --data-dir /var/lib/lifeboat/server\n" +
 		"   lifeboat certs issue --data-dir /var/lib/lifeboat/server --name web01 --out /tmp/web01\n" +
@@ -120,7 +131,7 @@ func serverCommand() *cli.Command {
 		"   head -c 64 /dev/urandom > /etc/lifeboat/replica.key && chmod 600 /etc/lifeboat/replica.key\n" +
 		"   export AZURE_STORAGE_CONNECTION_STRING='AccountName=myaccount;AccountKey=...'\n" +
 		"   lifeboat server --target azure://myaccount/replicas --encryption-key /etc/lifeboat/replica.key"
-	cmd.Subcommands = []*cli.Command{serverInitCommand()}
+	cmd.Subcommands = []*cli.Command{serverInitCommand(), serverPassphraseCommand()}
 	return cmd
 }
 
@@ -182,11 +193,22 @@ func runServer(ctx context.Context, out io.Writer, o serverOptions) error {
 	if err != nil {
 		return failure("--target %s is not usable: %v", o.Target, err)
 	}
+	var ctl *control.Server
+	if o.Control != nil {
+		var closeStore func()
+		if ctl, closeStore, err = newControl(o.DataDir, *o.Control, o.Azure.KeyFile != "" || o.Azure.KeyEnv != ""); err != nil {
+			return err
+		}
+		defer closeStore()
+	}
 	var faultErr error
 	site := &failover.Site{DataDir: o.DataDir, Target: target, TLS: tlsConf, Logger: slog.Default(),
 		Configure: func(srv *pipeline.Server) {
 			srv.SpoolQuota, srv.ThrottleFree = o.SpoolQuota, o.ThrottleFree
 			srv.Retention = targets.Retention{Window: o.Retention}
+			if ctl != nil {
+				srv.RetentionFor = ctl.RetentionFor
+			}
 			o.Limits.apply(srv)
 			faultErr = installFaults(srv)
 		}}
@@ -217,6 +239,14 @@ func runServer(ctx context.Context, out io.Writer, o serverOptions) error {
 	}
 	if o.Recovery && o.FuseMount != "" {
 		fmt.Fprintf(out, "recovery volumes shown as files in %s\n", o.FuseMount)
+	}
+	if ctl != nil {
+		ctl.Site, ctl.SpoolUsed = site.Server.Status, site.Server.SpoolUsage
+		stopControl, err := startControl(ctx, out, o.DataDir, *o.Control, ctl)
+		if err != nil {
+			return err
+		}
+		defer stopControl()
 	}
 	err = site.Serve(ctx, ln)
 	if err == nil && ctx.Err() != nil {

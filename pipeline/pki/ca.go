@@ -214,6 +214,22 @@ func Load(dataDir string) (*CA, error) {
 // certificate that could not be recorded is not handed out, because it
 // could not be listed or revoked by name.
 func (ca *CA) Issue(name string, role Role, hosts []string, validity time.Duration) (Identity, error) {
+	key, keyPEM, err := newKey()
+	if err != nil {
+		return Identity{}, err
+	}
+	id, err := ca.IssueKey(name, role, hosts, validity, key.Public())
+	if err != nil {
+		return Identity{}, err
+	}
+	id.KeyPEM = keyPEM
+	return id, nil
+}
+
+// IssueKey is Issue for a public key the holder generated and keeps (a
+// registration's certificate signing request): the returned Identity has
+// no KeyPEM.
+func (ca *CA) IssueKey(name string, role Role, hosts []string, validity time.Duration, pub crypto.PublicKey) (Identity, error) {
 	if err := checkName(name); err != nil {
 		return Identity{}, fmt.Errorf("issue certificate: %w", err)
 	}
@@ -268,11 +284,7 @@ func (ca *CA) Issue(name string, role Role, hosts []string, validity time.Durati
 		return Identity{}, err
 	}
 	tmpl.SerialNumber = serial
-	key, keyPEM, err := newKey()
-	if err != nil {
-		return Identity{}, err
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, key.Public(), ca.key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, pub, ca.key)
 	if err != nil {
 		return Identity{}, fmt.Errorf("issue certificate for %s: %w", name, err)
 	}
@@ -281,7 +293,7 @@ func (ca *CA) Issue(name string, role Role, hosts []string, validity time.Durati
 			return Identity{}, fmt.Errorf("issue certificate for %s: %w", name, err)
 		}
 	}
-	return Identity{CertPEM: pemCert(der), KeyPEM: keyPEM, CAPEM: append([]byte(nil), ca.certPEM...)}, nil
+	return Identity{CertPEM: pemCert(der), CAPEM: append([]byte(nil), ca.certPEM...)}, nil
 }
 
 // newKey generates a P-256 key and returns it with its PKCS#8 PEM.

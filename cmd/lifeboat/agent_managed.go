@@ -1,0 +1,439 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/urfave/cli/v2"
+
+	"lifeboat/control"
+	"lifeboat/fusefs"
+	"lifeboat/nbd"
+	"lifeboat/pipeline"
+	"lifeboat/tracker"
+)
+
+// A managed agent protects what the configuration server tells it to:
+// it starts with only the server's URL and its identity (from 'lifeboat
+// agent register'), sends a heartbeat with each volume's state and gets
+// its configuration back. The last configuration is kept in
+// JOURNAL-DIR/managed.json, so that after a restart the volumes are served
+// and journaled at once, even while the configuration server is down.
+
+// managedFile is the agent's saved configuration.
+type managedFile struct {
+	Config control.AgentConfig `json:"config"`
+	// ResyncDone is the last resync request acted on, by volume.
+	ResyncDone map[string]uint64 `json:"resync_done"`
+}
+
+// managedVolume is a volume the agent protects for the site.
+type managedVolume struct {
+	cfg     control.VolumeConfig
+	vol     *tracker.Volume
+	ship    *pipeline.Shipper // the running or last shipper; nil before the first
+	stopRun func()            // stops the running shipper; nil when none runs
+}
+
+type managedAgent struct {
+	o       agentOptions
+	log     *slog.Logger
+	control string
+	client  *http.Client
+	out     io.Writer
+	nbd     *nbd.Server
+	srvDone chan error
+	mount   *fusefs.Mount
+	vols    map[string]*managedVolume
+	errs    map[string]string // volumes that could not be opened, and why
+	saved   managedFile
+}
+
+func (a *managedAgent) savedPath() string { return filepath.Join(a.o.JournalDir, "managed.json") }
+
+// runManagedAgent serves until ctx is cancelled or a front end fails.
+func runManagedAgent(ctx context.Context, out io.Writer, o agentOptions, id agentIdentity) error {
+	client, err := httpClient(id.Cert, id.Key, id.CA)
+	if err != nil {
+		return failure("%v; register again with 'lifeboat agent register'", err)
+	}
+	if err := os.MkdirAll(o.JournalDir, 0o700); err != nil {
+		return failure("--journal-dir: %v", err)
+	}
+	a := &managedAgent{o: o, log: slog.Default().With("machine", id.Name), control: id.Server, client: client, out: out,
+		vols: map[string]*managedVolume{}, errs: map[string]string{}, saved: managedFile{ResyncDone: map[string]uint64{}}}
+	if b, err := os.ReadFile(a.savedPath()); err == nil {
+		if err := json.Unmarshal(b, &a.saved); err != nil {
+			return failure("%s: %v; move it away to start from the configuration server's", a.savedPath(), err)
+		}
+		if a.saved.ResyncDone == nil {
+			a.saved.ResyncDone = map[string]uint64{}
+		}
+	}
+	if err := a.startFrontEnds(ctx); err != nil {
+		a.stop()
+		return err
+	}
+	fmt.Fprintf(out, "lifeboat agent %s managed by %s\n", id.Name, id.Server)
+	a.reconcile(ctx, a.saved.Config) // what it protected before, at once
+	err = a.loop(ctx)
+	if serr := a.stop(); serr != nil {
+		return errors.Join(err, serr)
+	}
+	if err == nil {
+		fmt.Fprintln(out, "lifeboat agent stopped cleanly: journal sealed, volumes flushed")
+	}
+	return err
+}
+
+func (a *managedAgent) startFrontEnds(ctx context.Context) error {
+	if len(a.o.NBD) > 0 {
+		a.nbd = nbd.NewServer()
+		a.nbd.Logger = a.log
+		a.nbd.MaxConnections, a.nbd.MaxInFlightBytes = a.o.NBDMaxConnections, a.o.NBDMaxInFlight
+		a.srvDone = make(chan error, len(a.o.NBD))
+		for _, addr := range a.o.NBD {
+			ln, err := nbd.Listen(addr, a.log)
+			if err != nil {
+				return usageError("--nbd %s: %v", addr, err)
+			}
+			go func() { a.srvDone <- a.nbd.Serve(ctx, ln) }()
+			fmt.Fprintf(a.out, "serving NBD at %s (exports: the protected volumes' names)\n", ln.Addr())
+		}
+	}
+	if a.o.FuseMount != "" {
+		if err := os.MkdirAll(a.o.FuseMount, 0o755); err != nil {
+			return usageError("--fuse-mount: %v", err)
+		}
+		a.mount = &fusefs.Mount{Dir: a.o.FuseMount, Logger: a.log}
+		if err := a.mount.Mount(ctx); err != nil {
+			a.mount = nil
+			return fmt.Errorf("--fuse-mount %s: %w", a.o.FuseMount, err)
+		}
+	}
+	return nil
+}
+
+// loop sends heartbeats and applies the answers until ctx is done.
+func (a *managedAgent) loop(ctx context.Context) error {
+	interval := control.DefaultHeartbeatInterval
+	var fuseGone <-chan struct{}
+	if a.mount != nil {
+		fuseGone = a.mount.Done()
+	}
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	lastErr := ""
+	for {
+		select {
+		case <-ctx.Done():
+			a.log.Info("stopping: signal received; draining requests, flushing, sealing the journal")
+			return nil
+		case err := <-a.srvDone:
+			return fmt.Errorf("NBD server stopped: %w", err)
+		case <-fuseGone:
+			return errors.New("the FUSE mount was unmounted from outside; stopping")
+		case <-timer.C:
+		}
+		cfg, err := a.heartbeat(ctx)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			if err.Error() != lastErr {
+				a.log.Warn("configuration server unreachable; protecting the volumes of the last configuration meanwhile",
+					"server", a.control, "err", err)
+			}
+			lastErr = err.Error()
+		case err == nil:
+			if lastErr != "" {
+				a.log.Info("configuration server reached again", "server", a.control)
+			}
+			lastErr = ""
+			a.reconcile(ctx, cfg)
+			if cfg.HeartbeatIntervalMS > 0 {
+				interval = time.Duration(cfg.HeartbeatIntervalMS) * time.Millisecond
+			}
+		}
+		a.writeStatus()
+		timer.Reset(interval)
+	}
+}
+
+func (a *managedAgent) heartbeat(ctx context.Context) (control.AgentConfig, error) {
+	hb := control.Heartbeat{Version: version, Volumes: []control.VolumeReport{}}
+	for name, e := range a.errs {
+		hb.Volumes = append(hb.Volumes, control.VolumeReport{Name: name, Error: e})
+	}
+	for name, mv := range a.vols {
+		r := control.VolumeReport{Name: name, Paused: mv.stopRun == nil, ResyncDone: a.saved.ResyncDone[name]}
+		st := pipeline.ShipperStatus{Volume: name, Tracker: mv.vol.Status()}
+		if mv.ship != nil {
+			st = mv.ship.Status()
+		}
+		r.Shipper = &st
+		hb.Volumes = append(hb.Volumes, r)
+	}
+	var cfg control.AgentConfig
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	err := control.Call(cctx, a.client, http.MethodPost, a.control+"/v1/agent/heartbeat", hb, &cfg)
+	return cfg, err
+}
+
+// writeStatus keeps JOURNAL-DIR/NAME/status.json for 'lifeboat status
+// --journal-dir' on this machine.
+func (a *managedAgent) writeStatus() {
+	for name, mv := range a.vols {
+		if mv.ship != nil {
+			writeStatus(filepath.Join(a.o.JournalDir, name, statusFileName), mv.ship.Status())
+		}
+	}
+}
+
+// reconcile makes the running volumes and shippers what cfg says.
+func (a *managedAgent) reconcile(ctx context.Context, cfg control.AgentConfig) {
+	want := map[string]control.VolumeConfig{}
+	for _, vc := range cfg.Volumes {
+		want[vc.Name] = vc
+	}
+	for name, mv := range a.vols {
+		if vc, ok := want[name]; !ok || vc.Path != mv.cfg.Path || vc.Size != mv.cfg.Size {
+			a.remove(ctx, name)
+		}
+	}
+	for name := range a.errs {
+		if _, ok := want[name]; !ok {
+			delete(a.errs, name)
+		}
+	}
+	for _, vc := range cfg.Volumes {
+		mv := a.vols[vc.Name]
+		if mv == nil {
+			var err error
+			if mv, err = a.add(ctx, vc); err != nil {
+				if a.errs[vc.Name] != err.Error() {
+					a.log.Error("cannot protect volume", "volume", vc.Name, "path", vc.Path, "err", err)
+				}
+				a.errs[vc.Name] = err.Error()
+				continue
+			}
+			delete(a.errs, vc.Name)
+			if _, ok := a.saved.ResyncDone[vc.Name]; !ok {
+				a.saved.ResyncDone[vc.Name] = vc.Resync // a new volume is copied whole anyway
+			}
+		}
+		if vc.Resync > a.saved.ResyncDone[vc.Name] {
+			a.stopShipper(mv)
+			kind := "of its dirty regions"
+			if vc.ResyncFull {
+				kind = "of every region"
+			}
+			if err := pipeline.Resync(mv.vol, vc.ResyncFull, "resync requested by the site"); err != nil {
+				a.log.Error("requested resync failed", "volume", vc.Name, "err", err)
+			} else {
+				a.log.Info("resync "+kind+" requested by the site", "volume", vc.Name)
+				a.saved.ResyncDone[vc.Name] = vc.Resync
+			}
+		}
+		if mv.stopRun != nil && (vc.ProcessServer != mv.cfg.ProcessServer || vc.TagInterval != mv.cfg.TagInterval || vc.Compression != mv.cfg.Compression) {
+			a.stopShipper(mv) // started again below with the new settings
+		}
+		mv.cfg = vc
+		switch {
+		case vc.Paused && mv.stopRun != nil:
+			a.stopShipper(mv)
+			a.log.Info("replication paused by the site; writes are journaled and dirty-tracked meanwhile", "volume", vc.Name)
+		case !vc.Paused && mv.stopRun == nil:
+			a.startShipper(ctx, mv)
+		}
+	}
+	a.saved.Config = cfg
+	a.save()
+}
+
+// save writes the configuration and resync state atomically.
+func (a *managedAgent) save() {
+	b, err := json.MarshalIndent(a.saved, "", "  ")
+	if err != nil {
+		return
+	}
+	tmp := a.savedPath() + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err == nil {
+		_, err = f.Write(append(b, '\n'))
+		if err == nil {
+			err = f.Sync()
+		}
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err == nil {
+		err = os.Rename(tmp, a.savedPath())
+	}
+	if err != nil {
+		a.log.Error("could not save the configuration server's configuration", "file", a.savedPath(), "err", err)
+	}
+}
+
+// add opens a volume and serves it.
+func (a *managedAgent) add(ctx context.Context, vc control.VolumeConfig) (*managedVolume, error) {
+	spec := volumeSpec{Name: vc.Name, Path: vc.Path, Size: vc.Size}
+	if err := spec.prepare(); err != nil {
+		return nil, err
+	}
+	v := tracker.NewVolume(spec.Path, filepath.Join(a.o.JournalDir, spec.Name))
+	v.SegmentAge = a.o.SegmentAge
+	v.InitialSync = true
+	r := a.o.Replication
+	v.JournalQuota, v.CheckpointInterval, v.HotSetBytes, v.CopyMemory = r.JournalQuota, r.Checkpoint, r.HotSet, r.CopyMemory
+	v.Logger = a.log.With("volume", spec.Name)
+	if err := v.Open(ctx); err != nil {
+		return nil, fmt.Errorf("volume %s: %w", spec.Name, err)
+	}
+	if a.nbd != nil {
+		if err := a.nbd.AddExport(nbd.Export{Name: spec.Name, Description: spec.Path, Backend: nbd.WithExtents(v, v.Extents)}); err != nil {
+			v.Close()
+			return nil, err
+		}
+	}
+	if a.mount != nil {
+		if err := a.mount.AddFile(fusefs.File{Name: spec.Name, Backend: v}); err != nil {
+			if a.nbd != nil {
+				a.nbd.RemoveExport(ctx, spec.Name)
+			}
+			v.Close()
+			return nil, err
+		}
+	}
+	a.log.Info("volume protected for the site", "volume", spec.Name, "path", spec.Path)
+	mv := &managedVolume{cfg: vc, vol: v}
+	a.vols[spec.Name] = mv
+	return mv, nil
+}
+
+// remove stops protecting a volume: its journal directory stays.
+func (a *managedAgent) remove(ctx context.Context, name string) {
+	mv := a.vols[name]
+	a.stopShipper(mv)
+	if a.nbd != nil {
+		rctx, cancel := context.WithTimeout(ctx, a.o.DrainTime)
+		if err := a.nbd.RemoveExport(rctx, name); err != nil {
+			a.log.Warn("NBD export not removed cleanly", "volume", name, "err", err)
+		}
+		cancel()
+	}
+	if a.mount != nil {
+		if err := a.mount.RemoveFile(name); err != nil {
+			a.log.Warn("FUSE file not removed (detach the loop device over it)", "volume", name, "err", err)
+		}
+	}
+	if err := mv.vol.Flush(); err != nil {
+		a.log.Error("flush", "volume", name, "err", err)
+	}
+	if err := mv.vol.Close(); err != nil {
+		a.log.Error("close", "volume", name, "err", err)
+	}
+	delete(a.vols, name)
+	delete(a.saved.ResyncDone, name)
+	a.log.Info("volume no longer protected (unprotected by the site); its journal directory is kept", "volume", name,
+		"journal", filepath.Join(a.o.JournalDir, name))
+}
+
+func (a *managedAgent) startShipper(ctx context.Context, mv *managedVolume) {
+	s := pipeline.NewShipper(mv.vol, mv.cfg.Name, mv.cfg.ProcessServer, a.client)
+	s.TagInterval, s.Logger, s.MaxBackoff = mv.cfg.TagInterval.Duration(), a.log, a.o.Replication.MaxBackoff
+	s.Compression = compressionLevel(mv.cfg.Compression)
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := s.Run(ctx); err != nil && ctx.Err() == nil {
+			a.log.Error("shipper stopped", "volume", s.Name, "err", err)
+		}
+	}()
+	mv.ship, mv.stopRun = s, func() { cancel(); <-done }
+}
+
+func (a *managedAgent) stopShipper(mv *managedVolume) {
+	if mv.stopRun != nil {
+		mv.stopRun()
+		mv.stopRun = nil
+	}
+}
+
+// compressionLevel is a policy's compression as the shipper takes it.
+func compressionLevel(name string) zstd.EncoderLevel {
+	if name == "none" {
+		return 0
+	}
+	if ok, l := zstd.EncoderLevelFromString(name); ok {
+		return l
+	}
+	return zstd.SpeedFastest
+}
+
+// stop stops the shippers, drains the front ends and closes the volumes.
+func (a *managedAgent) stop() error {
+	var errs []error
+	for _, mv := range a.vols {
+		a.stopShipper(mv)
+	}
+	if a.nbd != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), a.o.DrainTime)
+		if err := a.nbd.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("drain NBD requests: %w", err))
+		}
+		cancel()
+	}
+	if a.mount != nil {
+		if err := a.mount.Unmount(); err != nil {
+			errs = append(errs, fmt.Errorf("unmount %s: %w", a.mount.Dir, err))
+		}
+	}
+	for name, mv := range a.vols {
+		if err := mv.vol.Flush(); err != nil {
+			errs = append(errs, fmt.Errorf("volume %s: flush: %w", name, err))
+		}
+		if err := mv.vol.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("volume %s: close: %w", name, err))
+		}
+	}
+	a.writeStatus()
+	return errors.Join(errs...)
+}
+
+// managedAgentAction runs the agent for its configuration server: the
+// site decides what is protected and where it is shipped.
+func managedAgentAction(c *cli.Context, o agentOptions) error {
+	for _, f := range []string{"server", "cert", "key", "ca", "tag-interval", "compression"} {
+		if c.IsSet(f) {
+			return usageError("--%s is set by the configuration server for a managed agent (no --volume); drop it, "+
+				"or give --volume to run without a configuration server", f)
+		}
+	}
+	id, err := loadIdentity(c.String("identity-dir"), c.String("control"))
+	if err != nil {
+		return err
+	}
+	r, err := parseReplicationOptions(c)
+	if err != nil {
+		return err
+	}
+	if r.MaxBackoff < time.Second {
+		return usageError("--max-backoff %v: at least 1s", r.MaxBackoff)
+	}
+	o.Replication = r
+	if len(o.NBD) == 0 && o.FuseMount == "" {
+		return usageError("nothing to serve: give --nbd ADDR and/or --fuse-mount DIR")
+	}
+	return runManagedAgent(c.Context, c.App.Writer, o, id)
+}

@@ -1,0 +1,308 @@
+package control_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"lifeboat/control"
+	"lifeboat/pipeline"
+	"lifeboat/pipeline/pki"
+)
+
+// site is a configuration server on a test TLS listener.
+type site struct {
+	dir   string
+	srv   *control.Server
+	url   string
+	pass  string
+	admin *http.Client
+	clock *clock
+}
+
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) Now() time.Time      { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *clock) Add(d time.Duration) { c.mu.Lock(); c.t = c.t.Add(d); c.mu.Unlock() }
+func newClock(t time.Time) *clock    { return &clock{t: t} }
+func (s *site) call(method, path string, in, out any) error {
+	return control.Call(context.Background(), s.admin, method, s.url+path, in, out)
+}
+
+func newSite(t *testing.T) *site {
+	t.Helper()
+	dir := t.TempDir()
+	ca, err := pki.Init(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := control.OpenStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	pass, err := store.SetPassphrase()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsConf, err := pki.ServerTLS(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ck := newClock(time.Now())
+	srv := &control.Server{Store: store, CA: ca, TLS: tlsConf, DataURL: "https://127.0.0.1:9443", Now: ck.Now,
+		HeartbeatTimeout: 30 * time.Second}
+	ts := httptest.NewUnstartedServer(srv.Handler())
+	ts.TLS = srv.TLSConfig()
+	ts.StartTLS()
+	t.Cleanup(ts.Close)
+	p := pki.Paths(dir)
+	admin := clientFor(t, p.AdminCert, p.AdminKey, p.CACert)
+	return &site{dir: dir, srv: srv, url: ts.URL, pass: pass, admin: admin, clock: ck}
+}
+
+func clientFor(t *testing.T, cert, key, ca string) *http.Client {
+	t.Helper()
+	conf, err := pki.ClientTLS(cert, key, ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: conf}}
+}
+
+// register registers name and returns a client with its new identity.
+func (s *site) register(t *testing.T, name string) *http.Client {
+	t.Helper()
+	id, err := control.Register(context.Background(), s.url, name, s.pass+"\n", nil)
+	if err != nil {
+		t.Fatalf("register %s: %v", name, err)
+	}
+	dir := t.TempDir()
+	if err := id.Write(dir, name); err != nil {
+		t.Fatal(err)
+	}
+	return clientFor(t, filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key"), filepath.Join(dir, "ca.crt"))
+}
+
+func status(err error) int {
+	var ce *control.CallError
+	if errors.As(err, &ce) {
+		return ce.Status
+	}
+	return 0
+}
+
+func TestRegisterWrongPassphraseRefusedAndRateLimited(t *testing.T) {
+	s := newSite(t)
+	for i := 0; i < control.DefaultRegisterFailures; i++ {
+		_, err := control.Register(context.Background(), s.url, "web01", "wrong-pass", nil)
+		if status(err) != http.StatusForbidden || !strings.Contains(err.Error(), "wrong registration passphrase") {
+			t.Fatalf("attempt %d: got %v, want 403 wrong passphrase", i, err)
+		}
+	}
+	_, err := control.Register(context.Background(), s.url, "web01", s.pass, nil)
+	if status(err) != http.StatusTooManyRequests {
+		t.Fatalf("after %d failures even the right passphrase: got %v, want 429", control.DefaultRegisterFailures, err)
+	}
+	s.clock.Add(time.Minute)
+	s.register(t, "web01")
+	events, err := s.srv.Store.Events(time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused := 0
+	for _, e := range events {
+		if e.Code == control.CodeRegisterRefused {
+			refused++
+		}
+	}
+	if refused != control.DefaultRegisterFailures {
+		t.Fatalf("%d refused-registration events, want %d", refused, control.DefaultRegisterFailures)
+	}
+	if _, err := control.Register(context.Background(), s.url, "web01", s.pass, nil); status(err) != http.StatusConflict {
+		t.Fatalf("second registration of web01: got %v, want 409", err)
+	}
+}
+
+func TestRegisterRefusesServerWithoutPassphrase(t *testing.T) {
+	s := newSite(t)
+	// An impostor that relays the site's key parameters but does not know
+	// the passphrase: its certificate comes with a proof it cannot make.
+	ca, err := pki.Load(s.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged, err := ca.Issue("web01", pki.RoleAgent, nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fake := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == "GET" {
+			var params control.RegisterParams
+			resp, err := (&http.Client{Transport: &http.Transport{TLSClientConfig: s.admin.Transport.(*http.Transport).TLSClientConfig}}).Get(s.url + "/v1/register")
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer resp.Body.Close()
+			json.NewDecoder(resp.Body).Decode(&params)
+			json.NewEncoder(w).Encode(params)
+			return
+		}
+		json.NewEncoder(w).Encode(control.RegisterReply{CertPEM: forged.CertPEM, CAPEM: forged.CAPEM, Proof: make([]byte, 32)})
+	}))
+	defer fake.Close()
+	_, err = control.Register(context.Background(), fake.URL, "web01", s.pass, nil)
+	if !errors.Is(err, control.ErrServerProof) {
+		t.Fatalf("register at an impostor: got %v, want ErrServerProof", err)
+	}
+}
+
+func TestMachineRemoveRevokesEverywhere(t *testing.T) {
+	s := newSite(t)
+	agent := s.register(t, "web01")
+	hb := control.Heartbeat{Version: "test"}
+	if err := control.Call(context.Background(), agent, "POST", s.url+"/v1/agent/heartbeat", hb, new(control.AgentConfig)); err != nil {
+		t.Fatalf("heartbeat: %v", err)
+	}
+	// An agent certificate cannot do what an admin does.
+	if err := control.Call(context.Background(), agent, "GET", s.url+"/v1/machines", nil, nil); status(err) != http.StatusForbidden {
+		t.Fatalf("agent listing machines: got %v, want 403", err)
+	}
+	var removed control.RemovedMachine
+	if err := s.call("DELETE", "/v1/machines/web01", nil, &removed); err != nil {
+		t.Fatal(err)
+	}
+	if len(removed.Revoked) != 1 {
+		t.Fatalf("revoked %d certificates, want 1", len(removed.Revoked))
+	}
+	agent.CloseIdleConnections()
+	err := control.Call(context.Background(), agent, "POST", s.url+"/v1/agent/heartbeat", hb, nil)
+	var opErr *net.OpError
+	if err == nil || !(errors.As(err, &opErr) || strings.Contains(err.Error(), "tls") || strings.Contains(err.Error(), "certificate")) {
+		t.Fatalf("heartbeat after removal: got %v, want a refused handshake", err)
+	}
+	// The same refusal holds on the data port: ServerTLS reads the same CRL.
+	conf, err := pki.ServerTLS(s.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := httptest.NewUnstartedServer(http.NotFoundHandler())
+	data.TLS = conf
+	data.StartTLS()
+	defer data.Close()
+	if _, err := agent.Get(data.URL); err == nil {
+		t.Fatal("data port accepted a removed machine's certificate")
+	}
+}
+
+func TestPolicyRangesRefused(t *testing.T) {
+	s := newSite(t)
+	good := control.DefaultPolicy
+	good.Name = "gold"
+	bad := map[string]func(p *control.Policy){
+		"rpo-threshold":  func(p *control.Policy) { p.RPOThreshold = 1 },
+		"retention":      func(p *control.Policy) { p.Retention = 16 * 24 * 3600 },
+		"crash-interval": func(p *control.Policy) { p.CrashInterval = 0 },
+		"compression":    func(p *control.Policy) { p.Compression = "lz4" },
+		"encryption-key": func(p *control.Policy) { p.EncryptionKey = "vault:x" },
+		"failback rpo-threshold": func(p *control.Policy) {
+			p.Failback.RPOThreshold = 100000
+		},
+	}
+	for field, change := range bad {
+		p := good
+		change(&p)
+		err := s.call("POST", "/v1/policies", p, nil)
+		if status(err) != http.StatusBadRequest || !strings.Contains(err.Error(), field) || !strings.Contains(err.Error(), "allowed") {
+			t.Errorf("%s: got %v, want 400 naming the field and its allowed range", field, err)
+		}
+	}
+	var got control.Policy
+	if err := s.call("POST", "/v1/policies", good, &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.Failback.Name != "gold-failback" || got.Failback.CrashInterval != good.CrashInterval {
+		t.Fatalf("failback policy %+v not created with the policy", got.Failback)
+	}
+	if err := s.call("POST", "/v1/policies", good, nil); status(err) != http.StatusConflict {
+		t.Fatalf("second create: %v, want 409", err)
+	}
+}
+
+func TestHeartbeatHealthAndEvents(t *testing.T) {
+	s := newSite(t)
+	agent := s.register(t, "web01")
+	pol := control.DefaultPolicy
+	pol.Name, pol.RPOThreshold = "gold", 30
+	if err := s.call("POST", "/v1/policies", pol, nil); err != nil {
+		t.Fatal(err)
+	}
+	req := control.ProtectRequest{Machine: "web01", Volume: "db", Path: "/dev/sdb", Policy: "gold"}
+	if err := s.call("POST", "/v1/items", req, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.call("POST", "/v1/items", req, nil); status(err) != http.StatusConflict {
+		t.Fatalf("protect twice: %v, want 409", err)
+	}
+	rpo := 2.0
+	beat := func(rpo float64) control.AgentConfig {
+		var cfg control.AgentConfig
+		hb := control.Heartbeat{Version: "test", Volumes: []control.VolumeReport{{Name: "db",
+			Shipper: &pipeline.ShipperStatus{Volume: "db", Connected: true, RPOSeconds: &rpo}}}}
+		if err := control.Call(context.Background(), agent, "POST", s.url+"/v1/agent/heartbeat", hb, &cfg); err != nil {
+			t.Fatal(err)
+		}
+		return cfg
+	}
+	cfg := beat(rpo)
+	if len(cfg.Volumes) != 1 || cfg.Volumes[0].Path != "/dev/sdb" || cfg.Volumes[0].TagInterval != pol.CrashInterval {
+		t.Fatalf("agent config %+v", cfg)
+	}
+	evaluate := func() control.SiteStatus {
+		st, cond, err := s.srv.Evaluate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := control.ReconcileForTest(s.srv, cond); err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	open := func() []control.Code {
+		es, _ := s.srv.Store.Events(time.Time{})
+		var codes []control.Code
+		for _, e := range es {
+			if e.Cleared == nil {
+				codes = append(codes, e.Code)
+			}
+		}
+		return codes
+	}
+	if st := evaluate(); st.Health != control.Healthy || st.Items[0].State != control.StateInitial {
+		t.Fatalf("status %+v, want Healthy and in initial replication (no point on the site)", st)
+	}
+	s.clock.Add(31 * time.Second)
+	if st := evaluate(); st.Health != control.Critical || len(open()) != 1 || open()[0] != control.CodeNoHeartbeat {
+		t.Fatalf("after 31 s without heartbeat: %+v, events %v", st, open())
+	}
+	beat(45)
+	if st := evaluate(); st.Health != control.Warning || len(open()) != 1 || open()[0] != control.CodeRPOThreshold {
+		t.Fatalf("RPO 45 s over 30 s: %+v, open events %v", st, open())
+	}
+	beat(3)
+	if st := evaluate(); st.Health != control.Healthy || len(open()) != 0 {
+		t.Fatalf("recovered: %+v, open events %v", st, open())
+	}
+}

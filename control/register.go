@@ -1,0 +1,164 @@
+package control
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/hmac"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"lifeboat/pipeline/pki"
+)
+
+// RegisterParams is what an agent needs to derive the passphrase's key.
+type RegisterParams struct {
+	KDF KDF `json:"kdf"`
+}
+
+// RegisterRequest asks for an agent certificate: the agent's name, its
+// certificate signing request (DER; the key stays on the agent) and
+// AgentProof over both.
+type RegisterRequest struct {
+	Name  string `json:"name"`
+	CSR   []byte `json:"csr"`
+	Proof []byte `json:"proof"`
+}
+
+// RegisterReply is the certificate, the site's CA and ServerProof over
+// both DER encodings.
+type RegisterReply struct {
+	CertPEM []byte `json:"cert_pem"`
+	CAPEM   []byte `json:"ca_pem"`
+	Proof   []byte `json:"proof"`
+}
+
+// DefaultRegisterFailures is how many wrong passphrases one address may
+// send per minute.
+const DefaultRegisterFailures = 5
+
+func (s *Server) handleRegisterParams(w http.ResponseWriter, r *http.Request) {
+	sp, err := s.Store.passphrase()
+	if err != nil {
+		s.refuse(w, r, http.StatusServiceUnavailable, "", err)
+		return
+	}
+	writeJSON(w, http.StatusOK, RegisterParams{KDF: sp.KDF})
+}
+
+func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
+	host, _, _ := net.SplitHostPort(r.RemoteAddr)
+	if wait := s.registerWait(host); wait > 0 {
+		w.Header().Set("Retry-After", fmt.Sprint(int(wait.Seconds())+1))
+		s.refuse(w, r, http.StatusTooManyRequests, "", fmt.Errorf("too many wrong passphrases from %s; try again in %v", host, wait.Round(time.Second)))
+		return
+	}
+	var req RegisterRequest
+	if err := decode(r, &req); err != nil {
+		s.refuse(w, r, http.StatusBadRequest, "", err)
+		return
+	}
+	sp, err := s.Store.passphrase()
+	if err != nil {
+		s.refuse(w, r, http.StatusServiceUnavailable, req.Name, err)
+		return
+	}
+	if !hmac.Equal(req.Proof, AgentProof(sp.Key, req.Name, req.CSR)) {
+		s.registerFailed(host)
+		s.Store.Event(CodeRegisterRefused, req.Name, fmt.Sprintf("registration of %q from %s refused: wrong passphrase", req.Name, host), s.now())
+		s.refuse(w, r, http.StatusForbidden, req.Name, errors.New("wrong registration passphrase: use the one 'lifeboat server init' printed "+
+			"(or make a new one with 'lifeboat server passphrase')"))
+		return
+	}
+	pub, err := checkCSR(req)
+	if err != nil {
+		s.refuse(w, r, http.StatusBadRequest, req.Name, err)
+		return
+	}
+	if _, err := s.Store.Machine(req.Name); err == nil {
+		s.refuse(w, r, http.StatusConflict, req.Name, fmt.Errorf("%w: a machine named %s is registered; remove it first ('lifeboat machine remove %s') or register under another --name",
+			ErrExists, req.Name, req.Name))
+		return
+	}
+	id, err := s.CA.IssueKey(req.Name, pki.RoleAgent, nil, 0, pub)
+	if err != nil {
+		s.answer(w, r, req.Name, nil, err)
+		return
+	}
+	cert, _ := id.Certificate()
+	m := Machine{Name: req.Name, Serial: pki.SerialText(cert.SerialNumber), RegisteredAt: s.now().UTC(),
+		CertExpires: cert.NotAfter.UTC(), Address: host}
+	if err := s.Store.AddMachine(m); err != nil {
+		// The certificate is issued but the machine is not recorded:
+		// revoke it so that it cannot be used.
+		if _, rerr := s.CA.Revoke(pki.Revocation{Serial: m.Serial, Reason: "registration not recorded"}); rerr != nil {
+			err = errors.Join(err, rerr)
+		}
+		s.answer(w, r, req.Name, nil, err)
+		return
+	}
+	caBlock, _ := pem.Decode(id.CAPEM)
+	s.log().Info("machine registered", "machine", req.Name, "remote", host, "serial", m.Serial)
+	writeJSON(w, http.StatusOK, RegisterReply{CertPEM: id.CertPEM, CAPEM: id.CAPEM, Proof: ServerProof(sp.Key, cert.Raw, caBlock.Bytes)})
+}
+
+// checkCSR parses and checks a registration's CSR: signed by its own
+// P-256 key, for the name asked.
+func checkCSR(req RegisterRequest) (any, error) {
+	if err := pki.CheckName(req.Name); err != nil {
+		return nil, fmt.Errorf("%w: machine name: %v", ErrInvalid, err)
+	}
+	csr, err := x509.ParseCertificateRequest(req.CSR)
+	if err != nil {
+		return nil, fmt.Errorf("%w: certificate signing request: %v", ErrInvalid, err)
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return nil, fmt.Errorf("%w: certificate signing request: %v", ErrInvalid, err)
+	}
+	if csr.Subject.CommonName != req.Name {
+		return nil, fmt.Errorf("%w: the request is for %q, not %q", ErrInvalid, csr.Subject.CommonName, req.Name)
+	}
+	k, ok := csr.PublicKey.(*ecdsa.PublicKey)
+	if !ok || k.Curve != elliptic.P256() {
+		return nil, fmt.Errorf("%w: the key must be ECDSA P-256", ErrInvalid)
+	}
+	return k, nil
+}
+
+// registerWait is how long host must wait before it may try again.
+func (s *Server) registerWait(host string) time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	limit := s.RegisterFailures
+	if limit == 0 {
+		limit = DefaultRegisterFailures
+	}
+	now := s.now()
+	recent := s.failures[host][:0]
+	for _, t := range s.failures[host] {
+		if now.Sub(t) < time.Minute {
+			recent = append(recent, t)
+		}
+	}
+	if s.failures == nil {
+		s.failures = map[string][]time.Time{}
+	}
+	s.failures[host] = recent
+	if len(recent) < limit {
+		return 0
+	}
+	return time.Minute - now.Sub(recent[0])
+}
+
+func (s *Server) registerFailed(host string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.failures == nil {
+		s.failures = map[string][]time.Time{}
+	}
+	s.failures[host] = append(s.failures[host], s.now())
+}
