@@ -1,6 +1,7 @@
 package metrics
 
 import (
+	"context"
 	"errors"
 	"log/slog"
 	"net"
@@ -49,8 +50,16 @@ func Listen(addr string, reg *prometheus.Registry, log *slog.Logger) (*Endpoint,
 // Addr is the address the endpoint listens on.
 func (e *Endpoint) Addr() net.Addr { return e.ln.Addr() }
 
-// Close stops the listener and the scrapes in progress.
-func (e *Endpoint) Close() error { return e.srv.Close() }
+// Close stops the listener and waits (a few seconds at most) for the
+// scrapes in progress: after it, no collector runs.
+func (e *Endpoint) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := e.srv.Shutdown(ctx); err != nil {
+		return e.srv.Close()
+	}
+	return nil
+}
 
 // loopback reports whether a listener's address is reachable only from
 // this host.
