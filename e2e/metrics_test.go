@@ -153,8 +153,9 @@ func TestMetricsEndpoints(t *testing.T) {
 		t.Errorf("agent: RPO %v s (present %v), want a settled one", v, ok)
 	}
 	srvVol := map[string]string{"machine": "web01", "volume": "disk"}
-	if v, _ := sample(server, "lifeboat_server_received_bytes_total", srvVol); v != shipped {
-		t.Errorf("server: received %v bytes, the agent shipped %v", v, shipped)
+	// At most: a segment resent after a lost answer counts twice at the agent.
+	if v, _ := sample(server, "lifeboat_server_received_bytes_total", srvVol); v <= 0 || v > shipped {
+		t.Errorf("server: received %v bytes, the agent shipped %v; want > 0 and at most that", v, shipped)
 	}
 	if v, _ := sample(server, "lifeboat_server_recovery_points", srvVol); v < 2 {
 		t.Errorf("server: %v recovery points, want the initial one and the one after the writes", v)

@@ -63,6 +63,9 @@ func TestMetricsCounters(t *testing.T) {
 	s := newSite(t, target)
 	a := newAgentVol(t, s, 4<<20, 0, s.client("m1", pki.RoleAgent))
 	a.waitResyncAcked()
+	if r := a.ship.UploadRate(); r <= 0 { // the last ack was just now
+		t.Errorf("upload rate right after shipping: %v, want > 0", r)
+	}
 	id := a.vol.Status().VolumeID
 	s.waitSpoolEmpty(id)
 
@@ -75,9 +78,6 @@ func TestMetricsCounters(t *testing.T) {
 		t.Errorf("after the initial replication: spool %d, lag %v, points %d; want 0, 0, 1", m.SpoolBytes, vm.ApplyLag, vm.Points)
 	}
 	applied := vm.AppliedBytes // 0: the disk is all zeros
-	if r := a.ship.UploadRate(); r <= 0 {
-		t.Errorf("upload rate right after shipping: %v, want > 0", r)
-	}
 	for _, k := range pipeline.ErrorKinds {
 		if n, ok := m.Errors[k]; !ok || n != 0 {
 			t.Errorf("server errors[%s] = %d (present %v), want 0", k, n, ok)
