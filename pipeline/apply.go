@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"lifeboat/hrl"
@@ -36,6 +37,9 @@ type volume struct {
 	// cleared; while false, segments may be applied directly (direct.go).
 	hasPoint bool
 	direct   int64 // segments applied directly since the volume was opened
+
+	received     atomic.Int64 // segment bytes stored since opened (metrics.go)
+	appliedBytes atomic.Int64 // data bytes applied since opened (metrics.go)
 
 	replay hrl.SegmentReplay // the applier's, reused
 	sink   applySink
@@ -118,6 +122,7 @@ func (v *volume) applier(ctx context.Context) {
 			v.mu.Lock()
 			v.applyErr = err.Error()
 			v.mu.Unlock()
+			v.srv.errs.add(KindApply)
 			if !v.retryAfter(ctx, seg, backoff, err) {
 				return
 			}
@@ -133,6 +138,7 @@ func (v *volume) applier(ctx context.Context) {
 			log.Warn("could not remove applied segment from the spool", "err", err)
 		}
 		v.srv.spoolUsed.Add(-seg.size)
+		v.appliedBytes.Add(n)
 		log.Info("segment applied", "generation", seg.generation, "first_seq", seg.first, "last_seq", seg.last,
 			"bytes", n, "took", time.Since(start).Round(time.Microsecond))
 	}

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"lifeboat/hrl"
 	"lifeboat/targets"
@@ -79,6 +80,7 @@ func (s *Shipper) send(ctx context.Context, seg hrl.SegmentInfo, follows bool, l
 	s.status.SegmentsSent++
 	s.status.BytesRaw += seg.Size
 	s.status.BytesWire += wire
+	s.upload.add(time.Now(), wire)
 	s.mu.Unlock()
 	s.acked(seg)
 	s.setConnected(nil)

@@ -86,6 +86,7 @@ func (s *Server) applyDirect(ctx context.Context, v *volume, h segmentHeaders, d
 	v.spooledGen, v.spooledSeq = h.generation, h.last
 	v.direct++
 	v.mu.Unlock()
+	v.appliedBytes.Add(n)
 	// The applier's line, field for field (scripts and tests read it), and
 	// direct=true.
 	s.logger().Info("segment applied", "volume", v.info.Name, "generation", h.generation, "first_seq", h.first,

@@ -175,10 +175,12 @@ func (s *Server) checkDisks(size, spooled int64) error {
 // anything else a 500.
 func (s *Server) spoolFailed(w http.ResponseWriter, log *slog.Logger, err error) {
 	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		s.errs.add(KindSiteDiskFull)
 		writeThrottled(w, s.throttle.refuse(s, ThrottleDiskFull, fmt.Errorf("%w: writing the spool %s: %v; free space there",
 			ErrSiteDiskFull, s.spool.dir, err)))
 		return
 	}
+	s.errs.add(KindSpool)
 	log.Error("spool write failed", "err", err)
 	httpError(w, http.StatusInternalServerError, err)
 }

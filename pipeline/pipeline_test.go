@@ -92,6 +92,10 @@ func TestCorruptSegmentIsRefusedAndResent(t *testing.T) {
 	if st.Resends != 3 {
 		t.Fatalf("resends = %d, want 3 (one per corrupted upload)", st.Resends)
 	}
+	// The metrics count each refusal once, on both sides.
+	if a, s := a.ship.Errors()[pipeline.KindChecksum], s.srv.Metrics().Errors[pipeline.KindChecksum]; a != 3 || s != 3 {
+		t.Errorf("checksum errors: agent %d, server %d, want 3 and 3", a, s)
+	}
 }
 
 func TestServerRestartMidStreamAppliesEachRecordOnce(t *testing.T) {

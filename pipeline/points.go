@@ -97,6 +97,9 @@ func (s *Server) lookup(w http.ResponseWriter, r *http.Request, admin bool) (*vo
 // another machine's volume at WARN, with who asked.
 func (s *Server) refuse(w http.ResponseWriter, r *http.Request, err error) {
 	code := statusCode(err)
+	if code != http.StatusNotFound { // a volume's first contact is no error
+		s.errs.addErr(err)
+	}
 	log := s.logger().With("method", r.Method, "path", r.URL.Path, "status", code, "err", err)
 	if r.TLS != nil {
 		if name, role, perr := pki.Peer(*r.TLS); perr == nil {

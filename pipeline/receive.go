@@ -119,6 +119,7 @@ func (s *Server) handleSegment(w http.ResponseWriter, r *http.Request) {
 	}
 	if err != nil {
 		log.Error("segment refused", "err", err)
+		s.errs.addErr(err)
 		httpError(w, statusCode(err), err)
 		return
 	}
@@ -131,6 +132,7 @@ func (s *Server) handleSegment(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := s.admit(h.size); err != nil {
+		s.errs.addErr(err)
 		writeThrottled(w, err)
 		return
 	}
@@ -142,6 +144,7 @@ func (s *Server) handleSegment(w http.ResponseWriter, r *http.Request) {
 		err = verifySegment(data, h)
 	}
 	if err != nil {
+		s.errs.addErr(err)
 		s.refuseBody(w, log, err)
 		return
 	}
@@ -153,6 +156,7 @@ func (s *Server) handleSegment(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if s.applyDirect(r.Context(), v, h, data, log) { // before the first point (direct.go)
+		v.received.Add(int64(len(data)))
 		acked.SpooledGeneration, acked.SpooledSeq = h.generation, h.last
 		writeJSON(w, http.StatusOK, acked)
 		return
@@ -163,6 +167,7 @@ func (s *Server) handleSegment(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.spoolUsed.Add(seg.size)
+	v.received.Add(seg.size)
 	if seg.mem = s.keep(bp, data); seg.mem != nil {
 		bp = nil // the applier applies it from memory and releases it
 	}
@@ -299,6 +304,7 @@ func place(h segmentHeaders, follows bool, gen, seq uint64) placement {
 func (s *Server) refuseEarly(w http.ResponseWriter, v *volume, h segmentHeaders, p peer, acked SegmentReply, log *slog.Logger, locked bool) bool {
 	r := func(err error) bool {
 		log.Info("segment refused", "err", err)
+		s.errs.addErr(err)
 		httpError(w, statusCode(err), err)
 		return true
 	}
@@ -350,6 +356,7 @@ func (s *Server) refuseEarly(w http.ResponseWriter, v *volume, h segmentHeaders,
 		err := fmt.Errorf("%w: replica has generation %d up to seq %d, segment is generation %d seqs %d..%d",
 			ErrGap, gen, seq, h.generation, h.first, h.last)
 		log.Warn("segment refused", "err", err)
+		s.errs.add(KindGap)
 		writeJSON(w, http.StatusConflict, SegmentReply{SpooledGeneration: gen, SpooledSeq: seq, Error: err.Error()})
 		return true
 	}

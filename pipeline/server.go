@@ -73,6 +73,7 @@ type Server struct {
 	recvMem   memBudget
 	keptMem   memBudget // receive buffers kept for the applier (keep.go)
 	throttle  throttleState
+	errs      errorCounts // refusals and failures by kind (metrics.go)
 	ctx       context.Context
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup

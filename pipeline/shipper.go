@@ -56,6 +56,9 @@ type Shipper struct {
 	lastTag  uint64
 	tagTime  time.Time
 	lastPoll time.Time // the sender loop's last poll of the site
+	upload   rateMeter // wire bytes acknowledged (metrics.go)
+
+	errs errorCounts // failed attempts by kind (metrics.go)
 }
 
 // ShipperStatus is what an admin sees of a volume's replication.
@@ -375,6 +378,7 @@ func (s *Shipper) damagedLocally(seg hrl.SegmentInfo) bool {
 // that an admin's fix on the site (a reassignment) resumes it. Logged once
 // per episode.
 func (s *Shipper) stopped(ctx context.Context, err error) {
+	s.errs.addErr(err)
 	s.mu.Lock()
 	first := s.status.Stopped == ""
 	s.status.Connected, s.status.LastError, s.status.Stopped = false, err.Error(), err.Error()
@@ -393,6 +397,7 @@ func (s *Shipper) stopped(ctx context.Context, err error) {
 // failed records err, sleeps the next backoff (exponential with jitter,
 // capped) and returns it.
 func (s *Shipper) failed(ctx context.Context, backoff time.Duration, err error) time.Duration {
+	s.errs.addErr(err)
 	s.setConnected(err)
 	next := min(max(2*backoff, 250*time.Millisecond), s.maxBackoff())
 	if errors.Is(err, ErrSlowDown) {

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/google/uuid"
 
@@ -37,7 +38,8 @@ type spooledSeg struct {
 	first      uint64
 	last       uint64
 	size       int64
-	mem        *keptBuf // the segment's verified receive buffer, if kept (keep.go)
+	mem        *keptBuf  // the segment's verified receive buffer, if kept (keep.go)
+	spooledAt  time.Time // when put, or listed at Open: apply lag (metrics.go)
 }
 
 const (
@@ -120,6 +122,7 @@ func (s *spool) put(id string, seg spooledSeg, data []byte) (spooledSeg, error) 
 	}
 	seg.path = filepath.Join(dir, name)
 	seg.size = int64(len(data))
+	seg.spooledAt = time.Now()
 	return seg, nil
 }
 
@@ -153,7 +156,7 @@ func (s *spool) list(id string) ([]spooledSeg, error) {
 		if !ok {
 			continue
 		}
-		seg := spooledSeg{path: filepath.Join(dir, n), first: first, last: last}
+		seg := spooledSeg{path: filepath.Join(dir, n), first: first, last: last, spooledAt: time.Now()}
 		if seg.generation, seg.size, err = s.header(seg.path); err != nil {
 			return nil, err
 		}

@@ -204,6 +204,7 @@ type Volume struct {
 	resyncMu     sync.Mutex    // one Resync at a time
 	readOnly     atomic.Bool   // SetReadOnly
 	writers      atomic.Int64  // writes, zeroes and trims in progress
+	churn        churn         // bytes written and zeroed, for metrics (churn.go)
 	mem          *memFS        // segments held in memory (copy.go)
 	copying      bool          // a Resync with CopyMemory runs
 	copyMode     bool          // segments opened now are memory segments

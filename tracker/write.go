@@ -156,6 +156,7 @@ func (v *Volume) WriteAt(p []byte, off int64) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	v.churn.written.Add(int64(written))
 	return written, werr
 }
 
@@ -221,6 +222,7 @@ func (v *Volume) zero(off, n int64, trim bool) error {
 	if err != nil {
 		return fmt.Errorf("zero [%d, %d) of the backing store: %w", off, off+n, err)
 	}
+	v.churn.zeroed.Add(n)
 	return nil
 }
 

@@ -16,6 +16,7 @@ import (
 
 	"lifeboat/fusefs"
 	"lifeboat/nbd"
+	"lifeboat/pipeline"
 	"lifeboat/tracker"
 )
 
@@ -33,6 +34,8 @@ type agentOptions struct {
 	DrainTime         time.Duration
 	// Replication ships the journal to a process server when Server is set.
 	Replication replicationOptions
+
+	MetricsListen string // --metrics-listen; "" for none
 }
 
 func agentCommand() *cli.Command {
@@ -88,7 +91,7 @@ func agentCommand() *cli.Command {
 				Usage: "seal a journal segment at this `AGE` so that it can be shipped"},
 			&cli.DurationFlag{Name: "drain-timeout", Value: 30 * time.Second,
 				Usage: "on shutdown, wait at most this `LONG` for NBD requests in flight"},
-		}, replicationFlags()...),
+		}, append(replicationFlags(), metricsFlag())...),
 		OnUsageError: onUsageError,
 		Subcommands:  []*cli.Command{agentRegisterCommand()},
 		Action: func(c *cli.Context) error {
@@ -96,7 +99,8 @@ func agentCommand() *cli.Command {
 				return usageError("agent takes no arguments, got %q; use --volume NAME=PATH", c.Args().Slice())
 			}
 			o := agentOptions{JournalDir: c.String("journal-dir"), FuseMount: c.String("fuse-mount"),
-				SegmentAge: c.Duration("segment-age"), DrainTime: c.Duration("drain-timeout")}
+				SegmentAge: c.Duration("segment-age"), DrainTime: c.Duration("drain-timeout"),
+				MetricsListen: c.String("metrics-listen")}
 			if err := parseNBDOptions(c, &o); err != nil {
 				return err
 			}
@@ -139,6 +143,8 @@ type agent struct {
 	srv     *nbd.Server
 	srvDone chan error // one value per listener
 	mount   *fusefs.Mount
+	// shippers, one per volume, when replicated (startShippers).
+	shippers []*pipeline.Shipper
 }
 
 // runAgent serves until ctx is cancelled (SIGTERM/SIGINT), a front end
@@ -158,6 +164,12 @@ func runAgent(ctx context.Context, out io.Writer, o agentOptions) error {
 		a.stop(o.DrainTime)
 		return err
 	}
+	stopMetrics, err := a.startMetrics(out, o.MetricsListen)
+	if err != nil {
+		stopShippers()
+		a.stop(o.DrainTime)
+		return err
+	}
 	var fuseGone <-chan struct{}
 	if a.mount != nil {
 		fuseGone = a.mount.Done()
@@ -171,6 +183,7 @@ func runAgent(ctx context.Context, out io.Writer, o agentOptions) error {
 	case <-fuseGone:
 		cause = errors.New("the FUSE mount was unmounted from outside; stopping")
 	}
+	stopMetrics() // before the volumes close: a scrape reads them
 	stopShippers()
 	if err := a.stop(o.DrainTime); err != nil {
 		return errors.Join(cause, err)

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -17,6 +18,7 @@ import (
 
 	"lifeboat/control"
 	"lifeboat/fusefs"
+	"lifeboat/internal/metrics"
 	"lifeboat/nbd"
 	"lifeboat/pipeline"
 	"lifeboat/tracker"
@@ -56,6 +58,8 @@ type managedAgent struct {
 	vols    map[string]*managedVolume
 	errs    map[string]string // volumes that could not be opened, and why
 	saved   managedFile
+	// metricVols is what /metrics shows, replaced after each change.
+	metricVols atomic.Pointer[[]metrics.AgentVolume]
 }
 
 func (a *managedAgent) savedPath() string { return filepath.Join(a.o.JournalDir, "managed.json") }
@@ -85,7 +89,18 @@ func runManagedAgent(ctx context.Context, out io.Writer, o agentOptions, id agen
 	}
 	fmt.Fprintf(out, "lifeboat agent %s managed by %s\n", id.Name, id.Server)
 	a.reconcile(ctx, a.saved.Config) // what it protected before, at once
+	stopMetrics, err := startMetrics(out, o.MetricsListen, &metrics.AgentCollector{Current: func() []metrics.AgentVolume {
+		if p := a.metricVols.Load(); p != nil {
+			return *p
+		}
+		return nil
+	}})
+	if err != nil {
+		a.stop()
+		return err
+	}
 	err = a.loop(ctx)
+	stopMetrics()
 	if serr := a.stop(); serr != nil {
 		return errors.Join(err, serr)
 	}
@@ -257,6 +272,11 @@ func (a *managedAgent) reconcile(ctx context.Context, cfg control.AgentConfig) {
 	}
 	a.saved.Config = cfg
 	a.save()
+	var mv []metrics.AgentVolume
+	for name, v := range a.vols {
+		mv = append(mv, metrics.AgentVolume{Name: name, Volume: v.vol, Shipper: v.ship})
+	}
+	a.metricVols.Store(&mv)
 }
 
 // save writes the configuration and resync state atomically.

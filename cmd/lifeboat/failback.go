@@ -100,6 +100,7 @@ func masterTargetCommand() *cli.Command {
 			&cli.StringFlag{Name: "key", Usage: "`FILE`: its key (default DATA-DIR/pki/server.key)"},
 			&cli.StringFlag{Name: "ca", Usage: "`FILE`: the site's CA certificate (default DATA-DIR/pki/ca.crt)"},
 			&cli.StringFlag{Name: "listen", Value: failback.DefaultAddr, Usage: "`ADDR` for reverse replication (HTTPS with client certificates)"},
+			metricsFlag(),
 		},
 		OnUsageError: onUsageError,
 		Action: func(c *cli.Context) error {
@@ -151,6 +152,11 @@ func masterTargetCommand() *cli.Command {
 			if faultErr != nil {
 				return faultErr
 			}
+			stopMetrics, err := startMetrics(c.App.Writer, c.String("metrics-listen"), serverMetrics(m.Server))
+			if err != nil {
+				return err
+			}
+			defer stopMetrics()
 			fmt.Fprintf(c.App.Writer, "master target listening on https://%s for %d primary volume(s)\n", ln.Addr(), len(m.Volumes))
 			err = m.Serve(c.Context, ln)
 			if err == nil && c.Context.Err() != nil {

@@ -149,6 +149,7 @@ func (a *agent) startShippers(ctx context.Context, o agentOptions) (func(), erro
 		s.TagInterval, s.Compression, s.Logger = o.Replication.TagInterval, o.Replication.Compression, a.log
 		s.MaxBackoff = o.Replication.MaxBackoff
 		shippers = append(shippers, s)
+		a.shippers = append(a.shippers, s)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

@@ -40,6 +40,8 @@ type serverOptions struct {
 	FuseMount   string
 	// Control runs the configuration server (lifeboat server only).
 	Control *controlOptions
+	// MetricsListen is --metrics-listen; "" for none.
+	MetricsListen string
 }
 
 func serverFlags() []cli.Flag {
@@ -55,12 +57,12 @@ func serverFlags() []cli.Flag {
 			Usage: "throttle agents when less than this `FRACTION` of the spool quota is free"},
 		&cli.DurationFlag{Name: "retention", Value: targets.DefaultRetentionWindow,
 			Usage: "keep recovery points for this `WINDOW` (at most 360h), thinned on a tiered schedule"},
-	}, append(limitFlags(), targetFlags()...)...)
+	}, append(limitFlags(), append(targetFlags(), metricsFlag())...)...)
 }
 
 func parseServerOptions(c *cli.Context) (serverOptions, error) {
 	o := serverOptions{DataDir: c.String("data-dir"), Listen: c.String("listen"), Target: c.String("target"),
-		ThrottleFree: c.Float64("throttle-free"), Retention: c.Duration("retention")}
+		ThrottleFree: c.Float64("throttle-free"), Retention: c.Duration("retention"), MetricsListen: c.String("metrics-listen")}
 	if c.Args().Present() {
 		return o, usageError("%s takes no arguments, got %q", c.Command.Name, c.Args().Slice())
 	}
@@ -232,6 +234,11 @@ func runServer(ctx context.Context, out io.Writer, o serverOptions) error {
 		return err
 	}
 	defer site.Close()
+	stopMetrics, err := startMetrics(out, o.MetricsListen, serverMetrics(site.Server))
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
 	fmt.Fprintf(out, "process server listening on https://%s (target %s, spool %s)\n", ln.Addr(), describeTarget(o),
 		filepath.Join(o.DataDir, "spool"))
 	if a := site.NBDListenAddr(); a != nil {
