@@ -47,6 +47,7 @@ func makeConfigurable(cmd *cli.Command) *roleCommand {
 			r.required = append(r.required, name)
 		}
 	}
+	cmd.Description += configDescription(cmd)
 	cmd.Flags = append([]cli.Flag{&cli.StringFlag{Name: "config", EnvVars: []string{envVarName("config")},
 		Usage: "read settings from the YAML `FILE` (keys are these flags' names; a flag or its environment variable wins);\n" +
 			"\t'lifeboat config example " + cmd.Name + "' prints one"}}, cmd.Flags...)
@@ -76,6 +77,23 @@ func (r *roleCommand) load(c *cli.Context) error {
 		return err
 	}
 	return checkRequired(c, r.required)
+}
+
+// configDescription is the paragraph each role's help gets about --config
+// and the environment.
+func configDescription(cmd *cli.Command) string {
+	example := "data-dir"
+	for _, f := range cmd.Flags {
+		if flagKind(f) == kindScalar {
+			example = f.Names()[0]
+			break
+		}
+	}
+	return fmt.Sprintf("\n\nSettings: each flag may also be set in the YAML file of --config, as a key of its long name\n"+
+		"(%s: VALUE), or in the environment, as LIFEBOAT_ and its name in capitals (%s).\n"+
+		"The command line wins over the environment, which wins over the file. 'lifeboat config example %s'\n"+
+		"prints a commented file ('make install' writes those of the agent and the servers to /etc/lifeboat for\n"+
+		"their systemd units).", example, envVarName(example), cmd.Name)
 }
 
 func callHook(h cli.BeforeFunc, c *cli.Context) error {
