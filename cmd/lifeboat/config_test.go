@@ -124,6 +124,11 @@ func TestConfigFileErrors(t *testing.T) {
 	if code != 2 || !strings.Contains(stderr, `Required flag "volume" not set: give --volume, LIFEBOAT_VOLUME or volume: in --config FILE`) {
 		t.Errorf("no volume: exit %d, want 2 with the required flag:\n%s", code, stderr)
 	}
+	for _, args := range [][]string{{"config", "--help"}, {"config", "example", "--help"}, {"config", "check", "--help"}} {
+		if stdout, _, code := runApp(t, args...); code != 0 || !strings.Contains(stdout, "xample") {
+			t.Errorf("%q: exit %d, no example in help:\n%s", args, code, stdout)
+		}
+	}
 	for _, args := range [][]string{{"config", "example", "bogus"}, {"config", "check", "bogus", "f"}} {
 		_, stderr, code = runApp(t, args...)
 		if code != 2 || !strings.Contains(stderr, `unknown role "bogus": want one of agent, server, process-server, master-target`) {

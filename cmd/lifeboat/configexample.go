@@ -35,9 +35,14 @@ func configCommand(roles map[string]*roleCommand) *cli.Command {
 		Action:       unknownCommand,
 		Subcommands: []*cli.Command{
 			{
-				Name:         "example",
-				Usage:        "print a commented configuration file for ROLE, every key at its default",
-				ArgsUsage:    "ROLE",
+				Name:      "example",
+				Usage:     "print a commented configuration file for ROLE, every key at its default",
+				ArgsUsage: "ROLE",
+				Description: "ROLE is agent, server, process-server or master-target. Every key is commented out at its\n" +
+					"default, with its help and environment variable: the file is valid and changes nothing until a line\n" +
+					"is uncommented. A required key shows the form of its value.\n\n" +
+					"Example:\n" +
+					"   lifeboat config example server > /etc/lifeboat/server.yaml",
 				OnUsageError: onUsageError,
 				Action: func(c *cli.Context) error {
 					args, err := leafArgs(c, 1, "ROLE ("+strings.Join(roleCommands, ", ")+")")
