@@ -14,8 +14,19 @@ FUZZMINIMIZE ?= 100x
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X main.version=$(VERSION)
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+# make install: where the binary, the systemd units and the configuration
+# files go. DESTDIR is prepended to each (for packaging); BIN is the binary
+# that build writes and install copies.
+PREFIX     ?= /usr/local
+BINDIR     ?= $(PREFIX)/bin
+CONFDIR    ?= /etc/lifeboat
+SYSTEMDDIR ?= /etc/systemd/system
+DESTDIR    ?=
+BIN        ?= bin/lifeboat
+UNITS      := lifeboat-agent.service lifeboat-server.service lifeboat-process-server.service
+CONFIGS    := agent server process-server
 
-.PHONY: all demo test deps unit fuzz bench lint build clean
+.PHONY: all demo test deps unit fuzz bench lint build install uninstall clean
 
 all: lint test build
 
@@ -53,7 +64,42 @@ lint:
 
 ## build: bin/lifeboat, versioned from git describe
 build:
-	$(GO) build -ldflags '$(LDFLAGS)' -o bin/lifeboat ./cmd/lifeboat
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/lifeboat
+
+## install: build, then install $(BINDIR)/lifeboat, the systemd units of packaging/ in $(SYSTEMDDIR) and, only where none exists yet, $(CONFDIR)/{agent,server,process-server}.yaml from 'lifeboat config example' (PREFIX, DESTDIR, CONFDIR, SYSTEMDDIR)
+install: build
+	install -d '$(DESTDIR)$(BINDIR)' '$(DESTDIR)$(SYSTEMDDIR)' '$(DESTDIR)$(CONFDIR)'
+	install -m 0755 '$(BIN)' '$(DESTDIR)$(BINDIR)/lifeboat'
+	@for u in $(UNITS); do \
+		sed -e 's|/usr/local/bin/lifeboat|$(BINDIR)/lifeboat|g' -e 's|/etc/lifeboat/|$(CONFDIR)/|g' \
+			packaging/$$u > '$(DESTDIR)$(SYSTEMDDIR)'/$$u.tmp && \
+		chmod 0644 '$(DESTDIR)$(SYSTEMDDIR)'/$$u.tmp && \
+		mv '$(DESTDIR)$(SYSTEMDDIR)'/$$u.tmp '$(DESTDIR)$(SYSTEMDDIR)'/$$u && \
+		echo "installed $(DESTDIR)$(SYSTEMDDIR)/$$u" || exit 1; \
+	done
+	@for r in $(CONFIGS); do \
+		f='$(DESTDIR)$(CONFDIR)'/$$r.yaml; \
+		if [ -e "$$f" ]; then echo "kept $$f (an existing configuration is never overwritten)"; continue; fi; \
+		'$(BIN)' config example $$r > "$$f.tmp" && chmod 0640 "$$f.tmp" && mv "$$f.tmp" "$$f" && \
+		echo "wrote $$f" || exit 1; \
+	done
+	@echo
+	@echo "Next steps:"
+	@echo "  on the recovery site:  lifeboat server init --data-dir /var/lib/lifeboat/server"
+	@echo "                         edit $(CONFDIR)/server.yaml, then check it: lifeboat config check server $(CONFDIR)/server.yaml"
+	@echo "                         systemctl daemon-reload && systemctl enable --now lifeboat-server"
+	@echo "  on a protected server: edit $(CONFDIR)/agent.yaml (volume, server, cert, key, ca),"
+	@echo "                         lifeboat config check agent $(CONFDIR)/agent.yaml"
+	@echo "                         systemctl daemon-reload && systemctl enable --now lifeboat-agent"
+	@echo "  logs:                  journalctl -u lifeboat-agent -f"
+
+## uninstall: remove the binary and the units that install put in place; configuration files and data stay (stop the services first: systemctl disable --now lifeboat-agent lifeboat-server)
+uninstall:
+	rm -f '$(DESTDIR)$(BINDIR)/lifeboat'
+	@for u in $(UNITS); do rm -f '$(DESTDIR)$(SYSTEMDDIR)'/$$u; done
+	@echo "removed $(DESTDIR)$(BINDIR)/lifeboat and the lifeboat units of $(DESTDIR)$(SYSTEMDDIR);"
+	@echo "kept $(DESTDIR)$(CONFDIR) and the data under /var/lib/lifeboat (remove them yourself if you mean to)."
+	@echo "Then: systemctl daemon-reload"
 
 clean:
 	rm -rf bin

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 
 	"github.com/urfave/cli/v2"
@@ -13,6 +14,7 @@ import (
 // newApp builds the command tree. Output goes to stdout and stderr so tests
 // can capture it.
 func newApp(stdout, stderr io.Writer) *cli.App {
+	roles := map[string]*roleCommand{}
 	app := &cli.App{
 		Name:  "lifeboat",
 		Usage: "continuous block-level replication and site recovery for Linux servers",
@@ -56,9 +58,15 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			volumeCommand(),
 			journalCommand(),
 			demoCommand(),
+			configCommand(roles),
 		},
 	}
 	app.Commands = append(app.Commands, protectionCommands()...)
+	for _, c := range app.Commands {
+		if slices.Contains(roleCommands, c.Name) {
+			roles[c.Name] = makeConfigurable(c)
+		}
+	}
 	return app
 }
 
