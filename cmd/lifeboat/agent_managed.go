@@ -113,7 +113,7 @@ func runManagedAgent(ctx context.Context, out io.Writer, o agentOptions, id agen
 func (a *managedAgent) startFrontEnds(ctx context.Context) error {
 	if len(a.o.NBD) > 0 {
 		a.nbd = nbd.NewServer()
-		a.nbd.Logger = a.log
+		a.nbd.Logger, a.nbd.Dynamic = a.log, true // exports come and go with the site's configuration
 		a.nbd.MaxConnections, a.nbd.MaxInFlightBytes = a.o.NBDMaxConnections, a.o.NBDMaxInFlight
 		a.srvDone = make(chan error, len(a.o.NBD))
 		for _, addr := range a.o.NBD {

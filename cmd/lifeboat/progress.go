@@ -18,7 +18,7 @@ type progress struct {
 	label     string
 	bar       *progressbar.ProgressBar
 	lastPct   int
-	lastLine  string
+	lastState string
 	lastPrint time.Time
 	done      bool
 }
@@ -42,20 +42,25 @@ func isTerminal(w io.Writer) bool {
 	return err == nil
 }
 
-// Set shows pct (0-100) and a detail.
-func (p *progress) Set(pct float64, detail string) {
+// Set shows pct (0-100), a state and a detail. Without a terminal a line
+// is printed when the whole percent or the state changes, and every 10 s
+// otherwise (with the detail).
+func (p *progress) Set(pct float64, state, detail string) {
 	if p.done {
 		return
 	}
 	if p.bar != nil {
-		p.bar.Describe(p.label + " " + detail)
+		p.bar.Describe(p.label + " " + state)
 		p.bar.Set(int(pct))
 		return
 	}
-	line := fmt.Sprintf("%s: %.0f%% %s", p.label, pct, detail)
-	if int(pct) != p.lastPct || line != p.lastLine || time.Since(p.lastPrint) >= 5*time.Second {
+	if int(pct) != p.lastPct || state != p.lastState || time.Since(p.lastPrint) >= 10*time.Second {
+		line := fmt.Sprintf("%s: %.0f%% %s", p.label, pct, state)
+		if detail != "" {
+			line += ": " + detail
+		}
 		fmt.Fprintln(p.w, line)
-		p.lastPct, p.lastLine, p.lastPrint = int(pct), line, time.Now()
+		p.lastPct, p.lastState, p.lastPrint = int(pct), state, time.Now()
 	}
 }
 

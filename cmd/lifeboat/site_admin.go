@@ -328,7 +328,7 @@ func waitProtected(c *cli.Context, key string, timeout time.Duration) error {
 				continue
 			}
 			if it.LatestPoint != nil && it.State != control.StateInitial {
-				bar.Set(100, "")
+				bar.Set(100, control.StateProtected, "")
 				bar.Finish()
 				fmt.Fprintf(c.App.Writer, "%s is %s: latest recovery point #%d\n", key, strings.ToLower(string(it.Health)), it.LatestPoint.Seq)
 				return nil
@@ -337,7 +337,7 @@ func waitProtected(c *cli.Context, key string, timeout time.Duration) error {
 			if it.Progress != nil {
 				pct = *it.Progress
 			}
-			bar.Set(pct, it.State+" "+strings.Join(it.Reasons, "; "))
+			bar.Set(pct, it.State, strings.Join(it.Reasons, "; "))
 		}
 		if time.Now().After(deadline) {
 			return failure("%s has no recovery point after %v", key, timeout)
