@@ -191,7 +191,10 @@ func (s *Server) protect(req ProtectRequest) (Item, error) {
 	}
 	ps := req.ProcessServer
 	if ps == "" {
-		ps = s.DataURL
+		var err error
+		if ps, err = s.assign(); err != nil {
+			return Item{}, err
+		}
 	}
 	if u, err := url.Parse(ps); err != nil || u.Scheme != "https" || u.Host == "" {
 		return Item{}, fmt.Errorf("%w: process server %q: want https://HOST:PORT", ErrInvalid, ps)

@@ -78,19 +78,43 @@ func Call(ctx context.Context, client *http.Client, method, url string, in, out 
 var ErrServerProof = errors.New("the server did not prove it knows the registration passphrase: " +
 	"it is not the site's configuration server, or someone is in between")
 
+// Registration is what Register asks for: an agent's certificate, or
+// (Role RegisterProcessServer, with Hosts and URL) a process server's.
+type Registration struct {
+	Name  string
+	Role  string
+	Hosts []string
+	URL   string
+}
+
+// Issued is what a registration gets: the client certificate, for a
+// process server its data port's certificate, the key of both (generated
+// here, never sent) and the site's CA, all PEM.
+type Issued struct {
+	CertPEM       []byte
+	ServerCertPEM []byte
+	KeyPEM        []byte
+	CAPEM         []byte
+}
+
+// Identity is the client identity of is.
+func (is Issued) Identity() pki.Identity {
+	return pki.Identity{CertPEM: is.CertPEM, KeyPEM: is.KeyPEM, CAPEM: is.CAPEM}
+}
+
 // Register asks the configuration server at baseURL (https://HOST:PORT)
-// for an agent certificate for name. The key is generated here and never
-// sent. Without caPEM the server's certificate cannot be checked before
+// for the certificates of reg. The key is generated here and never sent.
+// Without caPEM the server's certificate cannot be checked before
 // registering (there is nothing to check it against yet); the passphrase
 // then authenticates the server: its reply must carry a proof only a
 // holder of the passphrase's key can make, and the CA it returns is the
-// one the agent trusts from then on.
-func Register(ctx context.Context, baseURL, name, passphrase string, caPEM []byte) (pki.Identity, error) {
+// one trusted from then on.
+func Register(ctx context.Context, baseURL string, reg Registration, passphrase string, caPEM []byte) (Issued, error) {
 	tlsConf := &tls.Config{MinVersion: tls.VersionTLS13}
 	if len(caPEM) > 0 {
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(caPEM) {
-			return pki.Identity{}, errors.New("the CA file has no PEM certificate")
+			return Issued{}, errors.New("the CA file has no PEM certificate")
 		}
 		tlsConf.RootCAs = pool
 	} else {
@@ -99,41 +123,51 @@ func Register(ctx context.Context, baseURL, name, passphrase string, caPEM []byt
 	client := &http.Client{Timeout: time.Minute, Transport: &http.Transport{TLSClientConfig: tlsConf}}
 	var params RegisterParams
 	if err := Call(ctx, client, http.MethodGet, baseURL+"/v1/register", nil, &params); err != nil {
-		return pki.Identity{}, err
+		return Issued{}, err
 	}
 	key, err := DeriveKey(passphrase, params.KDF)
 	if err != nil {
-		return pki.Identity{}, err
+		return Issued{}, err
 	}
 	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return pki.Identity{}, err
+		return Issued{}, err
 	}
-	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: name}}, priv)
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: reg.Name}}, priv)
 	if err != nil {
-		return pki.Identity{}, err
+		return Issued{}, err
 	}
+	req := RegisterRequest{Name: reg.Name, CSR: csr, Role: reg.Role, Hosts: reg.Hosts, URL: reg.URL}
+	req.Proof = RequestProof(key, req)
 	var reply RegisterReply
-	req := RegisterRequest{Name: name, CSR: csr, Proof: AgentProof(key, name, csr)}
 	if err := Call(ctx, client, http.MethodPost, baseURL+"/v1/register", req, &reply); err != nil {
-		return pki.Identity{}, err
+		return Issued{}, err
 	}
 	certBlock, _ := pem.Decode(reply.CertPEM)
 	caBlock, _ := pem.Decode(reply.CAPEM)
-	if certBlock == nil || caBlock == nil || !hmac.Equal(reply.Proof, ServerProof(key, certBlock.Bytes, caBlock.Bytes)) {
-		return pki.Identity{}, ErrServerProof
+	var serverDER []byte
+	if b, _ := pem.Decode(reply.ServerCertPEM); b != nil {
+		serverDER = b.Bytes
 	}
-	cert, err := x509.ParseCertificate(certBlock.Bytes)
-	if err != nil {
-		return pki.Identity{}, fmt.Errorf("the issued certificate: %w", err)
+	if certBlock == nil || caBlock == nil || !hmac.Equal(reply.Proof, ReplyProof(key, certBlock.Bytes, serverDER, caBlock.Bytes)) {
+		return Issued{}, ErrServerProof
 	}
-	if pub, ok := cert.PublicKey.(*ecdsa.PublicKey); !ok || !pub.Equal(&priv.PublicKey) {
-		return pki.Identity{}, errors.New("the issued certificate is not for the key this agent sent")
+	for _, der := range [][]byte{certBlock.Bytes, serverDER} {
+		if der == nil {
+			continue
+		}
+		cert, err := x509.ParseCertificate(der)
+		if err != nil {
+			return Issued{}, fmt.Errorf("an issued certificate: %w", err)
+		}
+		if pub, ok := cert.PublicKey.(*ecdsa.PublicKey); !ok || !pub.Equal(&priv.PublicKey) {
+			return Issued{}, errors.New("an issued certificate is not for the key sent")
+		}
 	}
 	der, err := x509.MarshalPKCS8PrivateKey(priv)
 	if err != nil {
-		return pki.Identity{}, err
+		return Issued{}, err
 	}
-	return pki.Identity{CertPEM: reply.CertPEM, CAPEM: reply.CAPEM,
+	return Issued{CertPEM: reply.CertPEM, ServerCertPEM: reply.ServerCertPEM, CAPEM: reply.CAPEM,
 		KeyPEM: pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})}, nil
 }

@@ -84,12 +84,12 @@ func clientFor(t *testing.T, cert, key, ca string) *http.Client {
 // register registers name and returns a client with its new identity.
 func (s *site) register(t *testing.T, name string) *http.Client {
 	t.Helper()
-	id, err := control.Register(context.Background(), s.url, name, s.pass+"\n", nil)
+	id, err := control.Register(context.Background(), s.url, control.Registration{Name: name}, s.pass+"\n", nil)
 	if err != nil {
 		t.Fatalf("register %s: %v", name, err)
 	}
 	dir := t.TempDir()
-	if err := id.Write(dir, name); err != nil {
+	if err := id.Identity().Write(dir, name); err != nil {
 		t.Fatal(err)
 	}
 	return clientFor(t, filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key"), filepath.Join(dir, "ca.crt"))
@@ -106,12 +106,12 @@ func status(err error) int {
 func TestRegisterWrongPassphraseRefusedAndRateLimited(t *testing.T) {
 	s := newSite(t)
 	for i := 0; i < control.DefaultRegisterFailures; i++ {
-		_, err := control.Register(context.Background(), s.url, "web01", "wrong-pass", nil)
+		_, err := control.Register(context.Background(), s.url, control.Registration{Name: "web01"}, "wrong-pass", nil)
 		if status(err) != http.StatusForbidden || !strings.Contains(err.Error(), "wrong registration passphrase") {
 			t.Fatalf("attempt %d: got %v, want 403 wrong passphrase", i, err)
 		}
 	}
-	_, err := control.Register(context.Background(), s.url, "web01", s.pass, nil)
+	_, err := control.Register(context.Background(), s.url, control.Registration{Name: "web01"}, s.pass, nil)
 	if status(err) != http.StatusTooManyRequests {
 		t.Fatalf("after %d failures even the right passphrase: got %v, want 429", control.DefaultRegisterFailures, err)
 	}
@@ -130,7 +130,7 @@ func TestRegisterWrongPassphraseRefusedAndRateLimited(t *testing.T) {
 	if refused != control.DefaultRegisterFailures {
 		t.Fatalf("%d refused-registration events, want %d", refused, control.DefaultRegisterFailures)
 	}
-	if _, err := control.Register(context.Background(), s.url, "web01", s.pass, nil); status(err) != http.StatusConflict {
+	if _, err := control.Register(context.Background(), s.url, control.Registration{Name: "web01"}, s.pass, nil); status(err) != http.StatusConflict {
 		t.Fatalf("second registration of web01: got %v, want 409", err)
 	}
 }
@@ -163,7 +163,7 @@ func TestRegisterRefusesServerWithoutPassphrase(t *testing.T) {
 		json.NewEncoder(w).Encode(control.RegisterReply{CertPEM: forged.CertPEM, CAPEM: forged.CAPEM, Proof: make([]byte, 32)})
 	}))
 	defer fake.Close()
-	_, err = control.Register(context.Background(), fake.URL, "web01", s.pass, nil)
+	_, err = control.Register(context.Background(), fake.URL, control.Registration{Name: "web01"}, s.pass, nil)
 	if !errors.Is(err, control.ErrServerProof) {
 		t.Fatalf("register at an impostor: got %v, want ErrServerProof", err)
 	}

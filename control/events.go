@@ -51,6 +51,8 @@ const (
 	CodeRegisterRefused Code = "LB1009" // a registration with a wrong passphrase
 	CodeMachineRemoved  Code = "LB1010" // a machine was removed (informational)
 	CodeVolumeError     Code = "LB1011" // the agent cannot open or serve a volume
+	CodePSDown          Code = "LB1012" // a process server stopped sending heartbeats
+	CodeItemMoved       Code = "LB1013" // an item moved to another process server
 )
 
 // codeInfo is an event code's severity and one line of advice.
@@ -69,6 +71,8 @@ var codeInfo = map[Code]struct {
 	CodeRegisterRefused: {Warning, "someone tried to register with a wrong passphrase; if it was not you, look at the address"},
 	CodeMachineRemoved:  {Healthy, "its certificate is revoked; register it again to protect it"},
 	CodeVolumeError:     {Critical, "the agent cannot open the volume's path: check that it exists and the agent may open it"},
+	CodePSDown:          {Critical, "its items move to another process server; check that 'lifeboat process-server' runs there and reaches the configuration server"},
+	CodeItemMoved:       {Warning, "the agent now ships to the named process server; a resync follows if the replica lacks what the old one had spooled"},
 }
 
 // Event is something the admin should know, raised when a condition

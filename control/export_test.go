@@ -4,3 +4,9 @@ package control
 func ReconcileForTest(s *Server, cond map[condition]string) ([]Event, error) {
 	return s.Store.reconcile(cond, s.now())
 }
+
+// BeatSiteForTest records the site's own process server's heartbeat.
+func BeatSiteForTest(s *Server) { s.beatSite() }
+
+// ReassignForTest moves the items of process servers that are down.
+func ReassignForTest(s *Server) error { return s.reassign() }

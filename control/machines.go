@@ -53,9 +53,8 @@ func (it Item) Key() string { return it.Machine + "/" + it.Volume }
 // AddMachine records a registration. A name in use is refused.
 func (s *Store) AddMachine(m Machine) error {
 	return s.update(func(tx *bolt.Tx) error {
-		if tx.Bucket(bucketMachines).Get([]byte(m.Name)) != nil {
-			return fmt.Errorf("%w: a machine named %s is registered; remove it first ('lifeboat machine remove %s') or register under another --name",
-				ErrExists, m.Name, m.Name)
+		if err := nameFreeTx(tx, m.Name); err != nil {
+			return err
 		}
 		return put(tx, bucketMachines, m.Name, m)
 	})

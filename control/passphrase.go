@@ -124,12 +124,18 @@ func mac(key []byte, label string, parts ...[]byte) []byte {
 	return h.Sum(nil)
 }
 
-// AgentProof is what an agent sends to show it knows the passphrase.
-func AgentProof(key []byte, name string, csrDER []byte) []byte {
-	return mac(key, labelAgent, []byte(name), csrDER)
+// RequestProof is what a registering agent or process server sends to
+// show it knows the passphrase: a MAC over every field of its request.
+func RequestProof(key []byte, r RegisterRequest) []byte {
+	parts := [][]byte{[]byte(r.Name), r.CSR, []byte(r.Role), []byte(r.URL)}
+	for _, h := range r.Hosts {
+		parts = append(parts, []byte(h))
+	}
+	return mac(key, labelAgent, parts...)
 }
 
-// ServerProof is what the server returns to show it knows it too.
-func ServerProof(key []byte, certDER, caDER []byte) []byte {
-	return mac(key, labelServer, certDER, caDER)
+// ReplyProof is what the server returns to show it knows it too: a MAC
+// over the certificates it returns (serverDER is empty for an agent).
+func ReplyProof(key []byte, certDER, serverDER, caDER []byte) []byte {
+	return mac(key, labelServer, certDER, serverDER, caDER)
 }

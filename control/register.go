@@ -20,22 +20,36 @@ type RegisterParams struct {
 	KDF KDF `json:"kdf"`
 }
 
-// RegisterRequest asks for an agent certificate: the agent's name, its
-// certificate signing request (DER; the key stays on the agent) and
-// AgentProof over both.
+// RegisterRequest asks for a certificate: the name, the certificate
+// signing request (DER; the key stays with the requester), and its proof
+// of the passphrase (RequestProof over every field). Role is "" or
+// "agent" for a machine, "process-server" for a scale-out process server,
+// which also gives the host names of its data port and the URL agents
+// reach it at.
 type RegisterRequest struct {
-	Name  string `json:"name"`
-	CSR   []byte `json:"csr"`
-	Proof []byte `json:"proof"`
+	Name  string   `json:"name"`
+	CSR   []byte   `json:"csr"`
+	Role  string   `json:"role,omitempty"`
+	Hosts []string `json:"hosts,omitempty"`
+	URL   string   `json:"url,omitempty"`
+	Proof []byte   `json:"proof"`
 }
 
-// RegisterReply is the certificate, the site's CA and ServerProof over
-// both DER encodings.
+// RegisterReply is the client certificate, for a process server its data
+// port's certificate (for the same key), the site's CA, and ReplyProof
+// over the three.
 type RegisterReply struct {
-	CertPEM []byte `json:"cert_pem"`
-	CAPEM   []byte `json:"ca_pem"`
-	Proof   []byte `json:"proof"`
+	CertPEM       []byte `json:"cert_pem"`
+	ServerCertPEM []byte `json:"server_cert_pem,omitempty"`
+	CAPEM         []byte `json:"ca_pem"`
+	Proof         []byte `json:"proof"`
 }
+
+// Registration roles.
+const (
+	RegisterAgent         = "agent"
+	RegisterProcessServer = "process-server"
+)
 
 // DefaultRegisterFailures is how many wrong passphrases one address may
 // send per minute.
@@ -67,7 +81,7 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, r, http.StatusServiceUnavailable, req.Name, err)
 		return
 	}
-	if !hmac.Equal(req.Proof, AgentProof(sp.Key, req.Name, req.CSR)) {
+	if !hmac.Equal(req.Proof, RequestProof(sp.Key, req)) {
 		s.registerFailed(host)
 		s.Store.Event(CodeRegisterRefused, req.Name, fmt.Sprintf("registration of %q from %s refused: wrong passphrase", req.Name, host), s.now())
 		s.refuse(w, r, http.StatusForbidden, req.Name, errors.New("wrong registration passphrase: use the one 'lifeboat server init' printed "+
@@ -79,31 +93,59 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, r, http.StatusBadRequest, req.Name, err)
 		return
 	}
-	if _, err := s.Store.Machine(req.Name); err == nil {
-		s.refuse(w, r, http.StatusConflict, req.Name, fmt.Errorf("%w: a machine named %s is registered; remove it first ('lifeboat machine remove %s') or register under another --name",
-			ErrExists, req.Name, req.Name))
+	if err := s.Store.nameFree(req.Name); err != nil {
+		s.refuse(w, r, http.StatusConflict, req.Name, err)
 		return
 	}
-	id, err := s.CA.IssueKey(req.Name, pki.RoleAgent, nil, 0, pub)
+	var reply RegisterReply
+	switch req.Role {
+	case "", RegisterAgent:
+		reply, err = s.registerMachine(req, pub, host)
+	case RegisterProcessServer:
+		reply, err = s.registerProcessServer(req, pub, host)
+	default:
+		err = fmt.Errorf("%w: role %q: want agent or process-server", ErrInvalid, req.Role)
+	}
 	if err != nil {
 		s.answer(w, r, req.Name, nil, err)
 		return
+	}
+	var serverDER []byte
+	if b, _ := pem.Decode(reply.ServerCertPEM); b != nil {
+		serverDER = b.Bytes
+	}
+	certBlock, _ := pem.Decode(reply.CertPEM)
+	caBlock, _ := pem.Decode(reply.CAPEM)
+	reply.Proof = ReplyProof(sp.Key, certBlock.Bytes, serverDER, caBlock.Bytes)
+	writeJSON(w, http.StatusOK, reply)
+}
+
+// registerMachine issues an agent certificate and records the machine.
+func (s *Server) registerMachine(req RegisterRequest, pub any, host string) (RegisterReply, error) {
+	if len(req.Hosts) > 0 || req.URL != "" {
+		return RegisterReply{}, fmt.Errorf("%w: an agent registers without hosts or URL", ErrInvalid)
+	}
+	id, err := s.CA.IssueKey(req.Name, pki.RoleAgent, nil, 0, pub)
+	if err != nil {
+		return RegisterReply{}, err
 	}
 	cert, _ := id.Certificate()
 	m := Machine{Name: req.Name, Serial: pki.SerialText(cert.SerialNumber), RegisteredAt: s.now().UTC(),
 		CertExpires: cert.NotAfter.UTC(), Address: host}
 	if err := s.Store.AddMachine(m); err != nil {
-		// The certificate is issued but the machine is not recorded:
-		// revoke it so that it cannot be used.
-		if _, rerr := s.CA.Revoke(pki.Revocation{Serial: m.Serial, Reason: "registration not recorded"}); rerr != nil {
-			err = errors.Join(err, rerr)
-		}
-		s.answer(w, r, req.Name, nil, err)
-		return
+		return RegisterReply{}, s.unissue(m.Serial, err)
 	}
-	caBlock, _ := pem.Decode(id.CAPEM)
 	s.log().Info("machine registered", "machine", req.Name, "remote", host, "serial", m.Serial)
-	writeJSON(w, http.StatusOK, RegisterReply{CertPEM: id.CertPEM, CAPEM: id.CAPEM, Proof: ServerProof(sp.Key, cert.Raw, caBlock.Bytes)})
+	return RegisterReply{CertPEM: id.CertPEM, CAPEM: id.CAPEM}, nil
+}
+
+// unissue revokes a certificate whose holder could not be recorded, so
+// that it cannot be used, and returns err with what went wrong.
+func (s *Server) unissue(serial string, err error) error {
+	if _, rerr := s.CA.Revoke(pki.Revocation{Serial: serial, Reason: "registration not recorded"}); rerr != nil {
+		err = errors.Join(err, rerr)
+	}
+	return err
 }
 
 // checkCSR parses and checks a registration's CSR: signed by its own

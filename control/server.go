@@ -42,8 +42,12 @@ type Server struct {
 	// Encrypted says the site's target encrypts replicas with a key it
 	// holds (a policy with encryption-key "site" needs it).
 	Encrypted bool
-	// SpoolUsed returns the spool's bytes and quota, for its events.
-	SpoolUsed func() (used, quota int64)
+	// SiteVolumes returns the volumes of the site's own process server
+	// (received bytes, newest point) and its spool, for its load and its
+	// events, as a scale-out process server reports them in heartbeats.
+	SiteVolumes func() (vols []PSVolume, spool, quota int64)
+	// CRLFile is the site's revocation list, passed on to process servers.
+	CRLFile string
 	// Heartbeats: how often agents are told to send one, and how long
 	// without one raises CodeNoHeartbeat.
 	HeartbeatInterval time.Duration
@@ -57,6 +61,7 @@ type Server struct {
 	beats    map[string]beat        // by machine
 	failures map[string][]time.Time // wrong passphrases by remote host
 	stuck    map[string]progressAt  // initial replication progress by item
+	psBeats  map[string]psBeat      // by process server name
 	started  time.Time              // when Run started
 }
 
@@ -89,6 +94,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/register", s.handleRegisterParams)
 	mux.HandleFunc("POST /v1/register", s.handleRegister)
 	mux.Handle("POST /v1/agent/heartbeat", s.as(pki.RoleAgent, s.handleHeartbeat))
+	mux.Handle("POST /v1/process-server/heartbeat", s.as(pki.RoleProcessServer, s.handlePSHeartbeat))
 	admin := func(pattern string, h func(w http.ResponseWriter, r *http.Request, peer string)) {
 		mux.Handle(pattern, s.as(pki.RoleAdmin, h))
 	}

@@ -47,9 +47,10 @@ type ItemStatus struct {
 
 // SiteStatus is the whole site: its items and their worst health.
 type SiteStatus struct {
-	Health   Health        `json:"health"`
-	Items    []ItemStatus  `json:"items"`
-	Machines []MachineView `json:"machines"`
+	Health         Health              `json:"health"`
+	Items          []ItemStatus        `json:"items"`
+	Machines       []MachineView       `json:"machines"`
+	ProcessServers []ProcessServerView `json:"process_servers"`
 }
 
 func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request, peer string) {
@@ -99,7 +100,11 @@ func (s *Server) Evaluate() (SiteStatus, map[condition]string, error) {
 		if err != nil {
 			return st, nil, err
 		}
-		is := s.itemStatus(it, p, site[it.Key()], now, cond)
+		sv := site[it.Key()]
+		if sv.LatestPoint == nil {
+			sv.LatestPoint = s.reportedPoint(it)
+		}
+		is := s.itemStatus(it, p, sv, now, cond)
 		if _, ok := cond[condition{CodeNoHeartbeat, it.Machine}]; ok {
 			is.Health = Critical
 			is.Reasons = append(is.Reasons, cond[condition{CodeNoHeartbeat, it.Machine}])
@@ -107,16 +112,21 @@ func (s *Server) Evaluate() (SiteStatus, map[condition]string, error) {
 		st.Health = worse(st.Health, is.Health)
 		st.Items = append(st.Items, is)
 	}
-	if s.SpoolUsed != nil {
-		used, quota := s.SpoolUsed()
-		if quota > 0 {
-			f := float64(used) / float64(quota)
-			msg := fmt.Sprintf("the spool holds %d of %d bytes (%.0f %%)", used, quota, 100*f)
+	if st.ProcessServers, err = s.ProcessServerViews(); err != nil {
+		return st, nil, err
+	}
+	for _, ps := range st.ProcessServers {
+		if ps.Health == Critical {
+			cond[condition{CodePSDown, ps.Name}] = ps.Reason
+		}
+		if ps.SpoolQuota > 0 {
+			f := float64(ps.SpoolBytes) / float64(ps.SpoolQuota)
+			msg := fmt.Sprintf("the spool of process server %s holds %d of %d bytes (%.0f %%)", ps.Name, ps.SpoolBytes, ps.SpoolQuota, 100*f)
 			switch {
 			case f > SpoolCritFraction:
-				cond[condition{CodeSpoolCritical, "process-server"}] = msg
+				cond[condition{CodeSpoolCritical, ps.Name}] = msg
 			case f > SpoolWarnFraction:
-				cond[condition{CodeSpoolWarning, "process-server"}] = msg
+				cond[condition{CodeSpoolWarning, ps.Name}] = msg
 			}
 		}
 	}
@@ -124,6 +134,20 @@ func (s *Server) Evaluate() (SiteStatus, map[condition]string, error) {
 		st.Health = worse(st.Health, codeInfo[c.Code].Severity)
 	}
 	return st, cond, nil
+}
+
+// reportedPoint is the newest point a process server reported for it,
+// for an item the site's own process server does not hold.
+func (s *Server) reportedPoint(it Item) *pipeline.Point {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var best *pipeline.Point
+	for _, b := range s.psBeats {
+		if p := b.Points[it.Key()]; p != nil && (best == nil || p.Time.After(best.Time)) {
+			best = p
+		}
+	}
+	return best
 }
 
 // machineProblem says why a machine with items is not heard from, or "".
@@ -242,6 +266,7 @@ func (s *Server) Run(ctx context.Context, interval time.Duration) {
 			return
 		case <-t.C:
 		}
+		s.beatSite()
 		_, cond, err := s.Evaluate()
 		if err == nil {
 			var changed []Event
@@ -253,6 +278,9 @@ func (s *Server) Run(ctx context.Context, interval time.Duration) {
 					s.log().Warn("event raised", "code", e.Code, "severity", e.Severity, "subject", e.Subject, "message", e.Message, "advice", e.Advice)
 				}
 			}
+		}
+		if err == nil {
+			err = s.reassign()
 		}
 		if err != nil {
 			s.log().Error("evaluate the site's health", "err", err)

@@ -89,7 +89,7 @@ func TestAzureEncryptedReplication(t *testing.T) {
 		}
 		t.Logf("refused at start: %s", lastLine(string(out)))
 	}
-	s.args = []string{"--target", s.args[1], "--encryption-key", key, "--recovery-nbd", "127.0.0.1:0"}
+	s.args = []string{"--target", s.args[1], "--encryption-key", key, "--recovery-nbd", "127.0.0.1:0", "--control-listen", "127.0.0.1:0"}
 	s.start()
 	start = time.Now()
 	run(t, "qemu-io", "-f", "raw", "-c", "write -P 0x44 2M 1M", "-c", "flush", p.uri)

@@ -54,6 +54,9 @@ func newSiteAt(t *testing.T, dir string, env, args []string) *site {
 	if !slices.Contains(args, "--recovery-nbd") { // not the fixed default: tests run side by side
 		args = append(slices.Clone(args), "--recovery-nbd", "127.0.0.1:0")
 	}
+	if !slices.Contains(args, "--control-listen") { // nor the configuration server's
+		args = append(slices.Clone(args), "--control-listen", "127.0.0.1:0")
+	}
 	s := &site{t: t, dir: dir, certs: filepath.Join(t.TempDir(), "certs"), env: env, args: args}
 	run(t, binary, "server", "init", "--data-dir", s.dir)
 	run(t, binary, "certs", "issue", "--data-dir", s.dir, "--name", "web01", "--out", s.certs)
@@ -74,12 +77,12 @@ func newSiteAt(t *testing.T, dir string, env, args []string) *site {
 
 func (s *site) url() string { return "https://" + s.addr }
 
-// targetArgs are the server's extra flags without --recovery-nbd, which
-// only lifeboat server has (for a process-server on the same target).
+// targetArgs are the server's extra flags without --recovery-nbd and
+// --control-listen, which only lifeboat server has (for a process-server on the same target).
 func (s *site) targetArgs() []string {
 	var out []string
 	for i := 0; i < len(s.args); i++ {
-		if s.args[i] == "--recovery-nbd" {
+		if s.args[i] == "--recovery-nbd" || s.args[i] == "--control-listen" {
 			i++
 			continue
 		}

@@ -115,11 +115,11 @@ func agentRegisterCommand() *cli.Command {
 			if _, err := os.Stat(filepath.Join(dir, name+".key")); err == nil {
 				return failure("%s already holds a key for %s: this machine is registered; remove the directory first to register again", dir, name)
 			}
-			id, err := control.Register(c.Context, server, name, pass, caPEM)
+			issued, err := control.Register(c.Context, server, control.Registration{Name: name}, pass, caPEM)
 			if err != nil {
 				return failure("register %s at %s: %v", name, server, err)
 			}
-			if err := id.Write(dir, name); err != nil {
+			if err := issued.Identity().Write(dir, name); err != nil {
 				return failure("%v", err)
 			}
 			b, _ := json.MarshalIndent(agentIdentity{Name: name, Server: server}, "", "  ")

@@ -9,6 +9,7 @@ import (
 	"net"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
@@ -147,6 +148,7 @@ func processServerCommand() *cli.Command {
 			"   lifeboat process-server --data-dir /var/lib/lifeboat/ps2 --listen :9443 --target file:///srv/replicas",
 		Flags:        serverFlags(),
 		OnUsageError: onUsageError,
+		Subcommands:  []*cli.Command{processServerRegisterCommand()},
 		Action: func(c *cli.Context) error {
 			o, err := parseServerOptions(c)
 			if err != nil {
@@ -204,12 +206,15 @@ func runServer(ctx context.Context, out io.Writer, o serverOptions) error {
 		defer closeStore()
 	}
 	var faultErr error
+	var psRet atomic.Pointer[map[string]control.Seconds] // a registered process server's, from its heartbeats
 	site := &failover.Site{DataDir: o.DataDir, Target: target, TLS: tlsConf, Logger: slog.Default(),
 		Configure: func(srv *pipeline.Server) {
 			srv.SpoolQuota, srv.ThrottleFree = o.SpoolQuota, o.ThrottleFree
 			srv.Retention = targets.Retention{Window: o.Retention}
 			if ctl != nil {
 				srv.RetentionFor = ctl.RetentionFor
+			} else {
+				srv.RetentionFor = psRetention(&psRet)
 			}
 			o.Limits.apply(srv)
 			faultErr = installFaults(srv)
@@ -247,8 +252,15 @@ func runServer(ctx context.Context, out io.Writer, o serverOptions) error {
 	if o.Recovery && o.FuseMount != "" {
 		fmt.Fprintf(out, "recovery volumes shown as files in %s\n", o.FuseMount)
 	}
+	if ctl == nil {
+		stopBeats, err := startPSHeartbeats(ctx, o.DataDir, site.Server, &psRet)
+		if err != nil {
+			return err
+		}
+		defer stopBeats()
+	}
 	if ctl != nil {
-		ctl.Site, ctl.SpoolUsed = site.Server.Status, site.Server.SpoolUsage
+		ctl.Site, ctl.SiteVolumes = site.Server.Status, psVolumes(site.Server)
 		stopControl, err := startControl(ctx, out, o.DataDir, *o.Control, ctl)
 		if err != nil {
 			return err

@@ -14,6 +14,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"lifeboat/control"
+	"lifeboat/pipeline"
 	"lifeboat/pipeline/pki"
 )
 
@@ -102,7 +103,7 @@ func newControl(dataDir string, o controlOptions, encrypted bool) (*control.Serv
 	if err != nil {
 		return nil, nil, failure("%v", err)
 	}
-	ctl := &control.Server{Store: store, CA: ca, TLS: tlsConf, DataURL: o.Advertise, Encrypted: encrypted,
+	ctl := &control.Server{Store: store, CA: ca, TLS: tlsConf, DataURL: o.Advertise, Encrypted: encrypted, CRLFile: pki.Paths(dataDir).CRL,
 		HeartbeatInterval: o.HeartbeatInterval, HeartbeatTimeout: o.HeartbeatTimeout}
 	return ctl, func() { store.Close() }, nil
 }
@@ -127,5 +128,18 @@ func serverPassphraseCommand() *cli.Command {
 			fmt.Fprintln(c.App.Writer, p.Passphrase)
 			return nil
 		},
+	}
+}
+
+// psVolumes reports a process server's volumes and spool as its
+// heartbeats carry them.
+func psVolumes(srv *pipeline.Server) func() ([]control.PSVolume, int64, int64) {
+	return func() ([]control.PSVolume, int64, int64) {
+		m := srv.Metrics()
+		vols := make([]control.PSVolume, 0, len(m.Volumes))
+		for _, v := range m.Volumes {
+			vols = append(vols, control.PSVolume{Machine: v.Info.Machine, Volume: v.Info.Name, ReceivedBytes: v.ReceivedBytes, LatestPoint: v.LatestPoint})
+		}
+		return vols, m.SpoolBytes, m.SpoolQuota
 	}
 }

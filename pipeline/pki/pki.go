@@ -50,6 +50,10 @@ const (
 	RoleServer Role = "server" // a process or configuration server (ServerAuth)
 	RoleAgent  Role = "agent"  // a protected machine (ClientAuth)
 	RoleAdmin  Role = "admin"  // a person or script using the CLI (ClientAuth)
+	// RoleProcessServer is a scale-out process server's client identity,
+	// for its heartbeats to the configuration server (ClientAuth); its
+	// data port has a RoleServer certificate for the same key.
+	RoleProcessServer Role = "process-server"
 )
 
 // Defaults.
@@ -70,7 +74,7 @@ const (
 var (
 	ErrExists = errors.New("already exists")
 	ErrNoCA   = errors.New("no certificate authority")
-	ErrRole   = errors.New("unknown role: use server, agent or admin")
+	ErrRole   = errors.New("unknown role: use server, agent, admin or process-server")
 	ErrName   = errors.New("invalid name: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
 	ErrHost   = errors.New("invalid host: use a DNS name or an IP address, without a port")
 	// ErrUnknown: no certificate in the registry matches a name or serial.
@@ -86,7 +90,7 @@ var (
 
 // Valid reports whether r is one of the defined roles.
 func (r Role) Valid() bool {
-	return r == RoleServer || r == RoleAgent || r == RoleAdmin
+	return r == RoleServer || r == RoleAgent || r == RoleAdmin || r == RoleProcessServer
 }
 
 // Files are the paths of a data directory's PKI.

@@ -1,0 +1,227 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"lifeboat/control"
+	"lifeboat/pipeline"
+	"lifeboat/pipeline/pki"
+	"lifeboat/targets"
+)
+
+// A scale-out process server registered with the configuration server
+// keeps DATA-DIR/control.json and its client certificate beside its server
+// certificate: DATA-DIR/pki/process-server.crt, for the key server.key.
+
+const psRegistrationFile = "control.json"
+
+type psRegistration struct {
+	Name   string `json:"name"`
+	Server string `json:"server"` // the configuration server
+	URL    string `json:"url"`    // where agents reach this process server
+}
+
+func psClientCert(dataDir string) string { return filepath.Join(pki.Paths(dataDir).Dir, "process-server.crt") }
+
+func processServerRegisterCommand() *cli.Command {
+	host, _ := os.Hostname()
+	return &cli.Command{
+		Name:  "register",
+		Usage: "register this scale-out process server with the configuration server",
+		Description: "Generates the process server's key (it never leaves this machine), proves the registration passphrase\n" +
+			"and stores in DATA-DIR/pki the data port's certificate for --host, a client certificate for its heartbeats\n" +
+			"and the site's CA. Started afterwards, 'lifeboat process-server --data-dir DIR' sends heartbeats (its load,\n" +
+			"its spool, its volumes' points) and takes the site's revocation list with each answer; the configuration\n" +
+			"server assigns new volumes to the least loaded process server and moves the volumes of one that stops.\n" +
+			"Every process server must reach the same target (--target) as the site's.\n\n" +
+			"Example:\n" +
+			"   lifeboat process-server register --server https://dr.example:9440 --passphrase-file /root/lifeboat.pass \\\n" +
+			"       --data-dir /var/lib/lifeboat/ps2 --host ps2.example --advertise https://ps2.example:9443",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "server", Required: true, Usage: "`URL` of the configuration server, https://HOST[:9440]"},
+			&cli.StringFlag{Name: "passphrase-file", Required: true, Usage: "`FILE` holding the registration passphrase ('-' reads standard input)"},
+			&cli.StringFlag{Name: "name", Value: host, Usage: "`NAME` of this process server on the site"},
+			&cli.StringFlag{Name: "data-dir", Value: "/var/lib/lifeboat/process-server", Usage: "`DIR` of this process server (its certificates go to DIR/pki)"},
+			&cli.StringSliceFlag{Name: "host", Required: true, Usage: "`NAME_OR_IP` agents reach this process server at, put in its certificate (repeatable)"},
+			&cli.StringFlag{Name: "advertise", Required: true, Usage: "`URL` agents ship to, https://HOST:PORT (HOST one of --host)"},
+			&cli.StringFlag{Name: "ca", Usage: "the site's CA certificate `FILE`, if you have it: the server's certificate is then checked as well"},
+		},
+		OnUsageError: onUsageError,
+		Action: func(c *cli.Context) error {
+			if _, err := leafArgs(c, 0, "no arguments (only flags)"); err != nil {
+				return err
+			}
+			server, err := controlURL(c.String("server"))
+			if err != nil {
+				return err
+			}
+			name, dir := c.String("name"), c.String("data-dir")
+			if err := pki.CheckName(name); err != nil {
+				return usageError("--name: %v", err)
+			}
+			adv, err := url.Parse(c.String("advertise"))
+			if err != nil || adv.Scheme != "https" || adv.Port() == "" {
+				return usageError("--advertise %q: want https://HOST:PORT", c.String("advertise"))
+			}
+			pass, err := readPassphrase(c.String("passphrase-file"))
+			if err != nil {
+				return err
+			}
+			var caPEM []byte
+			if f := c.String("ca"); f != "" {
+				if caPEM, err = os.ReadFile(f); err != nil {
+					return usageError("--ca: %v", err)
+				}
+			}
+			p := pki.Paths(dir)
+			if _, err := os.Stat(p.ServerKey); err == nil {
+				return failure("%s exists: this data directory has an identity already; use another --data-dir", p.ServerKey)
+			}
+			reg := control.Registration{Name: name, Role: control.RegisterProcessServer, Hosts: c.StringSlice("host"), URL: c.String("advertise")}
+			issued, err := control.Register(c.Context, server, reg, pass, caPEM)
+			if err != nil {
+				return failure("register %s at %s: %v", name, server, err)
+			}
+			id := pki.Identity{CertPEM: issued.ServerCertPEM, KeyPEM: issued.KeyPEM, CAPEM: issued.CAPEM}
+			if err := id.Write(p.Dir, "server"); err != nil {
+				return failure("%v", err)
+			}
+			if err := writeFileAtomic(psClientCert(dir), issued.CertPEM, 0o644); err != nil {
+				return failure("%v", err)
+			}
+			b, _ := json.MarshalIndent(psRegistration{Name: name, Server: server, URL: "https://" + adv.Host}, "", "  ")
+			if err := writeFileAtomic(filepath.Join(dir, psRegistrationFile), append(b, '\n'), 0o600); err != nil {
+				return failure("%v", err)
+			}
+			fmt.Fprintf(c.App.Writer, "registered process server %s with %s; identity in %s\n", name, server, p.Dir)
+			fmt.Fprintf(c.App.Writer, "next: lifeboat process-server --data-dir %s --listen :%s --target TARGET (the site's target)\n", dir, adv.Port())
+			return nil
+		},
+	}
+}
+
+// writeFileAtomic replaces path with data durably: a temporary file,
+// fsync, rename, fsync of the directory.
+func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, perm)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	d, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// startPSHeartbeats, for a process server that registered, sends its
+// heartbeats until ctx is done and keeps DATA-DIR/pki/ca.crl the site's.
+func startPSHeartbeats(ctx context.Context, dataDir string, srv *pipeline.Server, retention *atomic.Pointer[map[string]control.Seconds]) (func(), error) {
+	b, err := os.ReadFile(filepath.Join(dataDir, psRegistrationFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return func() {}, nil // not registered: a process server with a copy of the site's pki
+	}
+	if err != nil {
+		return nil, failure("%v", err)
+	}
+	var reg psRegistration
+	if err := json.Unmarshal(b, &reg); err != nil {
+		return nil, failure("%s: %v", filepath.Join(dataDir, psRegistrationFile), err)
+	}
+	p := pki.Paths(dataDir)
+	client, err := httpClient(psClientCert(dataDir), p.ServerKey, p.CACert)
+	if err != nil {
+		return nil, failure("%v", err)
+	}
+	log := slog.Default().With("process_server", reg.Name)
+	vols := psVolumes(srv)
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		interval, lastErr := control.DefaultHeartbeatInterval, ""
+		for {
+			hb := control.PSHeartbeat{URL: reg.URL}
+			hb.Volumes, hb.SpoolBytes, hb.SpoolQuota = vols()
+			var cfg control.PSConfig
+			cctx, c2 := context.WithTimeout(ctx, 30*time.Second)
+			err := control.Call(cctx, client, http.MethodPost, reg.Server+"/v1/process-server/heartbeat", hb, &cfg)
+			c2()
+			switch {
+			case err != nil && ctx.Err() == nil:
+				if err.Error() != lastErr {
+					log.Warn("configuration server unreachable", "server", reg.Server, "err", err)
+				}
+				lastErr = err.Error()
+			case err == nil:
+				lastErr = ""
+				if cfg.HeartbeatIntervalMS > 0 {
+					interval = time.Duration(cfg.HeartbeatIntervalMS) * time.Millisecond
+				}
+				retention.Store(&cfg.Retention)
+				if err := syncCRL(p.CRL, cfg.CRLPEM); err != nil {
+					log.Error("could not store the site's revocation list", "file", p.CRL, "err", err)
+				}
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(interval):
+			}
+		}
+	}()
+	return func() { cancel(); <-done }, nil
+}
+
+// syncCRL replaces the local CRL when the site's differs.
+func syncCRL(path string, crl []byte) error {
+	if len(crl) == 0 {
+		return nil
+	}
+	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, crl) {
+		return nil
+	}
+	return writeFileAtomic(path, crl, 0o644)
+}
+
+// psRetention is the retention of an item from the site's last answer.
+func psRetention(p *atomic.Pointer[map[string]control.Seconds]) func(machine, volume string) (targets.Retention, bool) {
+	return func(machine, volume string) (targets.Retention, bool) {
+		m := p.Load()
+		if m == nil {
+			return targets.Retention{}, false
+		}
+		s, ok := (*m)[machine+"/"+volume]
+		return targets.Retention{Window: s.Duration()}, ok && s > 0
+	}
+}

@@ -1,0 +1,91 @@
+package control_test
+
+import (
+	"context"
+	"net/http"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"lifeboat/control"
+)
+
+// A new item goes to the process server whose items received the fewest
+// bytes per second, not the one with the fewest items; a process server
+// that stops sending heartbeats loses its items to the others.
+func TestAssignByChurnAndReassign(t *testing.T) {
+	s := newSite(t)
+	var siteBytes atomic.Int64
+	s.srv.SiteVolumes = func() ([]control.PSVolume, int64, int64) {
+		return []control.PSVolume{{Machine: "web01", Volume: "busy", ReceivedBytes: siteBytes.Load()}}, 0, 1 << 30
+	}
+	issued, err := control.Register(context.Background(), s.url, control.Registration{Name: "ps2", Role: control.RegisterProcessServer,
+		Hosts: []string{"127.0.0.1"}, URL: "https://127.0.0.1:9543"}, s.pass, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(issued.ServerCertPEM) == 0 {
+		t.Fatal("no server certificate for the process server")
+	}
+	dir := t.TempDir()
+	if err := issued.Identity().Write(dir, "ps2"); err != nil {
+		t.Fatal(err)
+	}
+	ps2 := clientFor(t, filepath.Join(dir, "ps2.crt"), filepath.Join(dir, "ps2.key"), filepath.Join(dir, "ca.crt"))
+	// Its client certificate is for heartbeats only: not an agent's.
+	if err := control.Call(context.Background(), ps2, "POST", s.url+"/v1/agent/heartbeat", control.Heartbeat{}, nil); status(err) != http.StatusForbidden {
+		t.Fatalf("process server as an agent: %v, want 403", err)
+	}
+	beat := func() {
+		if err := control.Call(context.Background(), ps2, "POST", s.url+"/v1/process-server/heartbeat",
+			control.PSHeartbeat{URL: "https://127.0.0.1:9543"}, new(control.PSConfig)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.register(t, "web01")
+	pol := control.DefaultPolicy
+	pol.Name = "gold"
+	if err := s.call("POST", "/v1/policies", pol, nil); err != nil {
+		t.Fatal(err)
+	}
+	protect := func(vol, ps string) control.Item {
+		var it control.Item
+		req := control.ProtectRequest{Machine: "web01", Volume: vol, Path: "/dev/" + vol, Policy: "gold", ProcessServer: ps}
+		if err := s.call("POST", "/v1/items", req, &it); err != nil {
+			t.Fatal(err)
+		}
+		return it
+	}
+	protect("busy", s.srv.DataURL)
+	protect("idle1", "https://127.0.0.1:9543")
+	protect("idle2", "https://127.0.0.1:9543")
+	// The site's item receives 10 MB/s; ps2's two receive nothing.
+	control.BeatSiteForTest(s.srv)
+	beat()
+	s.clock.Add(time.Second)
+	siteBytes.Add(10 << 20)
+	control.BeatSiteForTest(s.srv)
+	beat()
+	if it := protect("new", ""); it.ProcessServer != "https://127.0.0.1:9543" {
+		t.Fatalf("new item on %s, want ps2 (no churn, although more items)", it.ProcessServer)
+	}
+	// ps2 falls silent: its three items move to the site.
+	s.clock.Add(31 * time.Second)
+	control.BeatSiteForTest(s.srv)
+	if err := control.ReassignForTest(s.srv); err != nil {
+		t.Fatal(err)
+	}
+	var st control.SiteStatus
+	if err := s.call("GET", "/v1/status", nil, &st); err != nil {
+		t.Fatal(err)
+	}
+	for _, it := range st.Items {
+		if it.ProcessServer != s.srv.DataURL {
+			t.Errorf("%s/%s still on %s", it.Machine, it.Volume, it.ProcessServer)
+		}
+	}
+	if st.Health != control.Critical {
+		t.Errorf("site health %s with a process server down, want Critical", st.Health)
+	}
+}
