@@ -35,7 +35,9 @@ type psRegistration struct {
 	URL    string `json:"url"`    // where agents reach this process server
 }
 
-func psClientCert(dataDir string) string { return filepath.Join(pki.Paths(dataDir).Dir, "process-server.crt") }
+func psClientCert(dataDir string) string {
+	return filepath.Join(pki.Paths(dataDir).Dir, "process-server.crt")
+}
 
 func processServerRegisterCommand() *cli.Command {
 	host, _ := os.Hostname()
