@@ -306,3 +306,22 @@ func TestHeartbeatHealthAndEvents(t *testing.T) {
 		t.Fatalf("recovered: %+v, open events %v", st, open())
 	}
 }
+
+// Cleared events older than EventRetention are pruned; open ones stay.
+func TestPruneEvents(t *testing.T) {
+	s := newSite(t)
+	old := s.clock.Now().Add(-control.EventRetention - time.Hour)
+	if _, err := s.srv.Store.Event(control.CodeMachineRemoved, "web01", "old", old); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.srv.Store.Event(control.CodeMachineRemoved, "web02", "new", s.clock.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := control.PruneEventsForTest(s.srv, s.clock.Now().Add(-control.EventRetention)); err != nil || n != 1 {
+		t.Fatalf("pruned %d, %v; want 1", n, err)
+	}
+	es, _ := s.srv.Store.Events(time.Time{})
+	if len(es) != 1 || es[0].Subject != "web02" {
+		t.Fatalf("events left: %+v", es)
+	}
+}

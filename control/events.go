@@ -211,3 +211,36 @@ func (s *Store) reconcile(current map[condition]string, t time.Time) ([]Event, e
 	})
 	return changed, err
 }
+
+// EventRetention is how long a cleared event is kept.
+const EventRetention = 30 * 24 * time.Hour
+
+// pruneEvents deletes the events cleared before cutoff.
+func (s *Store) pruneEvents(cutoff time.Time) (int, error) {
+	n := 0
+	err := s.update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketEvents)
+		var drop [][]byte
+		err := b.ForEach(func(k, v []byte) error {
+			var e Event
+			if err := json.Unmarshal(v, &e); err != nil {
+				return err
+			}
+			if e.Cleared != nil && e.Cleared.Before(cutoff) {
+				drop = append(drop, append([]byte(nil), k...))
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, k := range drop {
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+		}
+		n = len(drop)
+		return nil
+	})
+	return n, err
+}

@@ -1,5 +1,7 @@
 package control
 
+import "time"
+
 // ReconcileForTest raises and clears the events of cond, as Run does.
 func ReconcileForTest(s *Server, cond map[condition]string) ([]Event, error) {
 	return s.Store.reconcile(cond, s.now())
@@ -10,3 +12,6 @@ func BeatSiteForTest(s *Server) { s.beatSite() }
 
 // ReassignForTest moves the items of process servers that are down.
 func ReassignForTest(s *Server) error { return s.reassign() }
+
+// PruneEventsForTest deletes events cleared before cutoff.
+func PruneEventsForTest(s *Server, cutoff time.Time) (int, error) { return s.Store.pruneEvents(cutoff) }

@@ -260,6 +260,7 @@ func (s *Server) Run(ctx context.Context, interval time.Duration) {
 	s.mu.Unlock()
 	t := time.NewTicker(interval)
 	defer t.Stop()
+	var pruned time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -267,6 +268,14 @@ func (s *Server) Run(ctx context.Context, interval time.Duration) {
 		case <-t.C:
 		}
 		s.beatSite()
+		if now := s.now(); now.Sub(pruned) > time.Hour {
+			pruned = now
+			if n, err := s.Store.pruneEvents(now.Add(-EventRetention)); err != nil {
+				s.log().Error("prune old events", "err", err)
+			} else if n > 0 {
+				s.log().Info("old events pruned", "events", n, "cleared_before", now.Add(-EventRetention))
+			}
+		}
 		_, cond, err := s.Evaluate()
 		if err == nil {
 			var changed []Event

@@ -45,6 +45,11 @@ func peerOf(r *http.Request) (peer, error) {
 	if err != nil {
 		return peer{}, fmt.Errorf("%w: %v", ErrForbidden, err)
 	}
+	if role != pki.RoleAgent && role != pki.RoleAdmin {
+		// A process server's client certificate is for its heartbeats to
+		// the configuration server, nothing here.
+		return peer{}, fmt.Errorf("%w: %s has a certificate of role %s; only agents and admins use this port", ErrForbidden, name, role)
+	}
 	return peer{name: name, role: role}, nil
 }
 

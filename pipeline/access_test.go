@@ -18,6 +18,7 @@ import (
 	"lifeboat/pipeline"
 	"lifeboat/pipeline/pki"
 	"lifeboat/targets/file"
+	"lifeboat/targets/memory"
 )
 
 // cloneAgentVol copies a (closed) agent volume's backing file and journal
@@ -283,5 +284,21 @@ func TestServerStartsWithAFailedVolume(t *testing.T) {
 			t.Fatalf("the damaged volume's agent: %+v", a.ship.Status())
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// A process server's client certificate (for its heartbeats to the
+// configuration server) is refused here, even named like a machine.
+func TestProcessServerCertificateRefused(t *testing.T) {
+	s := newSite(t, memory.New())
+	ps := s.client("web01", pki.RoleProcessServer)
+	resp, err := ps.Get("https://" + s.addr + "/v1/volumes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusForbidden || !strings.Contains(string(body), "role process-server") {
+		t.Fatalf("GET /v1/volumes with a process server's certificate: %s %s, want 403 naming the role", resp.Status, body)
 	}
 }
