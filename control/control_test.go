@@ -325,3 +325,39 @@ func TestPruneEvents(t *testing.T) {
 		t.Fatalf("events left: %+v", es)
 	}
 }
+
+// A reprotecting item is judged by its failback policy: the reverse
+// replication's RPO against the failback RPO threshold; the reverse
+// replication takes points at the failback policy's interval.
+func TestFailbackPolicyJudgesReprotect(t *testing.T) {
+	s := newSite(t)
+	s.register(t, "web01")
+	pol := control.DefaultPolicy
+	pol.Name, pol.CrashInterval = "gold", 5
+	pol.Failback = control.FailbackPolicy{RPOThreshold: 60, CrashInterval: 30}
+	if err := s.call("POST", "/v1/policies", pol, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.call("POST", "/v1/items", control.ProtectRequest{Machine: "web01", Volume: "db", Path: "/dev/sdb", Policy: "gold"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if d, ok := s.srv.FailbackTagInterval("web01", "db"); !ok || d != 30*time.Second {
+		t.Fatalf("failback tag interval %v %v, want 30s", d, ok)
+	}
+	rpo := 90.0
+	s.srv.Site = func() []pipeline.VolumeStatus {
+		st := pipeline.VolumeStatus{}
+		st.Info.Machine, st.Info.Name = "web01", "db"
+		st.Recovery = []pipeline.RecoveryState{{Kind: pipeline.RecoveryFailover,
+			Reprotect: &pipeline.ReprotectState{Shipper: &pipeline.ShipperStatus{RPOSeconds: &rpo}}}}
+		return []pipeline.VolumeStatus{st}
+	}
+	st, _, err := s.srv.Evaluate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	it := st.Items[0]
+	if it.State != control.StateReprotecting || it.Health != control.Warning || len(it.Reasons) == 0 || !strings.Contains(it.Reasons[0], "failback policy") {
+		t.Fatalf("reprotecting item %+v, want Warning by the failback policy's 60 s threshold", it)
+	}
+}

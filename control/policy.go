@@ -204,3 +204,20 @@ func (s *Server) RetentionFor(machine, volume string) (targets.Retention, bool) 
 	}
 	return targets.Retention{Window: p.Retention.Duration()}, true
 }
+
+// FailbackTagInterval is an item's failback policy's crash-consistent
+// interval, for its reverse replication after a reprotect.
+func (s *Server) FailbackTagInterval(machine, volume string) (time.Duration, bool) {
+	var it Item
+	var p Policy
+	err := s.Store.view(func(tx *bolt.Tx) error {
+		if err := get(tx, bucketItems, machine+"/"+volume, &it); err != nil {
+			return err
+		}
+		return get(tx, bucketPolicies, it.Policy, &p)
+	})
+	if err != nil {
+		return 0, false
+	}
+	return p.Failback.CrashInterval.Duration(), true
+}

@@ -227,6 +227,15 @@ func (s *Server) itemStatus(it Item, p Policy, site pipeline.VolumeStatus, now t
 			is.State = StateTestFailover
 		case rs.Kind == pipeline.RecoveryFailover && rs.Reprotect != nil:
 			is.State = StateReprotecting
+			// Judged by the failback policy: the RPO is the reverse
+			// replication's.
+			if sh := rs.Reprotect.Shipper; sh != nil {
+				is.RPOSeconds = sh.RPOSeconds
+				if sh.RPOSeconds != nil && *sh.RPOSeconds > p.Failback.RPOThreshold.Duration().Seconds() {
+					add(CodeRPOThreshold, fmt.Sprintf("reverse replication RPO of %s is %.0fs, over its failback policy's threshold of %ds",
+						key, *sh.RPOSeconds, p.Failback.RPOThreshold))
+				}
+			}
 		case rs.Kind == pipeline.RecoveryFailover:
 			is.State = StateFailedOver
 		}

@@ -61,8 +61,11 @@ type Manager struct {
 	// ReverseTagInterval is how often reverse replication takes a
 	// crash-consistent point; default DefaultReverseTagInterval.
 	ReverseTagInterval time.Duration
-	Logger             *slog.Logger
-	Now                func() time.Time
+	// ReverseTagIntervalFor, if set, gives a volume's own interval (its
+	// failback policy's); ok false keeps ReverseTagInterval.
+	ReverseTagIntervalFor func(machine, volume string) (d time.Duration, ok bool)
+	Logger                *slog.Logger
+	Now                   func() time.Time
 
 	saveMu sync.Mutex // serialises put: the last state.json written holds the newest list
 	mu     sync.Mutex

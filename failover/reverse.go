@@ -48,6 +48,11 @@ func (m *Manager) startReverse(r *recovery, rv *reverse, client *failback.Client
 	sh := pipeline.NewShipper(r.vol, st.Volume.Name, client.URL, client.HTTP)
 	sh.BaseSeq = st.Reprotect.BaseSeq
 	sh.TagInterval = m.ReverseTagInterval
+	if f := m.ReverseTagIntervalFor; f != nil {
+		if d, ok := f(st.Volume.Machine, st.Volume.Name); ok {
+			sh.TagInterval = d
+		}
+	}
 	if sh.TagInterval == 0 {
 		sh.TagInterval = DefaultReverseTagInterval
 	}

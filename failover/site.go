@@ -39,7 +39,10 @@ type Site struct {
 	FUSEDir string
 	// Configure sets the process server's limits before it opens.
 	Configure func(*pipeline.Server)
-	Logger    *slog.Logger
+	// ReverseTagIntervalFor is Manager.ReverseTagIntervalFor (a volume's
+	// failback policy).
+	ReverseTagIntervalFor func(machine, volume string) (time.Duration, bool)
+	Logger                *slog.Logger
 
 	Server  *pipeline.Server // after Open
 	Manager *Manager         // after Open, with Recovery
@@ -75,7 +78,8 @@ func (s *Site) Open(ctx context.Context) (err error) {
 		return s.Server.Open(ctx)
 	}
 	s.Manager = &Manager{Dir: filepath.Join(s.DataDir, "recovery"), Site: s.Server, Logger: log,
-		ReverseTLS: func() (*tls.Config, error) { return failback.SiteTLS(s.DataDir) }}
+		ReverseTLS:            func() (*tls.Config, error) { return failback.SiteTLS(s.DataDir) },
+		ReverseTagIntervalFor: s.ReverseTagIntervalFor}
 	if s.NBDAddr != "" {
 		ln, err := nbd.Listen(s.NBDAddr, log)
 		if err != nil {

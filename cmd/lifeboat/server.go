@@ -222,6 +222,9 @@ func runServer(ctx context.Context, out io.Writer, o serverOptions) error {
 	if o.Recovery {
 		site.Recovery, site.NBDAddr, site.FUSEDir = true, o.RecoveryNBD, o.FuseMount
 	}
+	if ctl != nil {
+		site.ReverseTagIntervalFor = ctl.FailbackTagInterval
+	}
 	ln, err := net.Listen("tcp", o.Listen)
 	if err != nil {
 		return usageError("--listen %s: %v", o.Listen, err)
