@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"strings"
 	"time"
 
 	"lifeboat/pipeline/pki"
@@ -190,11 +191,20 @@ func (s *Server) protect(req ProtectRequest) (Item, error) {
 			ErrInvalid, p.Name)
 	}
 	ps := req.ProcessServer
-	if ps == "" {
+	switch {
+	case ps == "":
 		var err error
 		if ps, err = s.assign(); err != nil {
 			return Item{}, err
 		}
+	case ps == SiteProcessServer:
+		ps = s.DataURL
+	case !strings.Contains(ps, "://"):
+		p, err := s.Store.processServer(ps)
+		if err != nil {
+			return Item{}, fmt.Errorf("%w: name a registered process server, %s, or give its URL", err, SiteProcessServer)
+		}
+		ps = p.URL
 	}
 	if u, err := url.Parse(ps); err != nil || u.Scheme != "https" || u.Host == "" {
 		return Item{}, fmt.Errorf("%w: process server %q: want https://HOST:PORT", ErrInvalid, ps)

@@ -89,3 +89,29 @@ func TestAssignByChurnAndReassign(t *testing.T) {
 		t.Errorf("site health %s with a process server down, want Critical", st.Health)
 	}
 }
+
+// --process-server takes a registered name or "site" as well as a URL.
+func TestProtectOnNamedProcessServer(t *testing.T) {
+	s := newSite(t)
+	if _, err := control.Register(context.Background(), s.url, control.Registration{Name: "ps2", Role: control.RegisterProcessServer,
+		Hosts: []string{"127.0.0.1"}, URL: "https://127.0.0.1:9543"}, s.pass, nil); err != nil {
+		t.Fatal(err)
+	}
+	s.register(t, "web01")
+	pol := control.DefaultPolicy
+	pol.Name = "gold"
+	if err := s.call("POST", "/v1/policies", pol, nil); err != nil {
+		t.Fatal(err)
+	}
+	for ps, want := range map[string]string{"ps2": "https://127.0.0.1:9543", "site": s.srv.DataURL} {
+		var it control.Item
+		req := control.ProtectRequest{Machine: "web01", Volume: "v" + ps, Path: "/dev/" + ps, Policy: "gold", ProcessServer: ps}
+		if err := s.call("POST", "/v1/items", req, &it); err != nil || it.ProcessServer != want {
+			t.Fatalf("--process-server %s: %+v %v, want %s", ps, it, err, want)
+		}
+	}
+	req := control.ProtectRequest{Machine: "web01", Volume: "x", Path: "/dev/x", Policy: "gold", ProcessServer: "ps9"}
+	if err := s.call("POST", "/v1/items", req, nil); status(err) != http.StatusNotFound {
+		t.Fatalf("unknown process server: %v, want 404", err)
+	}
+}

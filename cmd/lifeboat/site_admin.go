@@ -263,7 +263,8 @@ func protectionCommands() []*cli.Command {
 			&cli.StringFlag{Name: "machine", Required: true, Usage: "the registered `MACHINE`"},
 			&cli.StringFlag{Name: "volume", Required: true, Usage: "`NAME=PATH[,size=SIZE]` on that machine; size= creates a sparse file"},
 			&cli.StringFlag{Name: "policy", Required: true, Usage: "the `POLICY` (lifeboat policy create)"},
-			&cli.StringFlag{Name: "process-server", Usage: "`URL` the agent ships to (default: this site's, --advertise of lifeboat server)"},
+			&cli.StringFlag{Name: "process-server", Usage: "`PS` the agent ships to: a registered process server's name, site (lifeboat server's own), or a URL;\n" +
+				"\tdefault: the least loaded process server that is up"},
 			&cli.BoolFlag{Name: "wait", Usage: "wait for the first recovery point, showing the initial replication's progress"},
 			&cli.DurationFlag{Name: "timeout", Value: 24 * time.Hour, Usage: "with --wait, give up after this `LONG`"},
 		),
