@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -58,6 +59,8 @@ type managedAgent struct {
 	vols    map[string]*managedVolume
 	errs    map[string]string // volumes that could not be opened, and why
 	saved   managedFile
+	// savedJSON is what managed.json holds.
+	savedJSON []byte
 	// metricVols is what /metrics shows, replaced after each change.
 	metricVols atomic.Pointer[[]metrics.AgentVolume]
 }
@@ -279,25 +282,15 @@ func (a *managedAgent) reconcile(ctx context.Context, cfg control.AgentConfig) {
 	a.metricVols.Store(&mv)
 }
 
-// save writes the configuration and resync state atomically.
+// save writes the configuration and resync state durably when they
+// changed.
 func (a *managedAgent) save() {
 	b, err := json.MarshalIndent(a.saved, "", "  ")
-	if err != nil {
+	if err != nil || bytes.Equal(b, a.savedJSON) {
 		return
 	}
-	tmp := a.savedPath() + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err == nil {
-		_, err = f.Write(append(b, '\n'))
-		if err == nil {
-			err = f.Sync()
-		}
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-	}
-	if err == nil {
-		err = os.Rename(tmp, a.savedPath())
+	if err = writeFileAtomic(a.savedPath(), append(b, '\n'), 0o600); err == nil {
+		a.savedJSON = b
 	}
 	if err != nil {
 		a.log.Error("could not save the configuration server's configuration", "file", a.savedPath(), "err", err)
