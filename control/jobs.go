@@ -1,6 +1,7 @@
 package control
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"time"
@@ -26,6 +27,10 @@ const jobInterrupted = "the server stopped while it ran; look at the volume's st
 
 // maxJobSteps bounds a job's step history.
 const maxJobSteps = 32
+
+// maxJobs is how many jobs the store keeps: starting one more deletes the
+// oldest.
+var maxJobs uint64 = 10000
 
 // Job is one recovery request (test failover, failover, reprotect,
 // failback...) as the site ran it: what was asked, its steps, how it ended.
@@ -61,9 +66,24 @@ func (s *Store) StartJob(j Job, now time.Time) (Job, error) {
 			return err
 		}
 		j.ID, j.State, j.Started, j.Ended = id, JobRunning, now.UTC(), nil
-		return putJob(tx, j)
+		if err := putJob(tx, j); err != nil {
+			return err
+		}
+		return pruneJobs(tx, id)
 	})
 	return j, err
+}
+
+// pruneJobs deletes the oldest jobs until maxJobs are left; newest is the
+// highest id (ids are consecutive, so the count is known from the first).
+func pruneJobs(tx *bolt.Tx, newest uint64) error {
+	c := tx.Bucket(bucketJobs).Cursor()
+	for k, _ := c.First(); k != nil && binary.BigEndian.Uint64(k)+maxJobs <= newest; k, _ = c.First() {
+		if err := c.Delete(); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // UpdateJob records a running job's step and its percent (nil: unknown).

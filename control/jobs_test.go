@@ -137,3 +137,31 @@ func TestRunningJobFailsAtRestart(t *testing.T) {
 		t.Fatalf("new job id %d after %d; ids must keep growing", next.ID, done.ID)
 	}
 }
+
+// The store keeps the newest jobs only (10000; 50 here).
+func TestOldJobsArePruned(t *testing.T) {
+	const max = 50
+	defer control.SetMaxJobsForTest(max)()
+	st, err := control.OpenStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	now := time.Now()
+	var last control.Job
+	for range max + 3 {
+		if last, err = st.StartJob(control.Job{Kind: failover.JobCommit, Volume: "web01/db"}, now); err != nil {
+			t.Fatal(err)
+		}
+	}
+	all, err := st.Jobs(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(all) != max || all[0].ID != last.ID || all[len(all)-1].ID != last.ID-max+1 {
+		t.Fatalf("%d jobs kept, ids %d..%d; want the newest %d, up to %d", len(all), all[len(all)-1].ID, all[0].ID, max, last.ID)
+	}
+	if _, err := st.Job(1); !errors.Is(err, control.ErrNotFound) {
+		t.Fatalf("the oldest job: %v; want not found", err)
+	}
+}
