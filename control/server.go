@@ -110,6 +110,8 @@ func (s *Server) Handler() http.Handler {
 	admin("POST /v1/items/{machine}/{volume}/{action}", s.handleItemAction)
 	admin("GET /v1/status", s.handleStatus)
 	admin("GET /v1/events", s.handleEvents)
+	admin("GET /v1/jobs", s.handleJobs)
+	admin("GET /v1/jobs/{id}", s.handleJob)
 	admin("POST /v1/passphrase", s.handlePassphrase)
 	return mux
 }

@@ -58,7 +58,9 @@ func OpenStore(dataDir string) (*Store, error) {
 				return err
 			}
 		}
-		return nil
+		// This process holds the file: a job still running is one the
+		// previous process did not finish.
+		return failInterrupted(tx, time.Now())
 	})
 	if err != nil {
 		db.Close()

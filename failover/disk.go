@@ -30,7 +30,7 @@ func (m *Manager) cloneDisk(ctx context.Context, sv pipeline.SiteVolume, r *reco
 	name := fmt.Sprintf("%s.%s.point%d", info.Machine, info.Name, r.state.Point.Seq)
 	log := m.logger().With("volume", volName(info), "point", r.state.Point.Seq, "disk", name)
 	url, err := dc.CloneDisk(ctx, p, info.ID, name, func(done, total int64) {
-		m.step(info, "copying point %d to the Azure disk %s: %d%% (%s of %s)", r.state.Point.Seq, name,
+		m.stepPct(info, 100*float64(done)/float64(max(total, 1)), "copying point %d to the Azure disk %s: %d%% (%s of %s)", r.state.Point.Seq, name,
 			100*done/max(total, 1), mib(done), mib(total))
 	})
 	if err != nil {

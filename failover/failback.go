@@ -32,7 +32,7 @@ const rebaseBatch = 16 << 20
 // the tag and journal position it chose.
 func (m *Manager) Failback(ctx context.Context, sv pipeline.SiteVolume, req Request) (pipeline.RecoveryState, error) {
 	info := sv.Info()
-	if err := m.begin(info.ID); err != nil {
+	if err := m.begin(ctx, info.ID); err != nil {
 		return pipeline.RecoveryState{}, err
 	}
 	defer m.end(info.ID)
@@ -265,7 +265,8 @@ func (m *Manager) rebaseReplica(ctx context.Context, sv pipeline.SiteVolume, r *
 				return fmt.Errorf("failback %s: apply to the replica: %w", volName(info), err)
 			}
 			done += batched
-			m.step(info, "failback: making the site's replica equal to the failover volume: %s of %s", mib(done), mib(total))
+			m.stepPct(info, 100*float64(done)/float64(max(total, 1)),
+				"failback: making the site's replica equal to the failover volume: %s of %s", mib(done), mib(total))
 			batch, batched = nil, 0
 			return nil
 		}

@@ -22,7 +22,7 @@ func (m *Manager) StartFailover(ctx context.Context, sv pipeline.SiteVolume, req
 	if err := m.checkDisk(req); err != nil {
 		return pipeline.RecoveryState{}, err
 	}
-	if err := m.begin(info.ID); err != nil {
+	if err := m.begin(ctx, info.ID); err != nil {
 		return pipeline.RecoveryState{}, err
 	}
 	defer m.end(info.ID)
@@ -65,7 +65,7 @@ func (m *Manager) ChangePoint(ctx context.Context, sv pipeline.SiteVolume, req R
 	if err := m.checkDisk(req); err != nil {
 		return pipeline.RecoveryState{}, err
 	}
-	if err := m.begin(info.ID); err != nil {
+	if err := m.begin(ctx, info.ID); err != nil {
 		return pipeline.RecoveryState{}, err
 	}
 	defer m.end(info.ID)
@@ -115,7 +115,7 @@ func (m *Manager) ChangePoint(ctx context.Context, sv pipeline.SiteVolume, req R
 // Commit makes the failover of sv final: its point can no longer change.
 func (m *Manager) Commit(ctx context.Context, sv pipeline.SiteVolume) (pipeline.RecoveryState, error) {
 	info := sv.Info()
-	if err := m.begin(info.ID); err != nil {
+	if err := m.begin(ctx, info.ID); err != nil {
 		return pipeline.RecoveryState{}, err
 	}
 	defer m.end(info.ID)

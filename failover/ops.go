@@ -20,7 +20,7 @@ func (m *Manager) StartTest(ctx context.Context, sv pipeline.SiteVolume, req Req
 	if req.Planned || req.Force || req.AzureDisk {
 		return pipeline.RecoveryState{}, fmt.Errorf("%w: --planned, --force and --azure-disk are for failover, not test failover", pipeline.ErrPermanent)
 	}
-	if err := m.begin(info.ID); err != nil {
+	if err := m.begin(ctx, info.ID); err != nil {
 		return pipeline.RecoveryState{}, err
 	}
 	defer m.end(info.ID)
@@ -108,7 +108,7 @@ func (m *Manager) open(ctx context.Context, sv pipeline.SiteVolume, kind string,
 // deleted. The replica and the points never saw its writes.
 func (m *Manager) Cleanup(ctx context.Context, sv pipeline.SiteVolume) (pipeline.RecoveryState, error) {
 	info := sv.Info()
-	if err := m.begin(info.ID); err != nil {
+	if err := m.begin(ctx, info.ID); err != nil {
 		return pipeline.RecoveryState{}, err
 	}
 	defer m.end(info.ID)

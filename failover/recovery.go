@@ -64,8 +64,10 @@ type Manager struct {
 	// ReverseTagIntervalFor, if set, gives a volume's own interval (its
 	// failback policy's); ok false keeps ReverseTagInterval.
 	ReverseTagIntervalFor func(machine, volume string) (d time.Duration, ok bool)
-	Logger                *slog.Logger
-	Now                   func() time.Time
+	// Jobs records each request of the API as a job; nil: none.
+	Jobs   JobRecorder
+	Logger *slog.Logger
+	Now    func() time.Time
 
 	saveMu sync.Mutex // serialises put: the last state.json written holds the newest list
 	mu     sync.Mutex
@@ -73,6 +75,7 @@ type Manager struct {
 	busy   map[string]bool   // volume ids with a request in progress
 	plans  map[string]string // volume id -> token of the planned failover its agent is asked for
 	steps  map[string]string // volume id -> what its request is doing now (Step)
+	jobs   map[string]uint64 // volume id -> the job of its request in progress (none: 0)
 	closed bool              // Close began: requests are refused
 }
 
@@ -156,6 +159,7 @@ func (m *Manager) Load() error {
 	m.busy = map[string]bool{}
 	m.plans = map[string]string{}
 	m.steps = map[string]string{}
+	m.jobs = map[string]uint64{}
 	known := map[string]bool{}
 	for _, s := range saved {
 		m.recs[key{s.State.Volume.ID, s.State.Kind}] = &recovery{state: s.State, dir: s.Dir}
@@ -318,8 +322,9 @@ func (m *Manager) Recovery(id string) []pipeline.RecoveryState {
 	return out
 }
 
-// begin marks volume id busy for one request; end undoes it.
-func (m *Manager) begin(id string) error {
+// begin marks volume id busy for one request, whose steps go to the job
+// ctx carries (if any); end undoes it.
+func (m *Manager) begin(ctx context.Context, id string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closed {
@@ -329,6 +334,9 @@ func (m *Manager) begin(id string) error {
 		return fmt.Errorf("%w: another recovery request for this volume is in progress; retry when it is done", pipeline.ErrRecoveryState)
 	}
 	m.busy[id] = true
+	if job := jobOf(ctx); job != 0 {
+		m.jobs[id] = job
+	}
 	return nil
 }
 
@@ -336,6 +344,7 @@ func (m *Manager) end(id string) {
 	m.mu.Lock()
 	delete(m.busy, id)
 	delete(m.steps, id)
+	delete(m.jobs, id)
 	m.mu.Unlock()
 }
 
@@ -346,15 +355,26 @@ func (m *Manager) Step(id string) string {
 	return m.steps[id]
 }
 
-// step records what volume id's request is doing now (Step) and logs it.
+// step records what volume id's request is doing now (Step), logs it and
+// passes it to the request's job.
 func (m *Manager) step(info targets.VolumeInfo, format string, a ...any) {
+	m.stepPct(info, -1, format, a...)
+}
+
+// stepPct is step with how much of it is done, 0-100 (negative: unknown).
+func (m *Manager) stepPct(info targets.VolumeInfo, pct float64, format string, a ...any) {
 	s := fmt.Sprintf(format, a...)
 	m.mu.Lock()
 	same := m.steps[info.ID] == s
 	m.steps[info.ID] = s
+	job := m.jobs[info.ID]
 	m.mu.Unlock()
-	if !same {
-		m.logger().Info(s, "volume", volName(info))
+	if same {
+		return
+	}
+	m.logger().Info(s, "volume", volName(info))
+	if job != 0 && m.Jobs != nil {
+		m.Jobs.JobProgress(job, s, pct)
 	}
 }
 

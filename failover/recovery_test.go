@@ -32,9 +32,16 @@ type recoverySite struct {
 	offset atomic.Int64 // the server's clock runs this far ahead
 	vol    *tracker.Volume
 	ship   *pipeline.Shipper
+	url    string // the data port, https://HOST:PORT
 }
 
 func newRecoverySite(t *testing.T) *recoverySite {
+	t.Helper()
+	return newRecoverySiteWith(t, nil)
+}
+
+// newRecoverySiteWith is newRecoverySite with a job recorder.
+func newRecoverySiteWith(t *testing.T, jobs failover.JobRecorder) *recoverySite {
 	t.Helper()
 	dir := t.TempDir()
 	ca, err := pki.Init(dir, nil)
@@ -46,7 +53,7 @@ func newRecoverySite(t *testing.T) *recoverySite {
 		t.Fatal(err)
 	}
 	rs := &recoverySite{t: t}
-	rs.site = &failover.Site{DataDir: dir, Target: memory.New(), TLS: conf, Recovery: true, NBDAddr: "127.0.0.1:0",
+	rs.site = &failover.Site{DataDir: dir, Target: memory.New(), TLS: conf, Recovery: true, NBDAddr: "127.0.0.1:0", Jobs: jobs,
 		Configure: func(s *pipeline.Server) {
 			s.Now = func() time.Time { return time.Now().Add(time.Duration(rs.offset.Load())) }
 		}}
@@ -58,6 +65,7 @@ func newRecoverySite(t *testing.T) *recoverySite {
 	if err != nil {
 		t.Fatal(err)
 	}
+	rs.url = "https://" + ln.Addr().String()
 	served := make(chan error, 1)
 	go func() { served <- rs.site.Serve(ctx, ln) }()
 	t.Cleanup(func() {

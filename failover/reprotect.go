@@ -43,7 +43,7 @@ func (m *Manager) Reprotect(ctx context.Context, sv pipeline.SiteVolume, req Req
 	if m.ReverseTLS == nil {
 		return pipeline.RecoveryState{}, fmt.Errorf("%w: this server has no identity for reverse replication", pipeline.ErrPermanent)
 	}
-	if err := m.begin(info.ID); err != nil {
+	if err := m.begin(ctx, info.ID); err != nil {
 		return pipeline.RecoveryState{}, err
 	}
 	defer m.end(info.ID)

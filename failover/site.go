@@ -37,6 +37,9 @@ type Site struct {
 	// "" serves none. FUSEDir, when set, shows each as a file there.
 	NBDAddr string
 	FUSEDir string
+	// Jobs records the recovery API's requests as jobs (Manager.Jobs);
+	// nil: none.
+	Jobs JobRecorder
 	// Configure sets the process server's limits before it opens.
 	Configure func(*pipeline.Server)
 	// ReverseTagIntervalFor is Manager.ReverseTagIntervalFor (a volume's
@@ -77,7 +80,7 @@ func (s *Site) Open(ctx context.Context) (err error) {
 	if !s.Recovery {
 		return s.Server.Open(ctx)
 	}
-	s.Manager = &Manager{Dir: filepath.Join(s.DataDir, "recovery"), Site: s.Server, Logger: log,
+	s.Manager = &Manager{Dir: filepath.Join(s.DataDir, "recovery"), Site: s.Server, Logger: log, Jobs: s.Jobs,
 		ReverseTLS:            func() (*tls.Config, error) { return failback.SiteTLS(s.DataDir) },
 		ReverseTagIntervalFor: s.ReverseTagIntervalFor}
 	if s.NBDAddr != "" {

@@ -55,6 +55,8 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			failbackCommand(),
 			masterTargetCommand(),
 			eventsCommand(),
+			jobsCommand(),
+			jobCommand(),
 			volumeCommand(),
 			journalCommand(),
 			demoCommand(),

@@ -144,6 +144,8 @@ var jsonDocuments = map[string]any{
 	"policy show":     control.Policy{},
 	"policy list":     []control.Policy{},
 	"events":          []control.Event{},
+	"jobs":            []control.Job{},
+	"job show":        control.Job{},
 	"points list":     []pipeline.Point{},
 	"volume list":     []pipeline.VolumeStatus{},
 	"certs list":      []pki.IssuedCert{},

@@ -183,12 +183,15 @@ func sendRecovery(c *cli.Context, format, volume, method, path string, req *fail
 	volURL := base + "/volumes/" + url.PathEscape(args[0])
 	start := time.Now()
 	var st pipeline.RecoveryState
+	job := &jobHeader{base: client.Transport}
+	jobClient := *client
+	jobClient.Transport = job
 	call := func(ctx context.Context) error {
 		var in any
 		if req != nil {
 			in = req
 		}
-		return pipeline.Call(ctx, client, method, volURL+path, in, &st)
+		return pipeline.Call(ctx, &jobClient, method, volURL+path, in, &st)
 	}
 	if req != nil {
 		err = withProgress(c, client, volURL, call)
@@ -196,12 +199,15 @@ func sendRecovery(c *cli.Context, format, volume, method, path string, req *fail
 		err = call(c.Context)
 	}
 	if err != nil {
-		return failure("%v", err)
+		return failure("%v%s", err, job.suffix())
 	}
 	if format == "json" {
+		if job.id != "" {
+			fmt.Fprintf(c.App.ErrWriter, "job %s\n", job.id) // stdout is the document
+		}
 		return printJSON(c.App.Writer, st)
 	}
-	fmt.Fprintf(c.App.Writer, done+" in %v\n", args[0], time.Since(start).Round(time.Millisecond))
+	fmt.Fprintf(c.App.Writer, done+" in %v%s\n", args[0], time.Since(start).Round(time.Millisecond), job.suffix())
 	if method == http.MethodDelete {
 		fmt.Fprintf(c.App.Writer, "  removed: NBD export %s, its file and its overlay (%s written at point %d)\n",
 			st.Export, humanBytes(uint64(st.Written)), st.Point.Seq)

@@ -221,6 +221,9 @@ func runServer(ctx context.Context, out io.Writer, o serverOptions) error {
 		}}
 	if o.Recovery {
 		site.Recovery, site.NBDAddr, site.FUSEDir = true, o.RecoveryNBD, o.FuseMount
+		if ctl != nil {
+			site.Jobs = ctl.JobRecorder() // recovery requests are jobs (lifeboat jobs)
+		}
 	}
 	if ctl != nil {
 		site.ReverseTagIntervalFor = ctl.FailbackTagInterval
