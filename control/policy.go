@@ -188,9 +188,8 @@ func (s *Store) DeletePolicy(name string) error {
 	})
 }
 
-// RetentionFor is an item's retention, its policy's; ok is false for a
-// volume that no item names (it keeps the server's --retention).
-func (s *Server) RetentionFor(machine, volume string) (targets.Retention, bool) {
+// itemPolicy is the policy of the item MACHINE/VOLUME.
+func (s *Server) itemPolicy(machine, volume string) (Policy, error) {
 	var it Item
 	var p Policy
 	err := s.Store.view(func(tx *bolt.Tx) error {
@@ -199,6 +198,13 @@ func (s *Server) RetentionFor(machine, volume string) (targets.Retention, bool) 
 		}
 		return get(tx, bucketPolicies, it.Policy, &p)
 	})
+	return p, err
+}
+
+// RetentionFor is an item's retention, its policy's; ok is false for a
+// volume that no item names (it keeps the server's --retention).
+func (s *Server) RetentionFor(machine, volume string) (targets.Retention, bool) {
+	p, err := s.itemPolicy(machine, volume)
 	if err != nil {
 		return targets.Retention{}, false
 	}
@@ -208,14 +214,7 @@ func (s *Server) RetentionFor(machine, volume string) (targets.Retention, bool) 
 // FailbackTagInterval is an item's failback policy's crash-consistent
 // interval, for its reverse replication after a reprotect.
 func (s *Server) FailbackTagInterval(machine, volume string) (time.Duration, bool) {
-	var it Item
-	var p Policy
-	err := s.Store.view(func(tx *bolt.Tx) error {
-		if err := get(tx, bucketItems, machine+"/"+volume, &it); err != nil {
-			return err
-		}
-		return get(tx, bucketPolicies, it.Policy, &p)
-	})
+	p, err := s.itemPolicy(machine, volume)
 	if err != nil {
 		return 0, false
 	}

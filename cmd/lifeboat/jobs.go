@@ -28,22 +28,15 @@ func jobsCommand() *cli.Command {
 			&cli.IntFlag{Name: "limit", Value: control.DefaultJobsLimit, Usage: "list the newest `N` jobs; 0 lists all"}),
 		OnUsageError: onUsageError,
 		Action: func(c *cli.Context) error {
-			format, err := outputFormat(c)
-			if err != nil {
-				return err
-			}
-			if _, err := leafArgs(c, 0, "no arguments"); err != nil {
-				return err
-			}
-			if c.Int("limit") < 0 {
-				return usageError("--limit %d: want a number of jobs, 0 for all", c.Int("limit"))
+			path := func() (string, error) {
+				if c.Int("limit") < 0 {
+					return "", usageError("--limit %d: want a number of jobs, 0 for all", c.Int("limit"))
+				}
+				return "/jobs?limit=" + strconv.Itoa(c.Int("limit")), nil
 			}
 			var jobs []control.Job
-			if err := siteCall(c, http.MethodGet, "/jobs?limit="+strconv.Itoa(c.Int("limit")), nil, &jobs); err != nil {
+			if done, err := siteList(c, path, &jobs); done || err != nil {
 				return err
-			}
-			if format == "json" {
-				return printJSON(c.App.Writer, jobs)
 			}
 			return printJobs(c.App.Writer, jobs)
 		},

@@ -138,19 +138,9 @@ func policyCommand() *cli.Command {
 				Name: "list", Usage: "list the policies",
 				Flags: append(siteFlags(), outputFlag()), OnUsageError: onUsageError,
 				Action: func(c *cli.Context) error {
-					format, err := outputFormat(c)
-					if err != nil {
-						return err
-					}
-					if _, err := leafArgs(c, 0, "no arguments"); err != nil {
-						return err
-					}
 					var ps []control.Policy
-					if err := siteCall(c, http.MethodGet, "/policies", nil, &ps); err != nil {
+					if done, err := siteList(c, fixed("/policies"), &ps); done || err != nil {
 						return err
-					}
-					if format == "json" {
-						return printJSON(c.App.Writer, ps)
 					}
 					tw := tabwriter.NewWriter(c.App.Writer, 0, 0, 2, ' ', 0)
 					fmt.Fprintln(tw, "POLICY\tRPO THRESHOLD\tRETENTION\tCRASH INTERVAL\tCOMPRESSION\tENCRYPTION")

@@ -64,30 +64,14 @@ func processServerRegisterCommand() *cli.Command {
 		},
 		OnUsageError: onUsageError,
 		Action: func(c *cli.Context) error {
-			if _, err := leafArgs(c, 0, "no arguments (only flags)"); err != nil {
-				return err
-			}
-			server, err := controlURL(c.String("server"))
+			server, pass, caPEM, err := registrationInputs(c)
 			if err != nil {
 				return err
 			}
 			name, dir := c.String("name"), c.String("data-dir")
-			if err := pki.CheckName(name); err != nil {
-				return usageError("--name: %v", err)
-			}
 			adv, err := url.Parse(c.String("advertise"))
 			if err != nil || adv.Scheme != "https" || adv.Port() == "" {
 				return usageError("--advertise %q: want https://HOST:PORT", c.String("advertise"))
-			}
-			pass, err := readPassphrase(c.String("passphrase-file"))
-			if err != nil {
-				return err
-			}
-			var caPEM []byte
-			if f := c.String("ca"); f != "" {
-				if caPEM, err = os.ReadFile(f); err != nil {
-					return usageError("--ca: %v", err)
-				}
 			}
 			p := pki.Paths(dir)
 			if _, err := os.Stat(p.ServerKey); err == nil {

@@ -90,28 +90,11 @@ func agentRegisterCommand() *cli.Command {
 		},
 		OnUsageError: onUsageError,
 		Action: func(c *cli.Context) error {
-			if _, err := leafArgs(c, 0, "no arguments (only flags)"); err != nil {
-				return err
-			}
-			server, err := controlURL(c.String("server"))
+			server, pass, caPEM, err := registrationInputs(c)
 			if err != nil {
 				return err
 			}
-			name := c.String("name")
-			if err := pki.CheckName(name); err != nil {
-				return usageError("--name: %v", err)
-			}
-			pass, err := readPassphrase(c.String("passphrase-file"))
-			if err != nil {
-				return err
-			}
-			var caPEM []byte
-			if f := c.String("ca"); f != "" {
-				if caPEM, err = os.ReadFile(f); err != nil {
-					return usageError("--ca: %v", err)
-				}
-			}
-			dir := c.String("identity-dir")
+			name, dir := c.String("name"), c.String("identity-dir")
 			if _, err := os.Stat(filepath.Join(dir, name+".key")); err == nil {
 				return failure("%s already holds a key for %s: this machine is registered; remove the directory first to register again", dir, name)
 			}
@@ -150,4 +133,28 @@ func readPassphrase(path string) (string, error) {
 		return "", usageError("--passphrase-file %s: empty or longer than %d bytes", path, control.MaxPassphrase)
 	}
 	return p, nil
+}
+
+// registrationInputs reads the flags both registrations share: the
+// configuration server, the passphrase and, if given, the site's CA.
+func registrationInputs(c *cli.Context) (server, pass string, caPEM []byte, err error) {
+	if _, err = leafArgs(c, 0, "no arguments (only flags)"); err != nil {
+		return
+	}
+	if server, err = controlURL(c.String("server")); err != nil {
+		return
+	}
+	if err = pki.CheckName(c.String("name")); err != nil {
+		err = usageError("--name: %v", err)
+		return
+	}
+	if pass, err = readPassphrase(c.String("passphrase-file")); err != nil {
+		return
+	}
+	if f := c.String("ca"); f != "" {
+		if caPEM, err = os.ReadFile(f); err != nil {
+			err = usageError("--ca: %v", err)
+		}
+	}
+	return
 }

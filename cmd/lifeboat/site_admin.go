@@ -41,6 +41,34 @@ func siteCall(c *cli.Context, method, path string, in, out any) error {
 	}
 }
 
+// siteList is an admin command that lists what GET path answers on the
+// configuration server: no arguments, the answer in out, printed as JSON
+// with --output json (done is then true), else left to the caller. check,
+// if not nil, validates the flags first.
+func siteList(c *cli.Context, path func() (string, error), out any) (done bool, err error) {
+	format, err := outputFormat(c)
+	if err != nil {
+		return false, err
+	}
+	if _, err := leafArgs(c, 0, "no arguments (only flags)"); err != nil {
+		return false, err
+	}
+	p, err := path()
+	if err != nil {
+		return false, err
+	}
+	if err := siteCall(c, http.MethodGet, p, nil, out); err != nil {
+		return false, err
+	}
+	if format == "json" {
+		return true, printJSON(c.App.Writer, out)
+	}
+	return false, nil
+}
+
+// fixed is a siteList path without flags to check.
+func fixed(p string) func() (string, error) { return func() (string, error) { return p, nil } }
+
 func machineCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "machine",
@@ -52,19 +80,9 @@ func machineCommand() *cli.Command {
 				Flags:        append(siteFlags(), outputFlag()),
 				OnUsageError: onUsageError,
 				Action: func(c *cli.Context) error {
-					format, err := outputFormat(c)
-					if err != nil {
-						return err
-					}
-					if _, err := leafArgs(c, 0, "no arguments"); err != nil {
-						return err
-					}
 					var ms []control.MachineView
-					if err := siteCall(c, http.MethodGet, "/machines", nil, &ms); err != nil {
+					if done, err := siteList(c, fixed("/machines"), &ms); done || err != nil {
 						return err
-					}
-					if format == "json" {
-						return printJSON(c.App.Writer, ms)
 					}
 					tw := tabwriter.NewWriter(c.App.Writer, 0, 0, 2, ' ', 0)
 					fmt.Fprintln(tw, "MACHINE\tHEALTH\tITEMS\tLAST HEARTBEAT\tCERTIFICATE EXPIRES\tREGISTERED FROM")
@@ -123,27 +141,17 @@ func eventsCommand() *cli.Command {
 			&cli.StringFlag{Name: "since", Usage: "only events raised or cleared since `WHEN`: a duration back from now (1h) or an RFC 3339 time"}),
 		OnUsageError: onUsageError,
 		Action: func(c *cli.Context) error {
-			format, err := outputFormat(c)
-			if err != nil {
-				return err
-			}
-			if _, err := leafArgs(c, 0, "no arguments"); err != nil {
-				return err
-			}
-			q := ""
-			if s := c.String("since"); s != "" {
-				t, err := parseSince(s, time.Now())
-				if err != nil {
-					return err
+			path := func() (string, error) {
+				s := c.String("since")
+				if s == "" {
+					return "/events", nil
 				}
-				q = "?since=" + url.QueryEscape(t.UTC().Format(time.RFC3339Nano))
+				t, err := parseSince(s, time.Now())
+				return "/events?since=" + url.QueryEscape(t.UTC().Format(time.RFC3339Nano)), err
 			}
 			var es []control.Event
-			if err := siteCall(c, http.MethodGet, "/events"+q, nil, &es); err != nil {
+			if done, err := siteList(c, path, &es); done || err != nil {
 				return err
-			}
-			if format == "json" {
-				return printJSON(c.App.Writer, es)
 			}
 			printEvents(c.App.Writer, es)
 			return nil
