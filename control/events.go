@@ -244,3 +244,16 @@ func (s *Store) pruneEvents(cutoff time.Time) (int, error) {
 	})
 	return n, err
 }
+
+// OpenEvents lists the events raised and not cleared.
+func (s *Server) OpenEvents() ([]Event, error) {
+	open, err := s.Store.openEvents()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Event, 0, len(open))
+	for _, e := range open {
+		out = append(out, e)
+	}
+	return out, nil
+}

@@ -22,11 +22,11 @@ func metricsFlag() cli.Flag {
 // startMetrics serves the role's collector, the Go runtime's and the
 // process's at --metrics-listen ADDR, when it is set; the returned function
 // stops it.
-func startMetrics(out io.Writer, addr string, c prometheus.Collector) (func(), error) {
+func startMetrics(out io.Writer, addr string, c ...prometheus.Collector) (func(), error) {
 	if addr == "" {
 		return func() {}, nil
 	}
-	reg, err := metrics.NewRegistry(version, c)
+	reg, err := metrics.NewRegistry(version, c...)
 	if err != nil {
 		return nil, err
 	}

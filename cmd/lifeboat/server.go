@@ -13,11 +13,13 @@ import (
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/urfave/cli/v2"
 
 	"lifeboat/control"
 	"lifeboat/failover"
 	"lifeboat/internal/dirlock"
+	"lifeboat/internal/metrics"
 	"lifeboat/nbd"
 	"lifeboat/pipeline"
 	"lifeboat/pipeline/pki"
@@ -245,7 +247,11 @@ func runServer(ctx context.Context, out io.Writer, o serverOptions) error {
 		return err
 	}
 	defer site.Close()
-	stopMetrics, err := startMetrics(out, o.MetricsListen, serverMetrics(site.Server))
+	collectors := []prometheus.Collector{serverMetrics(site.Server)}
+	if ctl != nil {
+		collectors = append(collectors, &metrics.ControlCollector{Control: ctl})
+	}
+	stopMetrics, err := startMetrics(out, o.MetricsListen, collectors...)
 	if err != nil {
 		return err
 	}
