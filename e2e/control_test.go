@@ -30,7 +30,7 @@ var calmHeartbeats = []string{"--heartbeat-interval", "500ms", "--heartbeat-time
 // protect --wait shows the initial replication's progress; status --output
 // json shows the item protected with an RPO and a latest point; writes
 // through NBD reach a later point equal to the source; the managed agent's
-// /metrics carries its volume.
+// /metrics carries its volume; server passphrase replaces the passphrase.
 func TestControlFromNothingToProtected(t *testing.T) {
 	need(t, "qemu-io")
 	s := newCtlSite(t, calmHeartbeats...)
@@ -99,6 +99,19 @@ func TestControlFromNothingToProtected(t *testing.T) {
 	}
 	if _, ok := sample(fams, "lifeboat_agent_rpo_seconds", vol); !ok {
 		t.Errorf("managed agent: no lifeboat_agent_rpo_seconds for its protected volume")
+	}
+
+	// A new passphrase: the old one stops working, web01 keeps its certificate.
+	fresh := strings.TrimSpace(s.ok("server", "passphrase"))
+	r = lifeboat(t, "agent", "register", "--server", s.controlURL(), "--passphrase-file", s.pass, "--name", "web02",
+		"--identity-dir", filepath.Join(t.TempDir(), "id2"))
+	if r.code != 1 || !strings.Contains(r.stderr, "wrong registration passphrase") {
+		t.Errorf("register with the replaced passphrase: want exit 1; %v", r)
+	}
+	os.WriteFile(s.pass, []byte(fresh+"\n"), 0o600)
+	s.register("web02")
+	if st := s.status(); len(st.Machines) != 2 || st.Health != control.Healthy {
+		t.Errorf("after web02 registered: %d machines, health %s; want 2, Healthy (web01 still heard from)", len(st.Machines), st.Health)
 	}
 }
 
@@ -228,8 +241,9 @@ func callOrErr(c *http.Client, req *http.Request) (int, string) {
 }
 
 // Every policy field's bad values are refused, exit 2, with the allowed
-// range or values in the message, and nothing is stored; unknown flags
-// and an update without fields exit 2 too.
+// range or values in the message, and nothing is stored; unknown flags,
+// bad values of the other site commands and an update without fields
+// exit 2 too.
 func TestControlPolicyBadValuesRefused(t *testing.T) {
 	s := newCtlSite(t, calmHeartbeats...)
 	s.ok("policy", "create", "gold") // the defaults, for the updates below
@@ -268,6 +282,17 @@ func TestControlPolicyBadValuesRefused(t *testing.T) {
 	r := s.cli("policy", "update", "gold")
 	if r.code != 2 || !strings.Contains(r.stderr, "nothing to change") {
 		t.Errorf("policy update without fields: want exit 2 and 'nothing to change'; %v", r)
+	}
+	for _, args := range [][]string{
+		{"protect", "--machine", "web01", "--volume", "d=/tmp/d.img", "--policy", "gold", "--frobnicate"},
+		{"pause", "--machine", "web01", "--volume", "d", "--now"},
+		{"machine", "list", "--all"},
+		{"events", "--since", "last tuesday"},
+		{"status", "--output", "yaml"},
+	} {
+		if r := s.cli(args...); r.code != 2 || r.stderr == "" {
+			t.Errorf("want exit 2 and a message; %v", r)
+		}
 	}
 	r = s.cli("policy", "create", "ok", "--retention", "360h", "--crash-interval", "1s", "--rpo-threshold", "24h")
 	if r.code != 0 {
