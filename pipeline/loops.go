@@ -107,7 +107,11 @@ func (s *Shipper) tag(ctx context.Context, name string) uint64 {
 	switch {
 	case err == nil:
 		s.mu.Lock()
-		s.lastTag, s.tagTime = seq, now
+		s.lastTag = seq
+		if len(s.tags) >= maxPendingTags {
+			s.tags = s.tags[1:]
+		}
+		s.tags = append(s.tags, tagAt{seq, now})
 		s.mu.Unlock()
 		return seq
 	case errors.Is(err, tracker.ErrResync), errors.Is(err, tracker.ErrClosed), ctx.Err() != nil:

@@ -49,12 +49,16 @@ type Shipper struct {
 	BaseSeq uint64
 	Logger  *slog.Logger
 
-	mu       sync.Mutex
-	status   ShipperStatus
-	lanes    chan *lane // one per segment in flight
-	depth    int        // segments in flight now: InFlight, or what the server takes
-	lastTag  uint64
-	tagTime  time.Time
+	mu      sync.Mutex
+	status  ShipperStatus
+	lanes   chan *lane // one per segment in flight
+	depth   int        // segments in flight now: InFlight, or what the server takes
+	lastTag uint64
+	// tags are the tags taken and not yet acknowledged, oldest first: a
+	// segment acknowledged may carry an older tag than the newest one
+	// (segments in flight on a slow link), and the RPO is the age of the
+	// newest tag the server has.
+	tags     []tagAt
 	lastPoll time.Time // the sender loop's last poll of the site
 	upload   rateMeter // wire bytes acknowledged (metrics.go)
 
@@ -441,15 +445,31 @@ func (s *Shipper) connected() bool {
 	return s.status.Connected
 }
 
+// tagAt is a tag's seq and when it was taken.
+type tagAt struct {
+	seq uint64
+	at  time.Time
+}
+
+// maxPendingTags bounds Shipper.tags while the site is unreachable; the
+// oldest are forgotten (the RPO then reads a little high, never low).
+const maxPendingTags = 4096
+
 // acked records a segment the server has.
 func (s *Shipper) acked(seg hrl.SegmentInfo) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.status.AckedSeq = seg.LastSeq
 	s.status.LastAck = time.Now()
-	if s.lastTag != 0 && s.lastTag >= seg.FirstSeq && s.lastTag <= seg.LastSeq {
-		s.status.LastTagSeq, s.status.LastTagAcked = s.lastTag, s.tagTime
+	n := 0
+	for ; n < len(s.tags) && s.tags[n].seq <= seg.LastSeq; n++ {
+		// A tag before the segment was in a journal dropped for a resync:
+		// the server never had it.
+		if s.tags[n].seq >= seg.FirstSeq {
+			s.status.LastTagSeq, s.status.LastTagAcked = s.tags[n].seq, s.tags[n].at
+		}
 	}
+	s.tags = s.tags[n:]
 	if p := s.status.Resync; p != nil && p.PointSeq != 0 && p.PointSeq <= seg.LastSeq {
 		s.status.Resync = nil // the resync's point is on the server
 	}

@@ -166,8 +166,17 @@ func (a *managedAgent) loop(ctx context.Context) error {
 		switch {
 		case err != nil && ctx.Err() == nil:
 			if err.Error() != lastErr {
-				a.log.Warn("configuration server unreachable; protecting the volumes of the last configuration meanwhile",
-					"server", a.control, "err", err)
+				var ce *control.CallError
+				if errors.As(err, &ce) && (ce.Status == http.StatusUnauthorized || ce.Status == http.StatusForbidden) {
+					// Not an outage: the site removed this machine or revoked its
+					// certificate, and will not take it back by itself.
+					a.log.Error("the configuration server refuses this machine (removed, or its certificate revoked); "+
+						"protecting the volumes of the last configuration meanwhile; register it again with 'lifeboat agent register'",
+						"server", a.control, "status", ce.Status, "err", err)
+				} else {
+					a.log.Warn("configuration server unreachable; protecting the volumes of the last configuration meanwhile",
+						"server", a.control, "err", err)
+				}
 			}
 			lastErr = err.Error()
 		case err == nil:

@@ -18,7 +18,15 @@ import (
 //
 //	LIFEBOAT_FAULT_CORRUPT_SEGMENTS=N  flip a byte in the first N segments received
 //	LIFEBOAT_FAULT_SEGMENT_DELAY=D     hold every segment received for D (a slow link)
+//	LIFEBOAT_FAULT_SEGMENT_DELAY_FILE=F hold every segment received for the duration
+//	                                   F holds when it arrives ("8s"; missing or empty:
+//	                                   none), so a test slows and restores the link at run time
 func installFaults(srv *pipeline.Server) error {
+	if f := os.Getenv("LIFEBOAT_FAULT_SEGMENT_DELAY_FILE"); f != "" {
+		slog.Warn("fault injection for tests: every segment received is held for the delay the file holds", "file", f)
+		srv.Middleware = faultinject.DelaySegmentsBy(faultinject.DelayFromFile(f))
+		return nil
+	}
 	if v := os.Getenv("LIFEBOAT_FAULT_SEGMENT_DELAY"); v != "" {
 		d, err := time.ParseDuration(v)
 		if err != nil || d < 0 {

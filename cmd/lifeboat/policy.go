@@ -42,11 +42,25 @@ func policyFieldFlags(defaults bool) []cli.Flag {
 	}
 }
 
-func secondsOf(d time.Duration) control.Seconds {
-	if d%time.Second != 0 {
-		return control.Seconds(-1) // refused by the server with the range
+func secondsOf(d time.Duration) control.Seconds { return control.Seconds(d / time.Second) }
+
+// policyRanges are the allowed ranges of the policy's duration flags.
+var policyRanges = map[string][2]time.Duration{
+	"rpo-threshold": control.RangeRPOThreshold, "retention": control.RangeRetention, "crash-interval": control.RangeCrashInterval,
+	"failback-rpo-threshold": control.RangeRPOThreshold, "failback-crash-interval": control.RangeCrashInterval,
+}
+
+// checkWholeSeconds refuses a duration flag given with a fraction of a
+// second: policies keep whole seconds, and the server would otherwise see
+// a value other than the one typed.
+func checkWholeSeconds(c *cli.Context) error {
+	for _, f := range []string{"rpo-threshold", "retention", "crash-interval", "failback-rpo-threshold", "failback-crash-interval"} {
+		if d := c.Duration(f); c.IsSet(f) && d%time.Second != 0 {
+			r := policyRanges[f]
+			return usageError("--%s %v: allowed range %v to %v, in whole seconds", f, d, r[0], r[1])
+		}
 	}
-	return control.Seconds(d / time.Second)
+	return nil
 }
 
 func policyCommand() *cli.Command {
@@ -78,6 +92,9 @@ func policyCommand() *cli.Command {
 					if err != nil {
 						return err
 					}
+					if err := checkWholeSeconds(c); err != nil {
+						return err
+					}
 					p := control.Policy{Name: name, RPOThreshold: secondsOf(c.Duration("rpo-threshold")), Retention: secondsOf(c.Duration("retention")),
 						CrashInterval: secondsOf(c.Duration("crash-interval")), Compression: c.String("compression"), EncryptionKey: c.String("encryption-key")}
 					if c.IsSet("failback-rpo-threshold") {
@@ -95,6 +112,9 @@ func policyCommand() *cli.Command {
 				Action: func(c *cli.Context) error {
 					name, err := nameArg(c)
 					if err != nil {
+						return err
+					}
+					if err := checkWholeSeconds(c); err != nil {
 						return err
 					}
 					var ch control.PolicyChange

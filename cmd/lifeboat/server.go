@@ -81,7 +81,13 @@ func parseServerOptions(c *cli.Context) (serverOptions, error) {
 		return o, usageError("--retention: %v", err)
 	}
 	if o.Target == "" {
-		o.Target = "file://" + filepath.Join(o.DataDir, "replicas")
+		// Absolute: a file:// URL of a relative --data-dir ("file://site/replicas")
+		// reads "site" as the host and is refused.
+		dir, err := filepath.Abs(o.DataDir)
+		if err != nil {
+			return o, usageError("--data-dir %s: %v", o.DataDir, err)
+		}
+		o.Target = "file://" + filepath.Join(dir, "replicas")
 	}
 	if o.Limits, err = parseLimitOptions(c); err != nil {
 		return o, err

@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"io"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -45,15 +46,41 @@ func CorruptSegments(n int) func(http.Handler) http.Handler {
 // .../segments) for d before the process server sees it: a slow link, so
 // that a test can act in the middle of a transfer.
 func DelaySegments(d time.Duration) func(http.Handler) http.Handler {
+	return DelaySegmentsBy(func() time.Duration { return d })
+}
+
+// DelaySegmentsBy is DelaySegments with the delay asked of delay at each
+// upload, so that a test can slow the link and restore it while the
+// server runs. A delay of 0 or less holds nothing.
+func DelaySegmentsBy(delay func() time.Duration) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/segments") {
-				select {
-				case <-time.After(d):
-				case <-r.Context().Done():
+				if d := delay(); d > 0 {
+					select {
+					case <-time.After(d):
+					case <-r.Context().Done():
+					}
 				}
 			}
 			next.ServeHTTP(w, r)
 		})
+	}
+}
+
+// DelayFromFile reads a delay from a file at each call: a Go duration
+// ("8s"), or nothing (a missing or empty file, or one that does not parse)
+// for no delay. For DelaySegmentsBy.
+func DelayFromFile(path string) func() time.Duration {
+	return func() time.Duration {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return 0
+		}
+		d, err := time.ParseDuration(strings.TrimSpace(string(b)))
+		if err != nil {
+			return 0
+		}
+		return d
 	}
 }
