@@ -40,7 +40,7 @@ func (s *site) call(method, path string, in, out any) error {
 	return control.Call(context.Background(), s.admin, method, s.url+path, in, out)
 }
 
-func newSite(t *testing.T) *site {
+func newSite(t testing.TB) *site {
 	t.Helper()
 	dir := t.TempDir()
 	ca, err := pki.Init(dir, nil)
@@ -72,7 +72,7 @@ func newSite(t *testing.T) *site {
 	return &site{dir: dir, srv: srv, url: ts.URL, pass: pass, admin: admin, clock: ck}
 }
 
-func clientFor(t *testing.T, cert, key, ca string) *http.Client {
+func clientFor(t testing.TB, cert, key, ca string) *http.Client {
 	t.Helper()
 	conf, err := pki.ClientTLS(cert, key, ca)
 	if err != nil {

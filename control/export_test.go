@@ -15,3 +15,6 @@ func ReassignForTest(s *Server) error { return s.reassign() }
 
 // PruneEventsForTest deletes events cleared before cutoff.
 func PruneEventsForTest(s *Server, cutoff time.Time) (int, error) { return s.Store.pruneEvents(cutoff) }
+
+// CheckCSRForTest is checkCSR.
+func CheckCSRForTest(r RegisterRequest) (any, error) { return checkCSR(r) }
