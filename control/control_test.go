@@ -361,3 +361,40 @@ func TestFailbackPolicyJudgesReprotect(t *testing.T) {
 		t.Fatalf("reprotecting item %+v, want Warning by the failback policy's 60 s threshold", it)
 	}
 }
+
+// While an agent is silent its items' RPO is the age of their newest
+// point (what a disaster now could lose), judged against the threshold.
+func TestSilentAgentRPOGrows(t *testing.T) {
+	s := newSite(t)
+	s.register(t, "web01")
+	pol := control.DefaultPolicy
+	pol.Name, pol.RPOThreshold = "gold", 60
+	if err := s.call("POST", "/v1/policies", pol, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.call("POST", "/v1/items", control.ProtectRequest{Machine: "web01", Volume: "db", Path: "/dev/sdb", Policy: "gold"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	point := s.clock.Now()
+	s.srv.Site = func() []pipeline.VolumeStatus {
+		st := pipeline.VolumeStatus{LatestPoint: &pipeline.Point{Seq: 7, Time: point}}
+		st.Info.Machine, st.Info.Name = "web01", "db"
+		return []pipeline.VolumeStatus{st}
+	}
+	s.clock.Add(90 * time.Second) // past the heartbeat timeout (30 s) and the threshold
+	st, cond, err := s.srv.Evaluate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	it := st.Items[0]
+	if it.RPOSeconds == nil || *it.RPOSeconds < 89 || it.Health != control.Critical {
+		t.Fatalf("silent agent's item %+v, want Critical with an RPO of about 90 s", it)
+	}
+	codes := map[control.Code]bool{}
+	for c := range control.ConditionCodesForTest(cond) {
+		codes[c] = true
+	}
+	if !codes[control.CodeNoHeartbeat] || !codes[control.CodeRPOThreshold] {
+		t.Fatalf("conditions %v, want LB1001 and LB1002", codes)
+	}
+}

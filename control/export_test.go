@@ -18,3 +18,12 @@ func PruneEventsForTest(s *Server, cutoff time.Time) (int, error) { return s.Sto
 
 // CheckCSRForTest is checkCSR.
 func CheckCSRForTest(r RegisterRequest) (any, error) { return checkCSR(r) }
+
+// ConditionCodesForTest lists the codes of cond.
+func ConditionCodesForTest(cond map[condition]string) map[Code]bool {
+	out := map[Code]bool{}
+	for c := range cond {
+		out[c.Code] = true
+	}
+	return out
+}

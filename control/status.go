@@ -105,9 +105,10 @@ func (s *Server) Evaluate() (SiteStatus, map[condition]string, error) {
 			sv.LatestPoint = s.reportedPoint(it)
 		}
 		is := s.itemStatus(it, p, sv, now, cond)
-		if _, ok := cond[condition{CodeNoHeartbeat, it.Machine}]; ok {
+		if reason, silent := cond[condition{CodeNoHeartbeat, it.Machine}]; silent {
 			is.Health = Critical
-			is.Reasons = append(is.Reasons, cond[condition{CodeNoHeartbeat, it.Machine}])
+			is.Reasons = append(is.Reasons, reason)
+			s.silentRPO(&is, p, now, cond)
 		}
 		st.Health = worse(st.Health, is.Health)
 		st.Items = append(st.Items, is)
@@ -134,6 +135,24 @@ func (s *Server) Evaluate() (SiteStatus, map[condition]string, error) {
 		st.Health = worse(st.Health, codeInfo[c.Code].Severity)
 	}
 	return st, cond, nil
+}
+
+// silentRPO is the RPO of an item whose agent is silent: nobody knows
+// what it wrote since, so the newest point's age is what a disaster now
+// could lose. A failed-over item's agent is expected to be silent.
+func (s *Server) silentRPO(is *ItemStatus, p Policy, now time.Time, cond map[condition]string) {
+	if is.LatestPoint == nil || is.State == StateFailedOver || is.State == StateReprotecting {
+		return
+	}
+	rpo := now.Sub(is.LatestPoint.Time).Seconds()
+	is.RPOSeconds = &rpo
+	if rpo > p.RPOThreshold.Duration().Seconds() {
+		key := is.Machine + "/" + is.Volume
+		msg := fmt.Sprintf("RPO of %s is at least %.0fs (its agent is silent; the newest point is that old), over its policy's threshold of %ds",
+			key, rpo, p.RPOThreshold)
+		cond[condition{CodeRPOThreshold, key}] = msg
+		is.Reasons = append(is.Reasons, msg)
+	}
 }
 
 // reportedPoint is the newest point a process server reported for it,
