@@ -197,7 +197,8 @@ func TestControlRemovedMachineRefusedOnEveryPort(t *testing.T) {
 	var local string
 	waitFor(t, 30*time.Second, "the agent's status to show its segments refused", func() bool {
 		local = lifeboat(t, "status", "--journal-dir", a.journal).stdout
-		return strings.Contains(local, "REPLICATION STOPPED") && strings.Contains(local, "certificate revoked")
+		return strings.Contains(local, "REPLICATION STOPPED") &&
+			(strings.Contains(local, "certificate revoked") || strings.Contains(local, "refuses this machine"))
 	})
 	t.Logf("status --journal-dir on the removed machine:\n%s", local)
 

@@ -59,6 +59,8 @@ type managedAgent struct {
 	vols    map[string]*managedVolume
 	errs    map[string]string // volumes that could not be opened, and why
 	saved   managedFile
+	// refused says why the site refuses this machine; "" while it does not.
+	refused string
 	// savedJSON is what managed.json holds.
 	savedJSON []byte
 	// metricVols is what /metrics shows, replaced after each change.
@@ -163,15 +165,29 @@ func (a *managedAgent) loop(ctx context.Context) error {
 		case <-timer.C:
 		}
 		cfg, err := a.heartbeat(ctx)
+		next := interval
+		var ce *control.CallError
+		refused := errors.As(err, &ce) && (ce.Status == http.StatusUnauthorized || ce.Status == http.StatusForbidden)
+		a.refused = ""
+		if refused {
+			// The data ports refuse this machine too: stop shipping (the
+			// journal and the dirty bitmap keep every write) and ask again
+			// only now and then, instead of filling the site's logs.
+			for _, mv := range a.vols {
+				a.stopShipper(mv)
+			}
+			next = max(interval, refusedInterval)
+			a.refused = "the configuration server refuses this machine (removed, or its certificate revoked: " + ce.Message +
+				"); not shipping; the journal keeps every write; register it again with 'lifeboat agent register'"
+		}
 		switch {
 		case err != nil && ctx.Err() == nil:
 			if err.Error() != lastErr {
-				var ce *control.CallError
-				if errors.As(err, &ce) && (ce.Status == http.StatusUnauthorized || ce.Status == http.StatusForbidden) {
+				if refused {
 					// Not an outage: the site removed this machine or revoked its
 					// certificate, and will not take it back by itself.
 					a.log.Error("the configuration server refuses this machine (removed, or its certificate revoked); "+
-						"protecting the volumes of the last configuration meanwhile; register it again with 'lifeboat agent register'",
+						"serving and journaling the volumes of the last configuration, not shipping them; asking again every minute; register it again with 'lifeboat agent register'",
 						"server", a.control, "status", ce.Status, "err", err)
 				} else {
 					a.log.Warn("configuration server unreachable; protecting the volumes of the last configuration meanwhile",
@@ -190,9 +206,15 @@ func (a *managedAgent) loop(ctx context.Context) error {
 			}
 		}
 		a.writeStatus()
-		timer.Reset(interval)
+		if err == nil {
+			next = interval
+		}
+		timer.Reset(next)
 	}
 }
+
+// refusedInterval is how often an agent the site refuses asks again.
+const refusedInterval = time.Minute
 
 func (a *managedAgent) heartbeat(ctx context.Context) (control.AgentConfig, error) {
 	hb := control.Heartbeat{Version: version, Volumes: []control.VolumeReport{}}
@@ -220,7 +242,11 @@ func (a *managedAgent) heartbeat(ctx context.Context) (control.AgentConfig, erro
 func (a *managedAgent) writeStatus() {
 	for name, mv := range a.vols {
 		if mv.ship != nil {
-			writeStatus(filepath.Join(a.o.JournalDir, name, statusFileName), mv.ship.Status())
+			st := mv.ship.Status()
+			if a.refused != "" {
+				st.Stopped = a.refused
+			}
+			writeStatus(filepath.Join(a.o.JournalDir, name, statusFileName), st)
 		}
 	}
 }
