@@ -398,3 +398,32 @@ func TestSilentAgentRPOGrows(t *testing.T) {
 		t.Fatalf("conditions %v, want LB1001 and LB1002", codes)
 	}
 }
+
+// A volume the agent cannot open (a wrong path given to protect) is
+// Critical with the agent's reason, and LB1011 is raised.
+func TestVolumeErrorReported(t *testing.T) {
+	s := newSite(t)
+	agent := s.register(t, "web01")
+	pol := control.DefaultPolicy
+	pol.Name = "gold"
+	if err := s.call("POST", "/v1/policies", pol, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.call("POST", "/v1/items", control.ProtectRequest{Machine: "web01", Volume: "db", Path: "/dev/nope", Policy: "gold"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	hb := control.Heartbeat{Volumes: []control.VolumeReport{{Name: "db", Error: "volume db: /dev/nope does not exist; add ,size=SIZE to create a sparse file"}}}
+	if err := control.Call(context.Background(), agent, "POST", s.url+"/v1/agent/heartbeat", hb, nil); err != nil {
+		t.Fatal(err)
+	}
+	st, cond, err := s.srv.Evaluate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if it := st.Items[0]; it.Health != control.Critical || len(it.Reasons) != 1 || !strings.Contains(it.Reasons[0], "/dev/nope does not exist") {
+		t.Fatalf("item %+v, want Critical with the agent's reason", it)
+	}
+	if !control.ConditionCodesForTest(cond)[control.CodeVolumeError] {
+		t.Fatalf("no LB1011 condition")
+	}
+}
