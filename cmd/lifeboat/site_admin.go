@@ -222,6 +222,20 @@ func siteStatus(c *cli.Context, format string) error {
 			fmt.Fprintf(w, "  %s/%s: %s\n", it.Machine, it.Volume, r)
 		}
 	}
+	if len(st.ProcessServers) > 1 { // the site's own alone says nothing new
+		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "\nPROCESS SERVER\tURL\tITEMS\tCHURN\tSPOOL\tHEALTH")
+		for _, ps := range st.ProcessServers {
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%s/s\t%s\t%s\n", ps.Name, ps.URL, ps.Items, humanBytes(uint64(ps.ChurnBps)),
+				humanBytes(uint64(ps.SpoolBytes)), ps.Health)
+		}
+		tw.Flush()
+		for _, ps := range st.ProcessServers {
+			if ps.Reason != "" {
+				fmt.Fprintf(w, "  %s: %s\n", ps.Name, ps.Reason)
+			}
+		}
+	}
 	return nil
 }
 
