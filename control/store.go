@@ -13,6 +13,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 )
 
 // StoreFile is the store's file name under the data directory.
@@ -47,7 +48,7 @@ func OpenStore(dataDir string) (*Store, error) {
 	path := filepath.Join(dataDir, StoreFile)
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
 	if err != nil {
-		if errors.Is(err, bolt.ErrTimeout) {
+		if errors.Is(err, bolterrors.ErrTimeout) {
 			return nil, fmt.Errorf("open %s: another lifeboat server holds it; stop that one first", path)
 		}
 		return nil, fmt.Errorf("open %s: %w", path, err)
