@@ -60,7 +60,13 @@ func agentCommand() *cli.Command {
 			"with this agent's certificate, a volume seen for the first time is copied whole (holes and zero\n" +
 			"regions skipped) before its first recovery point, and a crash-consistent point is taken every\n" +
 			"--tag-interval. 'lifeboat status' shows progress and RPO.\n\n" +
+			"Without --volume the agent is managed by the site's configuration server: register the machine once\n" +
+			"('lifeboat agent register'), then the site says what to protect, with which policy and where to ship\n" +
+			"('lifeboat protect' there); the agent sends a heartbeat with each volume's state and keeps the last\n" +
+			"configuration in JOURNAL-DIR/managed.json, so that it protects its volumes even while the site is down.\n\n" +
 			"Examples:\n" +
+			"   lifeboat agent register --server https://dr.example:9440 --passphrase-file /root/lifeboat.pass\n" +
+			"   lifeboat agent --identity-dir /var/lib/lifeboat/identity --nbd unix:/run/lifeboat/nbd.sock\n" +
 			"   lifeboat agent --volume db=/dev/sdb --journal-dir /var/lib/lifeboat/journal\n" +
 			"   lifeboat agent --volume db=/dev/sdb --nbd unix:/run/lifeboat/nbd.sock\n" +
 			"   qemu-io -f raw -c 'read 0 1M' 'nbd+unix:///db?socket=/run/lifeboat/nbd.sock'\n" +
