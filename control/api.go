@@ -55,13 +55,16 @@ type RemovedMachine struct {
 
 func (s *Server) handleMachineRemove(w http.ResponseWriter, r *http.Request, peer string) {
 	name := r.PathValue("name")
-	if _, err := s.Store.Machine(name); err != nil {
+	m, err := s.Store.Machine(name)
+	if err != nil {
 		s.answer(w, r, peer, nil, err)
 		return
 	}
 	// Revoke first: a machine that is gone from the store but whose
-	// certificate still works would be worse than the reverse.
-	revoked, err := s.CA.Revoke(pki.Revocation{Name: name, Reason: "machine removed by " + peer})
+	// certificate still works would be worse than the reverse. Its own
+	// certificate, by serial: another holder of the name (an admin's) is
+	// not this machine.
+	revoked, err := s.CA.Revoke(pki.Revocation{Serial: m.Serial, Reason: "machine removed by " + peer})
 	if err != nil && !errors.Is(err, pki.ErrNothingToRevoke) && !errors.Is(err, pki.ErrUnknown) {
 		s.answer(w, r, peer, nil, err)
 		return
@@ -130,6 +133,11 @@ func (s *Server) handlePolicyUpdate(w http.ResponseWriter, r *http.Request, peer
 	var c PolicyChange
 	if err := decode(r, &c); err != nil {
 		s.answer(w, r, peer, nil, err)
+		return
+	}
+	if c.EncryptionKey != nil && *c.EncryptionKey == "site" && !s.Encrypted {
+		s.answer(w, r, peer, nil, fmt.Errorf("%w: encryption-key site needs the site's encryption key, and this server's target has none "+
+			"(start it with --encryption-key)", ErrInvalid))
 		return
 	}
 	p, err := s.Store.UpdatePolicy(r.PathValue("name"), func(p *Policy) {
@@ -250,7 +258,9 @@ func (s *Server) handleItemAction(w http.ResponseWriter, r *http.Request, peer s
 			it.Paused = false
 		case "resync":
 			it.Resync++
-			it.ResyncFull = req.Full
+			if req.Full {
+				it.ResyncFullAt = it.Resync // a later plain resync does not undo it
+			}
 		default:
 			return fmt.Errorf("%w: action %q: want pause, resume or resync", ErrNotFound, action)
 		}

@@ -20,12 +20,13 @@ import (
 
 // site is a configuration server on a test TLS listener.
 type site struct {
-	dir   string
-	srv   *control.Server
-	url   string
-	pass  string
-	admin *http.Client
-	clock *clock
+	agents map[string]*http.Client // by name, from register
+	dir    string
+	srv    *control.Server
+	url    string
+	pass   string
+	admin  *http.Client
+	clock  *clock
 }
 
 type clock struct {
@@ -61,7 +62,7 @@ func newSite(t testing.TB) *site {
 		t.Fatal(err)
 	}
 	ck := newClock(time.Now())
-	srv := &control.Server{Store: store, CA: ca, TLS: tlsConf, DataURL: "https://127.0.0.1:9443", Now: ck.Now,
+	srv := &control.Server{Store: store, CA: ca, TLS: tlsConf, DataURL: "https://127.0.0.1:9443", Now: ck.Now, DataDir: dir,
 		HeartbeatTimeout: 30 * time.Second}
 	ts := httptest.NewUnstartedServer(srv.Handler())
 	ts.TLS = srv.TLSConfig()
@@ -92,7 +93,12 @@ func (s *site) register(t *testing.T, name string) *http.Client {
 	if err := id.Identity().Write(dir, name); err != nil {
 		t.Fatal(err)
 	}
-	return clientFor(t, filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key"), filepath.Join(dir, "ca.crt"))
+	c := clientFor(t, filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key"), filepath.Join(dir, "ca.crt"))
+	if s.agents == nil {
+		s.agents = map[string]*http.Client{}
+	}
+	s.agents[name] = c
+	return c
 }
 
 func status(err error) int {
@@ -425,5 +431,102 @@ func TestVolumeErrorReported(t *testing.T) {
 	}
 	if !control.ConditionCodesForTest(cond)[control.CodeVolumeError] {
 		t.Fatalf("no LB1011 condition")
+	}
+}
+
+// Review findings: another certificate that carries a machine's name is
+// not that machine; encryption-key site is checked on update too; a full
+// resync asked for stays full until the agent did it; a refused
+// registration with a huge name stores none of it.
+func TestIdentityAndRequestEdges(t *testing.T) {
+	s := newSite(t)
+	s.register(t, "web01")
+	ca, err := pki.Load(s.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := ca.Issue("web01", pki.RoleAgent, nil, time.Hour) // 'certs issue --name web01' after the registration
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := other.Write(dir, "web01"); err != nil {
+		t.Fatal(err)
+	}
+	impostor := clientFor(t, filepath.Join(dir, "web01.crt"), filepath.Join(dir, "web01.key"), filepath.Join(dir, "ca.crt"))
+	err = control.Call(context.Background(), impostor, "POST", s.url+"/v1/agent/heartbeat", control.Heartbeat{}, nil)
+	if status(err) != http.StatusForbidden || !strings.Contains(err.Error(), "serial") {
+		t.Fatalf("heartbeat with another web01 certificate: %v, want 403 naming the serial", err)
+	}
+	pol := control.DefaultPolicy
+	pol.Name = "gold"
+	if err := s.call("POST", "/v1/policies", pol, nil); err != nil {
+		t.Fatal(err)
+	}
+	site := "site"
+	if err := s.call("PATCH", "/v1/policies/gold", control.PolicyChange{EncryptionKey: &site}, nil); status(err) != http.StatusBadRequest {
+		t.Fatalf("update to encryption-key site on a site without a key: %v, want 400", err)
+	}
+	if err := s.call("POST", "/v1/items", control.ProtectRequest{Machine: "web01", Volume: "db", Path: "/dev/sdb", Policy: "gold"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.call("POST", "/v1/items/web01/db/resync", control.ResyncRequest{Full: true}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.call("POST", "/v1/items/web01/db/resync", control.ResyncRequest{}, nil); err != nil {
+		t.Fatal(err)
+	}
+	var cfg control.AgentConfig
+	web01 := s.agents["web01"]
+	if err := control.Call(context.Background(), web01, "POST", s.url+"/v1/agent/heartbeat", control.Heartbeat{}, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	if v := cfg.Volumes[0]; v.Resync != 2 || !v.ResyncFull {
+		t.Fatalf("after resync --full then resync: %+v, want request 2, full", v)
+	}
+	hb := control.Heartbeat{Volumes: []control.VolumeReport{{Name: "db", ResyncDone: 2}}}
+	cfg = control.AgentConfig{}
+	if err := control.Call(context.Background(), web01, "POST", s.url+"/v1/agent/heartbeat", hb, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Volumes[0].ResyncFull {
+		t.Fatalf("the agent did request 2; still full: %+v", cfg.Volumes[0])
+	}
+	big := strings.Repeat("x", 100000)
+	if _, err := control.Register(context.Background(), s.url, control.Registration{Name: big}, "wrong", nil); status(err) != http.StatusForbidden {
+		t.Fatalf("huge name: %v", err)
+	}
+	es, _ := s.srv.Store.Events(time.Time{})
+	for _, e := range es {
+		if len(e.Subject)+len(e.Message) > 1000 {
+			t.Fatalf("an event kept %d bytes of an unauthenticated request", len(e.Subject)+len(e.Message))
+		}
+	}
+}
+
+// Right after a restart nothing the heartbeats tell is known yet: open
+// events are not cleared then (they would flap, and come back with new
+// ids), only raised.
+func TestEventsDoNotFlapAtStart(t *testing.T) {
+	s := newSite(t)
+	s.register(t, "web01")
+	pol := control.DefaultPolicy
+	pol.Name = "gold"
+	if err := s.call("POST", "/v1/policies", pol, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.call("POST", "/v1/items", control.ProtectRequest{Machine: "web01", Volume: "db", Path: "/dev/sdb", Policy: "gold"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	s.clock.Add(31 * time.Second)
+	_, cond, _ := s.srv.Evaluate()
+	if _, err := control.ReconcileForTest(s.srv, cond); err != nil {
+		t.Fatal(err)
+	}
+	if changed, err := control.ReconcileAtStartForTest(s.srv, nil); err != nil || len(changed) != 0 {
+		t.Fatalf("at start, with nothing known: %+v %v, want no change", changed, err)
+	}
+	if changed, err := control.ReconcileForTest(s.srv, nil); err != nil || len(changed) != 1 || changed[0].Cleared == nil {
+		t.Fatalf("settled, condition gone: %+v %v, want it cleared", changed, err)
 	}
 }

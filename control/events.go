@@ -177,9 +177,12 @@ type condition struct {
 	Subject string
 }
 
-// Reconcile raises an event for each condition in now that is not open
-// and clears each open one that is not in now, in one transaction.
-func (s *Store) reconcile(current map[condition]string, t time.Time) ([]Event, error) {
+// reconcile raises an event for each condition in current that is not
+// open and, with clear, clears each open one that is not in current, in
+// one transaction. Right after a start nothing is cleared: what the
+// heartbeats tell is not known yet, and clearing then raising again would
+// make every open event flap at each restart.
+func (s *Store) reconcile(current map[condition]string, t time.Time, clear bool) ([]Event, error) {
 	open, err := s.openEvents()
 	if err != nil {
 		return nil, err
@@ -197,7 +200,7 @@ func (s *Store) reconcile(current map[condition]string, t time.Time) ([]Event, e
 			changed = append(changed, e)
 		}
 		for c, e := range open {
-			if _, ok := current[c]; ok {
+			if _, ok := current[c]; ok || !clear {
 				continue
 			}
 			if err := clearEvent(tx, e.ID, t); err != nil {

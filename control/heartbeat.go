@@ -1,10 +1,12 @@
 package control
 
 import (
+	"fmt"
 	"net/http"
 	"time"
 
 	"lifeboat/pipeline"
+	"lifeboat/pipeline/pki"
 )
 
 // Heartbeat is what an agent sends every HeartbeatInterval: its version
@@ -52,7 +54,11 @@ type beat struct {
 }
 
 func (s *Server) handleHeartbeat(w http.ResponseWriter, r *http.Request, machine string) {
-	if _, err := s.Store.Machine(machine); err != nil {
+	m, err := s.Store.Machine(machine)
+	if err == nil {
+		err = sameCertificate(r, m.Serial)
+	}
+	if err != nil {
 		s.refuse(w, r, http.StatusForbidden, machine, err)
 		return
 	}
@@ -94,8 +100,11 @@ func (s *Server) agentConfig(machine string) (AgentConfig, error) {
 			}
 			policies[it.Policy] = p
 		}
+		b, _ := s.beat(machine)
+		done := b.Volumes[it.Volume].ResyncDone
 		cfg.Volumes = append(cfg.Volumes, VolumeConfig{Name: it.Volume, Path: it.Path, Size: it.Size, ProcessServer: it.ProcessServer,
-			TagInterval: p.CrashInterval, Compression: p.Compression, Paused: it.Paused, Resync: it.Resync, ResyncFull: it.ResyncFull})
+			TagInterval: p.CrashInterval, Compression: p.Compression, Paused: it.Paused, Resync: it.Resync,
+			ResyncFull: it.ResyncFullAt > done})
 	}
 	return cfg, nil
 }
@@ -127,4 +136,16 @@ func (s *Server) forget(machine string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.beats, machine)
+}
+
+// sameCertificate refuses a request whose certificate is not the one its
+// holder registered with (another certificate that carries its name).
+func sameCertificate(r *http.Request, serial string) error {
+	if len(r.TLS.VerifiedChains) == 0 || len(r.TLS.VerifiedChains[0]) == 0 {
+		return fmt.Errorf("no verified certificate")
+	}
+	if got := pki.SerialText(r.TLS.VerifiedChains[0][0].SerialNumber); got != serial {
+		return fmt.Errorf("certificate serial %s is not the one this name registered with (%s)", got, serial)
+	}
+	return nil
 }

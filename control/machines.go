@@ -40,11 +40,13 @@ type Item struct {
 	// ProcessServer is the data URL the agent ships to.
 	ProcessServer string `json:"process_server"`
 	Paused        bool   `json:"paused"`
-	// Resync asks the agent for a resync each time it grows; Full makes
-	// it a full one (else the dirty regions and what the site lacks).
-	Resync     uint64    `json:"resync_request"`
-	ResyncFull bool      `json:"resync_full,omitempty"`
-	Created    time.Time `json:"created"`
+	// Resync asks the agent for a resync each time it grows; it is a full
+	// one while the agent has not done ResyncFullAt (else the dirty
+	// regions).
+	Resync uint64 `json:"resync_request"`
+	// ResyncFullAt is the last request that asked for a full resync.
+	ResyncFullAt uint64    `json:"resync_full_at,omitempty"`
+	Created      time.Time `json:"created"`
 }
 
 // Key is MACHINE/VOLUME, the item's name.

@@ -67,6 +67,9 @@ var ErrInvalid = errors.New("invalid")
 // ErrExists is wrapped by the error for a name already in use (409).
 var ErrExists = errors.New("already exists")
 
+// ErrForbidden is wrapped by the error for what the caller may not do (403).
+var ErrForbidden = errors.New("forbidden")
+
 // ErrInUse is wrapped by the error for deleting what items use (409).
 var ErrInUse = errors.New("in use")
 

@@ -1,9 +1,12 @@
 package control
 
 import (
+	"errors"
 	"fmt"
+	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -15,8 +18,13 @@ import (
 // process server (the one in `lifeboat server`) is not recorded: it is
 // SiteProcessServer, always there.
 type ProcessServer struct {
-	Name         string    `json:"name"`
-	URL          string    `json:"url"` // its data port, as agents reach it
+	Name string `json:"name"`
+	URL  string `json:"url"` // its data port, as agents reach it
+	// Hosts are the names its data port's certificate may carry, as an
+	// admin allowed them (process-server allow); Pending until it
+	// registers with exactly these.
+	Hosts        []string  `json:"hosts"`
+	Pending      bool      `json:"pending,omitempty"`
 	Serial       string    `json:"serial"`
 	RegisteredAt time.Time `json:"registered_at"`
 	CertExpires  time.Time `json:"certificate_expires"`
@@ -60,8 +68,10 @@ func nameFreeTx(tx *bolt.Tx, name string) error {
 	return nil
 }
 
-// AddProcessServer records a registration; the name must be free.
-func (s *Store) AddProcessServer(ps ProcessServer) error {
+// AllowProcessServer records an admin's approval of a process server
+// that has not registered yet: its name, hosts and URL.
+func (s *Store) AllowProcessServer(ps ProcessServer) error {
+	ps.Pending = true
 	return s.update(func(tx *bolt.Tx) error {
 		if err := nameFreeTx(tx, ps.Name); err != nil {
 			return err
@@ -70,7 +80,42 @@ func (s *Store) AddProcessServer(ps ProcessServer) error {
 	})
 }
 
-// processServer returns a registered process server.
+// claimProcessServer completes an allowed process server's registration:
+// the request must name exactly the hosts and URL an admin allowed.
+func (s *Store) claimProcessServer(name string, hosts []string, url string, fill func(*ProcessServer)) error {
+	return s.update(func(tx *bolt.Tx) error {
+		var ps ProcessServer
+		if err := get(tx, bucketPS, name, &ps); err != nil {
+			return fmt.Errorf("%w: no process server %s is allowed; an admin allows it first on the site with "+
+				"'lifeboat process-server allow %s --host HOST --advertise URL'", ErrForbidden, name, name)
+		}
+		if !ps.Pending {
+			return fmt.Errorf("%w: process server %s is registered already; an admin removes it first ('lifeboat process-server remove %s')",
+				ErrExists, name, name)
+		}
+		if !slices.Equal(ps.Hosts, hosts) || ps.URL != url {
+			return fmt.Errorf("%w: process server %s was allowed with hosts %q and URL %s, not %q and %s",
+				ErrForbidden, name, ps.Hosts, ps.URL, hosts, url)
+		}
+		fill(&ps)
+		ps.Pending = false
+		return put(tx, bucketPS, name, ps)
+	})
+}
+
+// removeProcessServer deletes a process server's record.
+func (s *Store) removeProcessServer(name string) (ProcessServer, error) {
+	var ps ProcessServer
+	err := s.update(func(tx *bolt.Tx) error {
+		if err := get(tx, bucketPS, name, &ps); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketPS).Delete([]byte(name))
+	})
+	return ps, err
+}
+
+// processServer returns a registered or allowed process server.
 func (s *Store) processServer(name string) (ProcessServer, error) {
 	var ps ProcessServer
 	err := s.view(func(tx *bolt.Tx) error { return get(tx, bucketPS, name, &ps) })
@@ -84,15 +129,26 @@ func (s *Store) ProcessServers() ([]ProcessServer, error) {
 	return ps, err
 }
 
-// registerProcessServer issues a process server its data port's
-// certificate (for Hosts) and its client certificate, and records it.
+// registerProcessServer issues an allowed process server its data port's
+// certificate (for the hosts an admin allowed) and its client certificate.
+// The passphrase alone is not enough: it is given to every machine, and a
+// server certificate of the site's CA is trusted by every agent.
 func (s *Server) registerProcessServer(req RegisterRequest, pub any, host string) (RegisterReply, error) {
 	u, err := url.Parse(req.URL)
 	if err != nil || u.Scheme != "https" || u.Host == "" || u.Port() == "" {
 		return RegisterReply{}, fmt.Errorf("%w: url %q: want https://HOST:PORT, where agents reach the process server", ErrInvalid, req.URL)
 	}
-	if len(req.Hosts) == 0 {
-		return RegisterReply{}, fmt.Errorf("%w: give the host names or addresses agents reach the process server at (--host)", ErrInvalid)
+	psURL := "https://" + u.Host
+	allowed, err := s.Store.processServer(req.Name)
+	switch {
+	case err != nil:
+		return RegisterReply{}, fmt.Errorf("%w: no process server %s is allowed; an admin allows it first on the site with "+
+			"'lifeboat process-server allow %s --host HOST --advertise URL'", ErrForbidden, req.Name, req.Name)
+	case !allowed.Pending:
+		return RegisterReply{}, fmt.Errorf("%w: process server %s is registered already", ErrExists, req.Name)
+	case !slices.Equal(allowed.Hosts, req.Hosts) || allowed.URL != psURL:
+		return RegisterReply{}, fmt.Errorf("%w: process server %s was allowed with hosts %q and URL %s, not %q and %s",
+			ErrForbidden, req.Name, allowed.Hosts, allowed.URL, req.Hosts, psURL)
 	}
 	srv, err := s.CA.IssueKey(req.Name, pki.RoleServer, req.Hosts, 0, pub)
 	if err != nil {
@@ -103,12 +159,14 @@ func (s *Server) registerProcessServer(req RegisterRequest, pub any, host string
 		return RegisterReply{}, err
 	}
 	cert, _ := client.Certificate()
-	ps := ProcessServer{Name: req.Name, URL: "https://" + u.Host, Serial: pki.SerialText(cert.SerialNumber),
-		RegisteredAt: s.now().UTC(), CertExpires: cert.NotAfter.UTC(), Address: host}
-	if err := s.Store.AddProcessServer(ps); err != nil {
-		return RegisterReply{}, s.unissue(ps.Serial, err)
+	serial := pki.SerialText(cert.SerialNumber)
+	err = s.Store.claimProcessServer(req.Name, req.Hosts, psURL, func(ps *ProcessServer) {
+		ps.Serial, ps.RegisteredAt, ps.CertExpires, ps.Address = serial, s.now().UTC(), cert.NotAfter.UTC(), host
+	})
+	if err != nil {
+		return RegisterReply{}, s.unissue(serial, err)
 	}
-	s.log().Info("process server registered", "process_server", ps.Name, "url", ps.URL, "remote", host)
+	s.log().Info("process server registered", "process_server", req.Name, "url", psURL, "remote", host)
 	return RegisterReply{CertPEM: client.CertPEM, ServerCertPEM: srv.CertPEM, CAPEM: client.CAPEM}, nil
 }
 
@@ -123,4 +181,85 @@ func (s *Server) crlPEM() []byte {
 		return nil
 	}
 	return b
+}
+
+// AllowRequest is an admin's approval of a process server to come.
+type AllowRequest struct {
+	Name  string   `json:"name"`
+	Hosts []string `json:"hosts"`
+	URL   string   `json:"url"`
+}
+
+func (s *Server) handlePSAllow(w http.ResponseWriter, r *http.Request, peer string) {
+	var req AllowRequest
+	if err := decode(r, &req); err != nil {
+		s.answer(w, r, peer, nil, err)
+		return
+	}
+	ps, err := s.allowProcessServer(req)
+	if err == nil {
+		s.log().Info("process server allowed", "process_server", ps.Name, "hosts", ps.Hosts, "url", ps.URL, "by", peer)
+	}
+	s.answer(w, r, peer, ps, err)
+}
+
+func (s *Server) allowProcessServer(req AllowRequest) (ProcessServer, error) {
+	if err := pki.CheckName(req.Name); err != nil {
+		return ProcessServer{}, fmt.Errorf("%w: process server name: %v", ErrInvalid, err)
+	}
+	u, err := url.Parse(req.URL)
+	if err != nil || u.Scheme != "https" || u.Host == "" || u.Port() == "" || (u.Path != "" && u.Path != "/") {
+		return ProcessServer{}, fmt.Errorf("%w: --advertise %q: want https://HOST:PORT, where agents reach the process server", ErrInvalid, req.URL)
+	}
+	if len(req.Hosts) == 0 || !slices.Contains(req.Hosts, u.Hostname()) {
+		return ProcessServer{}, fmt.Errorf("%w: --host %q must include the host of --advertise (%s): agents check it in its certificate",
+			ErrInvalid, req.Hosts, u.Hostname())
+	}
+	if err := s.certificateNameFree(req.Name); err != nil {
+		return ProcessServer{}, err
+	}
+	ps := ProcessServer{Name: req.Name, Hosts: req.Hosts, URL: "https://" + u.Host}
+	if err := s.Store.AllowProcessServer(ps); err != nil {
+		return ProcessServer{}, err
+	}
+	ps.Pending = true
+	return ps, nil
+}
+
+// RemovedProcessServer is the answer to a process server's removal.
+type RemovedProcessServer struct {
+	ProcessServer ProcessServer    `json:"process_server"`
+	Revoked       []pki.IssuedCert `json:"revoked"`
+}
+
+// handlePSRemove revokes a process server's client certificate (its
+// heartbeats stop being taken), forgets it, and lets reassign move its
+// items. Its data port's certificate stays valid until it expires (a
+// server certificate is not revocable here), but the site no longer sends
+// agents to it.
+func (s *Server) handlePSRemove(w http.ResponseWriter, r *http.Request, peer string) {
+	name := r.PathValue("name")
+	ps, err := s.Store.processServer(name)
+	if err != nil {
+		s.answer(w, r, peer, nil, err)
+		return
+	}
+	out := RemovedProcessServer{ProcessServer: ps, Revoked: []pki.IssuedCert{}}
+	if ps.Serial != "" {
+		revoked, err := s.CA.Revoke(pki.Revocation{Serial: ps.Serial, Reason: "process server removed by " + peer})
+		if err != nil && !errors.Is(err, pki.ErrNothingToRevoke) {
+			s.answer(w, r, peer, nil, err)
+			return
+		}
+		out.Revoked = append(out.Revoked, revoked...)
+	}
+	if _, err := s.Store.removeProcessServer(name); err != nil {
+		s.answer(w, r, peer, nil, err)
+		return
+	}
+	s.mu.Lock()
+	delete(s.psBeats, name)
+	s.mu.Unlock()
+	s.log().Info("process server removed", "process_server", name, "by", peer)
+	s.answer(w, r, peer, out, s.reassign(&ps))
 }

@@ -51,6 +51,12 @@ type psBeat struct {
 
 func (s *Server) handlePSHeartbeat(w http.ResponseWriter, r *http.Request, name string) {
 	ps, err := s.Store.processServer(name)
+	if err == nil && ps.Pending {
+		err = fmt.Errorf("process server %s is allowed but not registered", name)
+	}
+	if err == nil {
+		err = sameCertificate(r, ps.Serial)
+	}
 	if err != nil {
 		s.refuse(w, r, http.StatusForbidden, name, err)
 		return
@@ -142,7 +148,13 @@ func (s *Server) ProcessServerViews() ([]ProcessServerView, error) {
 	if err != nil {
 		return nil, err
 	}
-	all := append([]ProcessServer{{Name: SiteProcessServer, URL: s.DataURL}}, pss...)
+	all := []ProcessServer{{Name: SiteProcessServer, URL: s.DataURL}}
+	for _, ps := range pss {
+		if !ps.Pending { // allowed, not registered yet: not a process server yet
+			all = append(all, ps)
+		}
+	}
+	churn := s.itemChurn()
 	views := make([]ProcessServerView, 0, len(all))
 	for _, ps := range all {
 		b, up := s.psUp(ps)
@@ -154,7 +166,7 @@ func (s *Server) ProcessServerViews() ([]ProcessServerView, error) {
 		for _, it := range items {
 			if it.ProcessServer == ps.URL {
 				v.Items++
-				v.ChurnBps += b.Churn[it.Key()]
+				v.ChurnBps += churn[it.Key()]
 			}
 		}
 		if !up {
@@ -219,7 +231,8 @@ func (s *Server) assign() (string, error) {
 // The replicas stay on the shared target; the new process server takes
 // each from the state it has, and the agent resends or resyncs what it
 // lacks, so no recovery point is lost.
-func (s *Server) reassign() error {
+// gone, if not nil, is a process server just removed: its items move too.
+func (s *Server) reassign(gone *ProcessServer) error {
 	items, err := s.Store.Items()
 	if err != nil {
 		return err
@@ -234,6 +247,9 @@ func (s *Server) reassign() error {
 			if views[i].URL == it.ProcessServer && views[i].Health == Critical {
 				from = &views[i]
 			}
+		}
+		if from == nil && gone != nil && gone.URL == it.ProcessServer {
+			from = &ProcessServerView{Name: gone.Name, URL: gone.URL, Reason: "process server " + gone.Name + " was removed"}
 		}
 		if from == nil {
 			continue
@@ -252,4 +268,22 @@ func (s *Server) reassign() error {
 		}
 	}
 	return nil
+}
+
+// itemChurn is each item's recent bytes per second, from the newest
+// heartbeat that reports it: an item keeps its load when it moves to
+// another process server, before that one has measured it, so moving
+// several items does not pile them all onto one.
+func (s *Server) itemChurn() map[string]float64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out, at := map[string]float64{}, map[string]time.Time{}
+	for _, b := range s.psBeats {
+		for key, c := range b.Churn {
+			if b.At.After(at[key]) {
+				out[key], at[key] = c, b.At
+			}
+		}
+	}
+	return out
 }

@@ -83,7 +83,13 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
 	}
 	if !hmac.Equal(req.Proof, RequestProof(sp.Key, req)) {
 		s.registerFailed(host)
-		s.Store.Event(CodeRegisterRefused, req.Name, fmt.Sprintf("registration of %q from %s refused: wrong passphrase", req.Name, host), s.now())
+		// Only a valid name goes into the store: this endpoint is open
+		// to anyone, and an event is kept for 30 days.
+		name := req.Name
+		if pki.CheckName(name) != nil {
+			name = "(invalid name)"
+		}
+		s.Store.Event(CodeRegisterRefused, name, fmt.Sprintf("registration of %s from %s refused: wrong passphrase", name, host), s.now())
 		s.refuse(w, r, http.StatusForbidden, req.Name, errors.New("wrong registration passphrase: use the one 'lifeboat server init' printed "+
 			"(or make a new one with 'lifeboat server passphrase')"))
 		return
@@ -93,7 +99,7 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, r, http.StatusBadRequest, req.Name, err)
 		return
 	}
-	if err := s.Store.nameFree(req.Name); err != nil {
+	if err := s.certificateNameFree(req.Name); err != nil {
 		s.refuse(w, r, http.StatusConflict, req.Name, err)
 		return
 	}
@@ -124,6 +130,9 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
 func (s *Server) registerMachine(req RegisterRequest, pub any, host string) (RegisterReply, error) {
 	if len(req.Hosts) > 0 || req.URL != "" {
 		return RegisterReply{}, fmt.Errorf("%w: an agent registers without hosts or URL", ErrInvalid)
+	}
+	if err := s.Store.nameFree(req.Name); err != nil {
+		return RegisterReply{}, err
 	}
 	id, err := s.CA.IssueKey(req.Name, pki.RoleAgent, nil, 0, pub)
 	if err != nil {
@@ -186,10 +195,11 @@ func (s *Server) registerWait(host string) time.Duration {
 			recent = append(recent, t)
 		}
 	}
-	if s.failures == nil {
-		s.failures = map[string][]time.Time{}
+	if len(recent) == 0 {
+		delete(s.failures, host) // only addresses with recent failures are kept
+	} else {
+		s.failures[host] = recent
 	}
-	s.failures[host] = recent
 	if len(recent) < limit {
 		return 0
 	}
@@ -203,4 +213,25 @@ func (s *Server) registerFailed(host string) {
 		s.failures = map[string][]time.Time{}
 	}
 	s.failures[host] = append(s.failures[host], s.now())
+}
+
+// certificateNameFree refuses a name that a valid certificate of the site
+// already carries (the admin's, a server's, an agent's from 'certs
+// issue'): a certificate is its holder's identity on every port, so a
+// registration must not give another holder the same name.
+func (s *Server) certificateNameFree(name string) error {
+	if s.DataDir == "" {
+		return nil
+	}
+	certs, err := pki.Issued(s.DataDir, s.now())
+	if err != nil {
+		return err
+	}
+	for _, c := range certs {
+		if c.Holder == name && c.Status == pki.StatusValid {
+			return fmt.Errorf("%w: a valid certificate of the site (role %s, serial %s) is named %s; register under another --name, "+
+				"or revoke that certificate first ('lifeboat certs revoke')", ErrExists, c.Role, c.Serial, name)
+		}
+	}
+	return nil
 }

@@ -48,6 +48,9 @@ type Server struct {
 	SiteVolumes func() (vols []PSVolume, spool, quota int64)
 	// CRLFile is the site's revocation list, passed on to process servers.
 	CRLFile string
+	// DataDir holds the site's PKI: registration refuses a name a valid
+	// certificate of its registry has.
+	DataDir string
 	// Heartbeats: how often agents are told to send one, and how long
 	// without one raises CodeNoHeartbeat.
 	HeartbeatInterval time.Duration
@@ -108,6 +111,8 @@ func (s *Server) Handler() http.Handler {
 	admin("POST /v1/items", s.handleProtect)
 	admin("DELETE /v1/items/{machine}/{volume}", s.handleUnprotect)
 	admin("POST /v1/items/{machine}/{volume}/{action}", s.handleItemAction)
+	admin("POST /v1/process-servers", s.handlePSAllow)
+	admin("DELETE /v1/process-servers/{name}", s.handlePSRemove)
 	admin("GET /v1/status", s.handleStatus)
 	admin("GET /v1/events", s.handleEvents)
 	admin("GET /v1/jobs", s.handleJobs)
@@ -176,6 +181,8 @@ func (s *Server) answer(w http.ResponseWriter, r *http.Request, peer string, v a
 		code = http.StatusNotFound
 	case errors.Is(err, ErrExists), errors.Is(err, ErrInUse):
 		code = http.StatusConflict
+	case errors.Is(err, ErrForbidden):
+		code = http.StatusForbidden
 	}
 	if code == http.StatusInternalServerError {
 		s.log().Error("control request failed", "path", r.URL.Path, "peer", peer, "err", err)

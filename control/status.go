@@ -307,7 +307,10 @@ func (s *Server) Run(ctx context.Context, interval time.Duration) {
 		_, cond, err := s.Evaluate()
 		if err == nil {
 			var changed []Event
-			changed, err = s.Store.reconcile(cond, s.now())
+			s.mu.Lock()
+			settled := s.now().Sub(s.started) > s.heartbeatTimeout()
+			s.mu.Unlock()
+			changed, err = s.Store.reconcile(cond, s.now(), settled)
 			for _, e := range changed {
 				if e.Cleared != nil {
 					s.log().Info("event cleared", "code", e.Code, "subject", e.Subject, "message", e.Message)
@@ -317,7 +320,7 @@ func (s *Server) Run(ctx context.Context, interval time.Duration) {
 			}
 		}
 		if err == nil {
-			err = s.reassign()
+			err = s.reassign(nil)
 		}
 		if err != nil {
 			s.log().Error("evaluate the site's health", "err", err)

@@ -62,6 +62,14 @@ func TestProcessServersSpreadAndFailOver(t *testing.T) {
 		}
 		return r.stdout
 	}
+	// The passphrase alone does not make a process server: an admin
+	// allows it first.
+	if r := lifeboat(t, "process-server", "register", "--server", ctlURL, "--passphrase-file", pass, "--name", "ps2",
+		"--data-dir", psDir, "--host", "127.0.0.1", "--advertise", "https://"+data2); r.code != 1 || !strings.Contains(r.out(), "process-server allow ps2") {
+		t.Fatalf("register without an allowance: %v", r)
+	}
+	os.RemoveAll(psDir)
+	must(admin("process-server", "allow", "ps2", "--host", "127.0.0.1", "--advertise", "https://"+data2))
 	must(lifeboat(t, "process-server", "register", "--server", ctlURL, "--passphrase-file", pass, "--name", "ps2",
 		"--data-dir", psDir, "--host", "127.0.0.1", "--advertise", "https://"+data2))
 	// The same name again is refused, and the agent may not take it.

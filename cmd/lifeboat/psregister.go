@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -209,5 +210,61 @@ func psRetention(p *atomic.Pointer[map[string]control.Seconds]) func(machine, vo
 		}
 		s, ok := (*m)[machine+"/"+volume]
 		return targets.Retention{Window: s.Duration()}, ok && s > 0
+	}
+}
+
+func processServerAllowCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "allow",
+		Usage: "on the site: allow a scale-out process server to register, with the host names its certificate will carry",
+		Description: "A process server's certificate is trusted by every agent, so the registration passphrase alone (which\n" +
+			"every machine gets) does not give one: an admin allows the name, its hosts and its URL first, and the\n" +
+			"process server registers with exactly those ('lifeboat process-server register').\n\n" +
+			"Example:\n" +
+			"   lifeboat process-server allow ps2 --host ps2.example --advertise https://ps2.example:9443 --data-dir /var/lib/lifeboat/server",
+		ArgsUsage: "NAME",
+		Flags: append(siteFlags(),
+			&cli.StringSliceFlag{Name: "host", Required: true, Usage: "`NAME_OR_IP` agents reach it at (repeatable; one must be --advertise's host)"},
+			&cli.StringFlag{Name: "advertise", Required: true, Usage: "`URL` agents ship to, https://HOST:PORT"}),
+		OnUsageError: onUsageError,
+		Action: func(c *cli.Context) error {
+			args, err := leafArgs(c, 1, "the process server's name")
+			if err != nil {
+				return err
+			}
+			var ps control.ProcessServer
+			req := control.AllowRequest{Name: args[0], Hosts: c.StringSlice("host"), URL: c.String("advertise")}
+			if err := siteCall(c, http.MethodPost, "/process-servers", req, &ps); err != nil {
+				return err
+			}
+			fmt.Fprintf(c.App.Writer, "process server %s may register now, for %s (hosts %s), with:\n"+
+				"   lifeboat process-server register --server https://THIS-SITE:9440 --passphrase-file FILE --name %s --host %s --advertise %s\n",
+				ps.Name, ps.URL, strings.Join(ps.Hosts, ", "), ps.Name, strings.Join(ps.Hosts, " --host "), ps.URL)
+			return nil
+		},
+	}
+}
+
+func processServerRemoveCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "remove",
+		Usage: "on the site: remove a scale-out process server; its items move to the others",
+		Description: "Revokes its client certificate (its heartbeats are refused), forgets it and moves its items to the least\n" +
+			"loaded process servers that are up. Its replicas and points stay on the shared target.",
+		ArgsUsage:    "NAME",
+		Flags:        siteFlags(),
+		OnUsageError: onUsageError,
+		Action: func(c *cli.Context) error {
+			args, err := leafArgs(c, 1, "the process server's name")
+			if err != nil {
+				return err
+			}
+			var out control.RemovedProcessServer
+			if err := siteCall(c, http.MethodDelete, "/process-servers/"+url.PathEscape(args[0]), nil, &out); err != nil {
+				return err
+			}
+			fmt.Fprintf(c.App.Writer, "removed process server %s: %d certificate(s) revoked; its items move to the others\n", args[0], len(out.Revoked))
+			return nil
+		},
 	}
 }

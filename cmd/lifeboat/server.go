@@ -156,7 +156,7 @@ func processServerCommand() *cli.Command {
 			"   lifeboat process-server --data-dir /var/lib/lifeboat/ps2 --listen :9443 --target file:///srv/replicas",
 		Flags:        serverFlags(),
 		OnUsageError: onUsageError,
-		Subcommands:  []*cli.Command{processServerRegisterCommand()},
+		Subcommands:  []*cli.Command{processServerRegisterCommand(), processServerAllowCommand(), processServerRemoveCommand()},
 		Action: func(c *cli.Context) error {
 			o, err := parseServerOptions(c)
 			if err != nil {

@@ -103,7 +103,7 @@ func newControl(dataDir string, o controlOptions, encrypted bool) (*control.Serv
 	if err != nil {
 		return nil, nil, failure("%v", err)
 	}
-	ctl := &control.Server{Store: store, CA: ca, TLS: tlsConf, DataURL: o.Advertise, Encrypted: encrypted, CRLFile: pki.Paths(dataDir).CRL,
+	ctl := &control.Server{Store: store, CA: ca, TLS: tlsConf, DataURL: o.Advertise, Encrypted: encrypted, CRLFile: pki.Paths(dataDir).CRL, DataDir: dataDir,
 		HeartbeatInterval: o.HeartbeatInterval, HeartbeatTimeout: o.HeartbeatTimeout}
 	return ctl, func() { store.Close() }, nil
 }
