@@ -45,7 +45,10 @@ func processServerRegisterCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "register",
 		Usage: "register this scale-out process server with the configuration server",
-		Description: "Generates the process server's key (it never leaves this machine), proves the registration passphrase\n" +
+		Description: "An admin allows the process server on the site first ('lifeboat process-server allow NAME --host H --advertise URL'):\n" +
+			"its certificate is trusted by every agent, so the passphrase alone is not enough, and it must register with exactly\n" +
+			"the name, hosts and URL allowed.\n" +
+			"Generates the process server's key (it never leaves this machine), proves the registration passphrase\n" +
 			"and stores in DATA-DIR/pki the data port's certificate for --host, a client certificate for its heartbeats\n" +
 			"and the site's CA. Started afterwards, 'lifeboat process-server --data-dir DIR' sends heartbeats (its load,\n" +
 			"its spool, its volumes' points) and takes the site's revocation list with each answer; the configuration\n" +
