@@ -37,6 +37,10 @@ type managedFile struct {
 	Config control.AgentConfig `json:"config"`
 	// ResyncDone is the last resync request acted on, by volume.
 	ResyncDone map[string]uint64 `json:"resync_done"`
+	// Unprotected are the volumes whose journal directory was left by an
+	// unprotect (or a change of path or size): protected again, their
+	// journal's state is not the device's and they are resynced in full.
+	Unprotected map[string]bool `json:"unprotected,omitempty"`
 }
 
 // managedVolume is a volume the agent protects for the site.
@@ -78,15 +82,9 @@ func runManagedAgent(ctx context.Context, out io.Writer, o agentOptions, id agen
 	if err := os.MkdirAll(o.JournalDir, 0o700); err != nil {
 		return failure("--journal-dir: %v", err)
 	}
-	a := &managedAgent{o: o, log: slog.Default().With("machine", id.Name), control: id.Server, client: client, out: out,
-		vols: map[string]*managedVolume{}, errs: map[string]string{}, saved: managedFile{ResyncDone: map[string]uint64{}}}
-	if b, err := os.ReadFile(a.savedPath()); err == nil {
-		if err := json.Unmarshal(b, &a.saved); err != nil {
-			return failure("%s: %v; move it away to start from the configuration server's", a.savedPath(), err)
-		}
-		if a.saved.ResyncDone == nil {
-			a.saved.ResyncDone = map[string]uint64{}
-		}
+	a := newManagedAgent(o, slog.Default().With("machine", id.Name), id.Server, client, out)
+	if err := a.load(); err != nil {
+		return err
 	}
 	if err := a.startFrontEnds(ctx); err != nil {
 		a.stop()
@@ -113,6 +111,29 @@ func runManagedAgent(ctx context.Context, out io.Writer, o agentOptions, id agen
 		fmt.Fprintln(out, "lifeboat agent stopped cleanly: journal sealed, volumes flushed")
 	}
 	return err
+}
+
+func newManagedAgent(o agentOptions, log *slog.Logger, server string, client *http.Client, out io.Writer) *managedAgent {
+	return &managedAgent{o: o, log: log, control: server, client: client, out: out,
+		vols: map[string]*managedVolume{}, errs: map[string]string{}, saved: managedFile{ResyncDone: map[string]uint64{}, Unprotected: map[string]bool{}}}
+}
+
+// load reads the saved configuration, if any.
+func (a *managedAgent) load() error {
+	b, err := os.ReadFile(a.savedPath())
+	if err != nil {
+		return nil
+	}
+	if err := json.Unmarshal(b, &a.saved); err != nil {
+		return failure("%s: %v; move it away to start from the configuration server's", a.savedPath(), err)
+	}
+	if a.saved.ResyncDone == nil {
+		a.saved.ResyncDone = map[string]uint64{}
+	}
+	if a.saved.Unprotected == nil {
+		a.saved.Unprotected = map[string]bool{}
+	}
+	return nil
 }
 
 func (a *managedAgent) startFrontEnds(ctx context.Context) error {
@@ -257,6 +278,12 @@ func (a *managedAgent) reconcile(ctx context.Context, cfg control.AgentConfig) {
 	for _, vc := range cfg.Volumes {
 		want[vc.Name] = vc
 	}
+	// What was protected before this reconcile: at start-up, the saved
+	// configuration itself, so that a restart is not a protect again.
+	prev := map[string]control.VolumeConfig{}
+	for _, vc := range a.saved.Config.Volumes {
+		prev[vc.Name] = vc
+	}
 	for name, mv := range a.vols {
 		if vc, ok := want[name]; !ok || vc.Path != mv.cfg.Path || vc.Size != mv.cfg.Size {
 			a.remove(ctx, name)
@@ -271,7 +298,7 @@ func (a *managedAgent) reconcile(ctx context.Context, cfg control.AgentConfig) {
 		mv := a.vols[vc.Name]
 		if mv == nil {
 			var err error
-			if mv, err = a.add(ctx, vc); err != nil {
+			if mv, err = a.add(ctx, vc, a.protectedAgain(vc, prev)); err != nil {
 				if a.errs[vc.Name] != err.Error() {
 					a.log.Error("cannot protect volume", "volume", vc.Name, "path", vc.Path, "err", err)
 				}
@@ -332,8 +359,39 @@ func (a *managedAgent) save() {
 	}
 }
 
-// add opens a volume and serves it.
-func (a *managedAgent) add(ctx context.Context, vc control.VolumeConfig) (*managedVolume, error) {
+// protectedAgain says why a volume about to be opened needs a full resync
+// first, or "": its journal directory holds the state of an earlier
+// protection (unprotected since, or of another path or size), which says
+// nothing of what was written to the device meanwhile. prev is the
+// configuration before this reconcile.
+func (a *managedAgent) protectedAgain(vc control.VolumeConfig, prev map[string]control.VolumeConfig) string {
+	if a.saved.Unprotected[vc.Name] {
+		return "unprotected by the site since it was last protected"
+	}
+	if _, err := os.Stat(filepath.Join(a.o.JournalDir, vc.Name, trackerStateFile)); err != nil {
+		return "" // a new journal: the tracker's initial sync copies every region
+	}
+	p, ok := prev[vc.Name]
+	switch {
+	case !ok:
+		return "its journal directory holds the state of an earlier protection"
+	case p.Path != vc.Path || p.Size != vc.Size:
+		return fmt.Sprintf("its path or size changed (was %s, %d bytes)", p.Path, p.Size)
+	}
+	return ""
+}
+
+// trackerStateFile is the tracker's state in a journal directory: present
+// once a volume was opened there.
+const trackerStateFile = "volume.json"
+
+// reprotectReason is why a volume protected again is resynced in full.
+const reprotectReason = "protected again: what was written while it was not protected is unknown"
+
+// add opens a volume and serves it. again, when not "", says why its
+// journal is from an earlier protection: every region is resynced before
+// anything is shipped.
+func (a *managedAgent) add(ctx context.Context, vc control.VolumeConfig, again string) (*managedVolume, error) {
 	spec := volumeSpec{Name: vc.Name, Path: vc.Path, Size: vc.Size}
 	if err := spec.prepare(); err != nil {
 		return nil, err
@@ -347,6 +405,16 @@ func (a *managedAgent) add(ctx context.Context, vc control.VolumeConfig) (*manag
 	if err := v.Open(ctx); err != nil {
 		return nil, fmt.Errorf("volume %s: %w", spec.Name, err)
 	}
+	if again != "" {
+		a.log.Warn("volume protected again: its journal is from an earlier protection; resyncing every region",
+			"volume", spec.Name, "path", spec.Path, "why", again)
+		if err := pipeline.Resync(v, true, reprotectReason); err != nil {
+			v.Close()
+			a.saved.Unprotected[spec.Name] = true // tried again at the next reconcile, even after a restart
+			return nil, fmt.Errorf("volume %s: protected again, full resync: %w", spec.Name, err)
+		}
+	}
+	delete(a.saved.Unprotected, spec.Name)
 	if a.nbd != nil {
 		if err := a.nbd.AddExport(nbd.Export{Name: spec.Name, Description: spec.Path, Backend: nbd.WithExtents(v, v.Extents)}); err != nil {
 			v.Close()
@@ -392,6 +460,7 @@ func (a *managedAgent) remove(ctx context.Context, name string) {
 	}
 	delete(a.vols, name)
 	delete(a.saved.ResyncDone, name)
+	a.saved.Unprotected[name] = true
 	a.log.Info("volume no longer protected (unprotected by the site); its journal directory is kept", "volume", name,
 		"journal", filepath.Join(a.o.JournalDir, name))
 }

@@ -1,0 +1,141 @@
+package main
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"lifeboat/control"
+)
+
+// testManaged is a managed agent without a configuration server: the test
+// hands it configurations as heartbeat answers would.
+func testManaged(t *testing.T, journalDir string) *managedAgent {
+	t.Helper()
+	o := agentOptions{JournalDir: journalDir, DrainTime: time.Second, SegmentAge: time.Second}
+	a := newManagedAgent(o, slog.New(slog.NewTextHandler(io.Discard, nil)), "https://control.invalid", nil, io.Discard)
+	if err := a.load(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.stop() })
+	return a
+}
+
+// pausedConfig protects the volumes without shipping them.
+func pausedConfig(vols ...control.VolumeConfig) control.AgentConfig {
+	for i := range vols {
+		vols[i].Paused = true
+	}
+	return control.AgentConfig{Volumes: vols}
+}
+
+// synced runs the volume's pending resync, as the shipper would, and
+// checks that nothing is left to resync.
+func synced(t *testing.T, a *managedAgent, name string) {
+	t.Helper()
+	mv := a.vols[name]
+	if mv == nil {
+		t.Fatalf("%s not protected (errors %v)", name, a.errs)
+	}
+	if err := mv.vol.Resync(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
+	if st := mv.vol.Status(); st.Resync != "" {
+		t.Fatalf("%s after a resync: resync %q", name, st.Resync)
+	}
+}
+
+func wantResync(t *testing.T, a *managedAgent, name, why string, full bool) {
+	t.Helper()
+	mv := a.vols[name]
+	if mv == nil {
+		t.Fatalf("%s not protected (errors %v)", name, a.errs)
+	}
+	st := mv.vol.Status()
+	if full {
+		if !strings.Contains(st.Resync, reprotectReason) || st.DirtyRegions != st.Regions {
+			t.Fatalf("%s: resync %q, %d of %d regions dirty; want a full resync: %q", why, st.Resync, st.DirtyRegions, st.Regions, reprotectReason)
+		}
+	} else if st.Resync != "" {
+		t.Fatalf("%s: resync %q, want none", why, st.Resync)
+	}
+}
+
+func TestManagedReprotectResyncsInFull(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	jdir := filepath.Join(dir, "journal")
+	disk := control.VolumeConfig{Name: "disk", Path: filepath.Join(dir, "disk.img"), Size: 4 << 20}
+
+	a := testManaged(t, jdir)
+	a.reconcile(ctx, pausedConfig(disk))
+	if st := a.vols["disk"].vol.Status(); st.Resync == "" || strings.Contains(st.Resync, reprotectReason) {
+		t.Fatalf("new volume: resync %q, want the initial sync's", st.Resync)
+	}
+	synced(t, a, "disk")
+	if err := a.stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	// A restart reconciles the saved configuration: not a protect again.
+	a = testManaged(t, jdir)
+	a.reconcile(ctx, a.saved.Config)
+	wantResync(t, a, "disk", "restart", false)
+
+	// Unprotect, write to the device behind the agent's back, protect again.
+	a.reconcile(ctx, pausedConfig())
+	if a.vols["disk"] != nil {
+		t.Fatal("disk still protected after the unprotect")
+	}
+	f, err := os.OpenFile(disk.Path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte("written while not protected"), 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	a.reconcile(ctx, pausedConfig(disk))
+	wantResync(t, a, "disk", "protected again", true)
+	synced(t, a, "disk")
+
+	// Unprotected while the agent was stopped: the saved configuration
+	// lacks it, so the next protect resyncs too.
+	a.reconcile(ctx, pausedConfig())
+	a.stop()
+	a = testManaged(t, jdir)
+	a.reconcile(ctx, a.saved.Config)
+	a.reconcile(ctx, pausedConfig(disk))
+	wantResync(t, a, "disk", "protected again after a restart", true)
+	synced(t, a, "disk")
+
+	// A journal left by an older agent (no record of the unprotect): its
+	// state alone, for a volume not in the previous configuration, is enough.
+	a.reconcile(ctx, pausedConfig())
+	a.stop()
+	a = testManaged(t, jdir)
+	delete(a.saved.Unprotected, "disk")
+	a.reconcile(ctx, a.saved.Config)
+	a.reconcile(ctx, pausedConfig(disk))
+	wantResync(t, a, "disk", "journal from an earlier protection, no record", true)
+	synced(t, a, "disk")
+
+	// The same name on another device.
+	other := disk
+	other.Path = filepath.Join(dir, "other.img")
+	a.reconcile(ctx, pausedConfig(other))
+	wantResync(t, a, "disk", "path changed", true)
+	synced(t, a, "disk")
+
+	// Nothing changed: nothing to resync, and the record is gone.
+	a.reconcile(ctx, pausedConfig(other))
+	wantResync(t, a, "disk", "same configuration", false)
+	if len(a.saved.Unprotected) != 0 {
+		t.Fatalf("unprotected left: %v", a.saved.Unprotected)
+	}
+}
