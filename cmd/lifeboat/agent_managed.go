@@ -155,7 +155,7 @@ func (a *managedAgent) startFrontEnds(ctx context.Context) error {
 		if err := os.MkdirAll(a.o.FuseMount, 0o755); err != nil {
 			return usageError("--fuse-mount: %v", err)
 		}
-		a.mount = &fusefs.Mount{Dir: a.o.FuseMount, Logger: a.log}
+		a.mount = &fusefs.Mount{Dir: a.o.FuseMount, Logger: a.log, Dynamic: true} // files come and go with the configuration
 		if err := a.mount.Mount(ctx); err != nil {
 			a.mount = nil
 			return fmt.Errorf("--fuse-mount %s: %w", a.o.FuseMount, err)

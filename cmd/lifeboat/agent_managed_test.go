@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"lifeboat/control"
+	"lifeboat/internal/testenv"
 )
 
 // testManaged is a managed agent without a configuration server: the test
@@ -137,5 +138,23 @@ func TestManagedReprotectResyncsInFull(t *testing.T) {
 	wantResync(t, a, "disk", "same configuration", false)
 	if len(a.saved.Unprotected) != 0 {
 		t.Fatalf("unprotected left: %v", a.saved.Unprotected)
+	}
+}
+
+// A managed agent starts with no volumes on its FUSE mount: they come with
+// the configuration.
+func TestManagedFuseMountStartsEmpty(t *testing.T) {
+	testenv.FUSE(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	a := testManaged(t, filepath.Join(dir, "journal"))
+	a.o.FuseMount = filepath.Join(dir, "fuse")
+	if err := a.startFrontEnds(ctx); err != nil {
+		t.Fatal(err)
+	}
+	disk := control.VolumeConfig{Name: "disk", Path: filepath.Join(dir, "disk.img"), Size: 1 << 20}
+	a.reconcile(ctx, pausedConfig(disk))
+	if st, err := os.Stat(filepath.Join(a.o.FuseMount, "disk")); err != nil || st.Size() != disk.Size {
+		t.Fatalf("FUSE file after protect: %v %v", st, err)
 	}
 }
