@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -49,6 +50,12 @@ type managedVolume struct {
 	vol     *tracker.Volume
 	ship    *pipeline.Shipper // the running or last shipper; nil before the first
 	stopRun func()            // stops the running shipper; nil when none runs
+	// pending, while not "", says why an unprotect waits: the machine
+	// still uses the volume, so it stays open (and served where it is in
+	// use) and the removal is tried again at each reconcile.
+	pending string
+	// nbdGone and fuseGone say that the front end no longer serves it.
+	nbdGone, fuseGone bool
 }
 
 type managedAgent struct {
@@ -238,24 +245,30 @@ func (a *managedAgent) loop(ctx context.Context) error {
 const refusedInterval = time.Minute
 
 func (a *managedAgent) heartbeat(ctx context.Context) (control.AgentConfig, error) {
-	hb := control.Heartbeat{Version: version, Volumes: []control.VolumeReport{}}
-	for name, e := range a.errs {
-		hb.Volumes = append(hb.Volumes, control.VolumeReport{Name: name, Error: e})
-	}
-	for name, mv := range a.vols {
-		r := control.VolumeReport{Name: name, Paused: mv.stopRun == nil, ResyncDone: a.saved.ResyncDone[name]}
-		st := pipeline.ShipperStatus{Volume: name, Tracker: mv.vol.Status()}
-		if mv.ship != nil {
-			st = mv.ship.Status()
-		}
-		r.Shipper = &st
-		hb.Volumes = append(hb.Volumes, r)
-	}
+	hb := control.Heartbeat{Version: version, Volumes: a.reports()}
 	var cfg control.AgentConfig
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	err := control.Call(cctx, a.client, http.MethodPost, a.control+"/v1/agent/heartbeat", hb, &cfg)
 	return cfg, err
+}
+
+// reports are the volumes' states for a heartbeat.
+func (a *managedAgent) reports() []control.VolumeReport {
+	reps := []control.VolumeReport{}
+	for name, e := range a.errs {
+		reps = append(reps, control.VolumeReport{Name: name, Error: e})
+	}
+	for name, mv := range a.vols {
+		r := control.VolumeReport{Name: name, Paused: mv.stopRun == nil, ResyncDone: a.saved.ResyncDone[name], Error: mv.pending}
+		st := pipeline.ShipperStatus{Volume: name, Tracker: mv.vol.Status()}
+		if mv.ship != nil {
+			st = mv.ship.Status()
+		}
+		r.Shipper = &st
+		reps = append(reps, r)
+	}
+	return reps
 }
 
 // writeStatus keeps JOURNAL-DIR/NAME/status.json for 'lifeboat status
@@ -285,8 +298,13 @@ func (a *managedAgent) reconcile(ctx context.Context, cfg control.AgentConfig) {
 		prev[vc.Name] = vc
 	}
 	for name, mv := range a.vols {
-		if vc, ok := want[name]; !ok || vc.Path != mv.cfg.Path || vc.Size != mv.cfg.Size {
-			a.remove(ctx, name)
+		vc, ok := want[name]
+		switch {
+		case !ok || vc.Path != mv.cfg.Path || vc.Size != mv.cfg.Size:
+			a.remove(ctx, name) // or try again
+		case mv.pending != "":
+			mv.pending = "" // protected again before it could be removed: it never stopped being journaled
+			a.log.Info("volume protected again while its unprotect was pending; resuming", "volume", name)
 		}
 	}
 	for name := range a.errs {
@@ -296,6 +314,12 @@ func (a *managedAgent) reconcile(ctx context.Context, cfg control.AgentConfig) {
 	}
 	for _, vc := range cfg.Volumes {
 		mv := a.vols[vc.Name]
+		if mv != nil && mv.pending != "" {
+			continue // the name's old volume is still in use: the new one waits
+		}
+		if mv != nil {
+			a.serveAgain(mv)
+		}
 		if mv == nil {
 			var err error
 			if mv, err = a.add(ctx, vc, a.protectedAgain(vc, prev)); err != nil {
@@ -436,21 +460,54 @@ func (a *managedAgent) add(ctx context.Context, vc control.VolumeConfig, again s
 	return mv, nil
 }
 
-// remove stops protecting a volume: its journal directory stays.
-func (a *managedAgent) remove(ctx context.Context, name string) {
+// remove stops protecting a volume: its journal directory stays. While
+// the machine still uses it (a loop device over its FUSE file, NBD
+// requests still running after the drain time), it only stops shipping:
+// the volume stays open, journaled and served where it is in use, its
+// heartbeat report says why, and the next reconcile tries again. Closing
+// it under the machine would fail every later I/O with EIO. It returns
+// true once the volume is closed.
+func (a *managedAgent) remove(ctx context.Context, name string) bool {
 	mv := a.vols[name]
 	a.stopShipper(mv)
-	if a.nbd != nil {
+	var inUse []string
+	if a.nbd != nil && !mv.nbdGone {
 		rctx, cancel := context.WithTimeout(ctx, a.o.DrainTime)
-		if err := a.nbd.RemoveExport(rctx, name); err != nil {
+		err := a.nbd.RemoveExport(rctx, name)
+		cancel()
+		// The export is out of the table either way: no new client opens
+		// it. After a timeout, requests may still be running in the
+		// volume: it stays open until the next reconcile at least.
+		mv.nbdGone = true
+		switch {
+		case err == nil || errors.Is(err, nbd.ErrNoSuchExport):
+		case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled):
+			inUse = append(inUse, fmt.Sprintf("NBD requests still running after %v: %v", a.o.DrainTime, err))
+		default:
 			a.log.Warn("NBD export not removed cleanly", "volume", name, "err", err)
 		}
-		cancel()
 	}
-	if a.mount != nil {
-		if err := a.mount.RemoveFile(name); err != nil {
-			a.log.Warn("FUSE file not removed (detach the loop device over it)", "volume", name, "err", err)
+	if a.mount != nil && !mv.fuseGone {
+		err := a.mount.RemoveFile(name)
+		switch {
+		case err == nil || errors.Is(err, fusefs.ErrNoSuchFile):
+			mv.fuseGone = true
+		case errors.Is(err, fusefs.ErrBusy):
+			inUse = append(inUse, "FUSE file open: "+err.Error())
+		default:
+			mv.fuseGone = true
+			a.log.Warn("FUSE file not removed cleanly", "volume", name, "err", err)
 		}
+	}
+	if len(inUse) > 0 {
+		msg := "unprotect pending: in use (" + strings.Join(inUse, "; ") +
+			"); detach the loop device / disconnect the NBD client"
+		if msg != mv.pending {
+			a.log.Warn("volume still in use: not closed, not shipped; its unprotect is tried again at each heartbeat",
+				"volume", name, "err", msg)
+		}
+		mv.pending = msg
+		return false
 	}
 	if err := mv.vol.Flush(); err != nil {
 		a.log.Error("flush", "volume", name, "err", err)
@@ -463,6 +520,27 @@ func (a *managedAgent) remove(ctx context.Context, name string) {
 	a.saved.Unprotected[name] = true
 	a.log.Info("volume no longer protected (unprotected by the site); its journal directory is kept", "volume", name,
 		"journal", filepath.Join(a.o.JournalDir, name))
+	return true
+}
+
+// serveAgain serves again a volume whose unprotect was withdrawn after a
+// front end had stopped serving it.
+func (a *managedAgent) serveAgain(mv *managedVolume) {
+	name := mv.cfg.Name
+	if a.nbd != nil && mv.nbdGone {
+		if err := a.nbd.AddExport(nbd.Export{Name: name, Description: mv.cfg.Path, Backend: nbd.WithExtents(mv.vol, mv.vol.Extents)}); err != nil {
+			a.log.Error("cannot serve the volume over NBD again; tried again at the next heartbeat", "volume", name, "err", err)
+		} else {
+			mv.nbdGone = false
+		}
+	}
+	if a.mount != nil && mv.fuseGone {
+		if err := a.mount.AddFile(fusefs.File{Name: name, Backend: mv.vol}); err != nil {
+			a.log.Error("cannot serve the volume as a FUSE file again; tried again at the next heartbeat", "volume", name, "err", err)
+		} else {
+			mv.fuseGone = false
+		}
+	}
 }
 
 func (a *managedAgent) startShipper(ctx context.Context, mv *managedVolume) {

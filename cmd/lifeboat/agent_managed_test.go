@@ -158,3 +158,103 @@ func TestManagedFuseMountStartsEmpty(t *testing.T) {
 		t.Fatalf("FUSE file after protect: %v %v", st, err)
 	}
 }
+
+// Unprotecting a volume the machine still uses (its FUSE file open, as a
+// loop device holds it) keeps it open and served, reports why, and closes
+// it only once it is released; protected again meanwhile, it just resumes.
+func TestManagedUnprotectInUse(t *testing.T) {
+	testenv.FUSE(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	a := testManaged(t, filepath.Join(dir, "journal"))
+	fdir := filepath.Join(dir, "fuse")
+	a.o.FuseMount, a.o.NBD = fdir, []string{"127.0.0.1:0"}
+	if err := a.startFrontEnds(ctx); err != nil {
+		t.Fatal(err)
+	}
+	disk := control.VolumeConfig{Name: "disk", Path: filepath.Join(dir, "disk.img"), Size: 4 << 20}
+	a.reconcile(ctx, pausedConfig(disk))
+	f, err := os.OpenFile(filepath.Join(fdir, "disk"), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	report := func() string {
+		for _, r := range a.reports() {
+			if r.Name == "disk" {
+				return r.Error
+			}
+		}
+		return "(no report)"
+	}
+	pending := func(when string) {
+		t.Helper()
+		mv := a.vols["disk"]
+		if mv == nil {
+			t.Fatalf("%s: the volume was closed while its FUSE file is open", when)
+		}
+		if e := report(); !strings.HasPrefix(e, "unprotect pending: in use (") || !strings.Contains(e, "detach the loop device") {
+			t.Fatalf("%s: heartbeat error %q, want the pending unprotect", when, e)
+		}
+		if mv.stopRun != nil {
+			t.Fatalf("%s: still shipping", when)
+		}
+		// The machine's I/O still works: no EIO.
+		data := []byte(when)
+		if _, err := f.WriteAt(data, 8192); err != nil {
+			t.Fatalf("%s: write through the FUSE file: %v", when, err)
+		}
+		if err := f.Sync(); err != nil {
+			t.Fatalf("%s: fsync of the FUSE file: %v", when, err)
+		}
+		got := make([]byte, len(data))
+		if _, err := f.ReadAt(got, 8192); err != nil || string(got) != when {
+			t.Fatalf("%s: read back %q, %v", when, got, err)
+		}
+	}
+
+	a.reconcile(ctx, pausedConfig())
+	pending("unprotected in use")
+	a.reconcile(ctx, pausedConfig())
+	pending("tried again, still in use")
+
+	// Protected again before it was released: it resumes, served on both
+	// front ends, and is not resynced (every write was journaled).
+	a.reconcile(ctx, pausedConfig(disk))
+	if e := report(); e != "" {
+		t.Fatalf("protected again: heartbeat error %q", e)
+	}
+	if names := a.nbd.ExportNames(); len(names) != 1 || names[0] != "disk" {
+		t.Fatalf("protected again: NBD exports %q", names)
+	}
+	if st := a.vols["disk"].vol.Status(); strings.Contains(st.Resync, reprotectReason) {
+		t.Fatalf("resumed volume resynced: %q", st.Resync)
+	}
+
+	a.reconcile(ctx, pausedConfig())
+	pending("unprotected again, in use")
+	f.Close()
+	deadline := time.Now().Add(30 * time.Second)
+	for a.vols["disk"] != nil { // the kernel releases the handle asynchronously
+		if time.Now().After(deadline) {
+			t.Fatalf("not removed after the file was closed: %s", report())
+		}
+		time.Sleep(20 * time.Millisecond)
+		a.reconcile(ctx, pausedConfig())
+	}
+	if !a.saved.Unprotected["disk"] || len(a.reports()) != 0 {
+		t.Fatalf("after release: unprotected %v, reports %+v", a.saved.Unprotected, a.reports())
+	}
+	if names := a.mount.FileNames(); len(names) != 0 {
+		t.Fatalf("FUSE files after the unprotect: %q", names)
+	}
+	// What the machine wrote while the unprotect was pending reached the
+	// device.
+	b, err := os.ReadFile(disk.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "unprotected again, in use"; string(b[8192:8192+len(want)]) != want {
+		t.Fatalf("device at 8192: %q, want %q", b[8192:8192+len(want)], want)
+	}
+}
