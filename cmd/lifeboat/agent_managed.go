@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -37,6 +38,10 @@ type managedFile struct {
 	Config control.AgentConfig `json:"config"`
 	// ResyncDone is the last resync request acted on, by volume.
 	ResyncDone map[string]uint64 `json:"resync_done"`
+	// Unprotected are the volumes whose journal directory was left by an
+	// unprotect (or a change of path or size): protected again, their
+	// journal's state is not the device's and they are resynced in full.
+	Unprotected map[string]bool `json:"unprotected,omitempty"`
 }
 
 // managedVolume is a volume the agent protects for the site.
@@ -45,6 +50,12 @@ type managedVolume struct {
 	vol     *tracker.Volume
 	ship    *pipeline.Shipper // the running or last shipper; nil before the first
 	stopRun func()            // stops the running shipper; nil when none runs
+	// pending, while not "", says why an unprotect waits: the machine
+	// still uses the volume, so it stays open (and served where it is in
+	// use) and the removal is tried again at each reconcile.
+	pending string
+	// nbdGone and fuseGone say that the front end no longer serves it.
+	nbdGone, fuseGone bool
 }
 
 type managedAgent struct {
@@ -78,15 +89,9 @@ func runManagedAgent(ctx context.Context, out io.Writer, o agentOptions, id agen
 	if err := os.MkdirAll(o.JournalDir, 0o700); err != nil {
 		return failure("--journal-dir: %v", err)
 	}
-	a := &managedAgent{o: o, log: slog.Default().With("machine", id.Name), control: id.Server, client: client, out: out,
-		vols: map[string]*managedVolume{}, errs: map[string]string{}, saved: managedFile{ResyncDone: map[string]uint64{}}}
-	if b, err := os.ReadFile(a.savedPath()); err == nil {
-		if err := json.Unmarshal(b, &a.saved); err != nil {
-			return failure("%s: %v; move it away to start from the configuration server's", a.savedPath(), err)
-		}
-		if a.saved.ResyncDone == nil {
-			a.saved.ResyncDone = map[string]uint64{}
-		}
+	a := newManagedAgent(o, slog.Default().With("machine", id.Name), id.Server, client, out)
+	if err := a.load(); err != nil {
+		return err
 	}
 	if err := a.startFrontEnds(ctx); err != nil {
 		a.stop()
@@ -115,6 +120,29 @@ func runManagedAgent(ctx context.Context, out io.Writer, o agentOptions, id agen
 	return err
 }
 
+func newManagedAgent(o agentOptions, log *slog.Logger, server string, client *http.Client, out io.Writer) *managedAgent {
+	return &managedAgent{o: o, log: log, control: server, client: client, out: out,
+		vols: map[string]*managedVolume{}, errs: map[string]string{}, saved: managedFile{ResyncDone: map[string]uint64{}, Unprotected: map[string]bool{}}}
+}
+
+// load reads the saved configuration, if any.
+func (a *managedAgent) load() error {
+	b, err := os.ReadFile(a.savedPath())
+	if err != nil {
+		return nil
+	}
+	if err := json.Unmarshal(b, &a.saved); err != nil {
+		return failure("%s: %v; move it away to start from the configuration server's", a.savedPath(), err)
+	}
+	if a.saved.ResyncDone == nil {
+		a.saved.ResyncDone = map[string]uint64{}
+	}
+	if a.saved.Unprotected == nil {
+		a.saved.Unprotected = map[string]bool{}
+	}
+	return nil
+}
+
 func (a *managedAgent) startFrontEnds(ctx context.Context) error {
 	if len(a.o.NBD) > 0 {
 		a.nbd = nbd.NewServer()
@@ -134,7 +162,7 @@ func (a *managedAgent) startFrontEnds(ctx context.Context) error {
 		if err := os.MkdirAll(a.o.FuseMount, 0o755); err != nil {
 			return usageError("--fuse-mount: %v", err)
 		}
-		a.mount = &fusefs.Mount{Dir: a.o.FuseMount, Logger: a.log}
+		a.mount = &fusefs.Mount{Dir: a.o.FuseMount, Logger: a.log, Dynamic: true} // files come and go with the configuration
 		if err := a.mount.Mount(ctx); err != nil {
 			a.mount = nil
 			return fmt.Errorf("--fuse-mount %s: %w", a.o.FuseMount, err)
@@ -217,24 +245,30 @@ func (a *managedAgent) loop(ctx context.Context) error {
 const refusedInterval = time.Minute
 
 func (a *managedAgent) heartbeat(ctx context.Context) (control.AgentConfig, error) {
-	hb := control.Heartbeat{Version: version, Volumes: []control.VolumeReport{}}
-	for name, e := range a.errs {
-		hb.Volumes = append(hb.Volumes, control.VolumeReport{Name: name, Error: e})
-	}
-	for name, mv := range a.vols {
-		r := control.VolumeReport{Name: name, Paused: mv.stopRun == nil, ResyncDone: a.saved.ResyncDone[name]}
-		st := pipeline.ShipperStatus{Volume: name, Tracker: mv.vol.Status()}
-		if mv.ship != nil {
-			st = mv.ship.Status()
-		}
-		r.Shipper = &st
-		hb.Volumes = append(hb.Volumes, r)
-	}
+	hb := control.Heartbeat{Version: version, Volumes: a.reports()}
 	var cfg control.AgentConfig
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	err := control.Call(cctx, a.client, http.MethodPost, a.control+"/v1/agent/heartbeat", hb, &cfg)
 	return cfg, err
+}
+
+// reports are the volumes' states for a heartbeat.
+func (a *managedAgent) reports() []control.VolumeReport {
+	reps := []control.VolumeReport{}
+	for name, e := range a.errs {
+		reps = append(reps, control.VolumeReport{Name: name, Error: e})
+	}
+	for name, mv := range a.vols {
+		r := control.VolumeReport{Name: name, Paused: mv.stopRun == nil, ResyncDone: a.saved.ResyncDone[name], Error: mv.pending}
+		st := pipeline.ShipperStatus{Volume: name, Tracker: mv.vol.Status()}
+		if mv.ship != nil {
+			st = mv.ship.Status()
+		}
+		r.Shipper = &st
+		reps = append(reps, r)
+	}
+	return reps
 }
 
 // writeStatus keeps JOURNAL-DIR/NAME/status.json for 'lifeboat status
@@ -257,9 +291,20 @@ func (a *managedAgent) reconcile(ctx context.Context, cfg control.AgentConfig) {
 	for _, vc := range cfg.Volumes {
 		want[vc.Name] = vc
 	}
+	// What was protected before this reconcile: at start-up, the saved
+	// configuration itself, so that a restart is not a protect again.
+	prev := map[string]control.VolumeConfig{}
+	for _, vc := range a.saved.Config.Volumes {
+		prev[vc.Name] = vc
+	}
 	for name, mv := range a.vols {
-		if vc, ok := want[name]; !ok || vc.Path != mv.cfg.Path || vc.Size != mv.cfg.Size {
-			a.remove(ctx, name)
+		vc, ok := want[name]
+		switch {
+		case !ok || vc.Path != mv.cfg.Path || vc.Size != mv.cfg.Size:
+			a.remove(ctx, name) // or try again
+		case mv.pending != "":
+			mv.pending = "" // protected again before it could be removed: it never stopped being journaled
+			a.log.Info("volume protected again while its unprotect was pending; resuming", "volume", name)
 		}
 	}
 	for name := range a.errs {
@@ -269,9 +314,15 @@ func (a *managedAgent) reconcile(ctx context.Context, cfg control.AgentConfig) {
 	}
 	for _, vc := range cfg.Volumes {
 		mv := a.vols[vc.Name]
+		if mv != nil && mv.pending != "" {
+			continue // the name's old volume is still in use: the new one waits
+		}
+		if mv != nil {
+			a.serveAgain(mv)
+		}
 		if mv == nil {
 			var err error
-			if mv, err = a.add(ctx, vc); err != nil {
+			if mv, err = a.add(ctx, vc, a.protectedAgain(vc, prev)); err != nil {
 				if a.errs[vc.Name] != err.Error() {
 					a.log.Error("cannot protect volume", "volume", vc.Name, "path", vc.Path, "err", err)
 				}
@@ -332,8 +383,39 @@ func (a *managedAgent) save() {
 	}
 }
 
-// add opens a volume and serves it.
-func (a *managedAgent) add(ctx context.Context, vc control.VolumeConfig) (*managedVolume, error) {
+// protectedAgain says why a volume about to be opened needs a full resync
+// first, or "": its journal directory holds the state of an earlier
+// protection (unprotected since, or of another path or size), which says
+// nothing of what was written to the device meanwhile. prev is the
+// configuration before this reconcile.
+func (a *managedAgent) protectedAgain(vc control.VolumeConfig, prev map[string]control.VolumeConfig) string {
+	if a.saved.Unprotected[vc.Name] {
+		return "unprotected by the site since it was last protected"
+	}
+	if _, err := os.Stat(filepath.Join(a.o.JournalDir, vc.Name, trackerStateFile)); err != nil {
+		return "" // a new journal: the tracker's initial sync copies every region
+	}
+	p, ok := prev[vc.Name]
+	switch {
+	case !ok:
+		return "its journal directory holds the state of an earlier protection"
+	case p.Path != vc.Path || p.Size != vc.Size:
+		return fmt.Sprintf("its path or size changed (was %s, %d bytes)", p.Path, p.Size)
+	}
+	return ""
+}
+
+// trackerStateFile is the tracker's state in a journal directory: present
+// once a volume was opened there.
+const trackerStateFile = "volume.json"
+
+// reprotectReason is why a volume protected again is resynced in full.
+const reprotectReason = "protected again: what was written while it was not protected is unknown"
+
+// add opens a volume and serves it. again, when not "", says why its
+// journal is from an earlier protection: every region is resynced before
+// anything is shipped.
+func (a *managedAgent) add(ctx context.Context, vc control.VolumeConfig, again string) (*managedVolume, error) {
 	spec := volumeSpec{Name: vc.Name, Path: vc.Path, Size: vc.Size}
 	if err := spec.prepare(); err != nil {
 		return nil, err
@@ -347,6 +429,16 @@ func (a *managedAgent) add(ctx context.Context, vc control.VolumeConfig) (*manag
 	if err := v.Open(ctx); err != nil {
 		return nil, fmt.Errorf("volume %s: %w", spec.Name, err)
 	}
+	if again != "" {
+		a.log.Warn("volume protected again: its journal is from an earlier protection; resyncing every region",
+			"volume", spec.Name, "path", spec.Path, "why", again)
+		if err := pipeline.Resync(v, true, reprotectReason); err != nil {
+			v.Close()
+			a.saved.Unprotected[spec.Name] = true // tried again at the next reconcile, even after a restart
+			return nil, fmt.Errorf("volume %s: protected again, full resync: %w", spec.Name, err)
+		}
+	}
+	delete(a.saved.Unprotected, spec.Name)
 	if a.nbd != nil {
 		if err := a.nbd.AddExport(nbd.Export{Name: spec.Name, Description: spec.Path, Backend: nbd.WithExtents(v, v.Extents)}); err != nil {
 			v.Close()
@@ -368,21 +460,54 @@ func (a *managedAgent) add(ctx context.Context, vc control.VolumeConfig) (*manag
 	return mv, nil
 }
 
-// remove stops protecting a volume: its journal directory stays.
-func (a *managedAgent) remove(ctx context.Context, name string) {
+// remove stops protecting a volume: its journal directory stays. While
+// the machine still uses it (a loop device over its FUSE file, NBD
+// requests still running after the drain time), it only stops shipping:
+// the volume stays open, journaled and served where it is in use, its
+// heartbeat report says why, and the next reconcile tries again. Closing
+// it under the machine would fail every later I/O with EIO. It returns
+// true once the volume is closed.
+func (a *managedAgent) remove(ctx context.Context, name string) bool {
 	mv := a.vols[name]
 	a.stopShipper(mv)
-	if a.nbd != nil {
+	var inUse []string
+	if a.nbd != nil && !mv.nbdGone {
 		rctx, cancel := context.WithTimeout(ctx, a.o.DrainTime)
-		if err := a.nbd.RemoveExport(rctx, name); err != nil {
+		err := a.nbd.RemoveExport(rctx, name)
+		cancel()
+		// The export is out of the table either way: no new client opens
+		// it. After a timeout, requests may still be running in the
+		// volume: it stays open until the next reconcile at least.
+		mv.nbdGone = true
+		switch {
+		case err == nil || errors.Is(err, nbd.ErrNoSuchExport):
+		case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled):
+			inUse = append(inUse, fmt.Sprintf("NBD requests still running after %v: %v", a.o.DrainTime, err))
+		default:
 			a.log.Warn("NBD export not removed cleanly", "volume", name, "err", err)
 		}
-		cancel()
 	}
-	if a.mount != nil {
-		if err := a.mount.RemoveFile(name); err != nil {
-			a.log.Warn("FUSE file not removed (detach the loop device over it)", "volume", name, "err", err)
+	if a.mount != nil && !mv.fuseGone {
+		err := a.mount.RemoveFile(name)
+		switch {
+		case err == nil || errors.Is(err, fusefs.ErrNoSuchFile):
+			mv.fuseGone = true
+		case errors.Is(err, fusefs.ErrBusy):
+			inUse = append(inUse, "FUSE file open: "+err.Error())
+		default:
+			mv.fuseGone = true
+			a.log.Warn("FUSE file not removed cleanly", "volume", name, "err", err)
 		}
+	}
+	if len(inUse) > 0 {
+		msg := "unprotect pending: in use (" + strings.Join(inUse, "; ") +
+			"); detach the loop device / disconnect the NBD client"
+		if msg != mv.pending {
+			a.log.Warn("volume still in use: not closed, not shipped; its unprotect is tried again at each heartbeat",
+				"volume", name, "err", msg)
+		}
+		mv.pending = msg
+		return false
 	}
 	if err := mv.vol.Flush(); err != nil {
 		a.log.Error("flush", "volume", name, "err", err)
@@ -392,8 +517,30 @@ func (a *managedAgent) remove(ctx context.Context, name string) {
 	}
 	delete(a.vols, name)
 	delete(a.saved.ResyncDone, name)
+	a.saved.Unprotected[name] = true
 	a.log.Info("volume no longer protected (unprotected by the site); its journal directory is kept", "volume", name,
 		"journal", filepath.Join(a.o.JournalDir, name))
+	return true
+}
+
+// serveAgain serves again a volume whose unprotect was withdrawn after a
+// front end had stopped serving it.
+func (a *managedAgent) serveAgain(mv *managedVolume) {
+	name := mv.cfg.Name
+	if a.nbd != nil && mv.nbdGone {
+		if err := a.nbd.AddExport(nbd.Export{Name: name, Description: mv.cfg.Path, Backend: nbd.WithExtents(mv.vol, mv.vol.Extents)}); err != nil {
+			a.log.Error("cannot serve the volume over NBD again; tried again at the next heartbeat", "volume", name, "err", err)
+		} else {
+			mv.nbdGone = false
+		}
+	}
+	if a.mount != nil && mv.fuseGone {
+		if err := a.mount.AddFile(fusefs.File{Name: name, Backend: mv.vol}); err != nil {
+			a.log.Error("cannot serve the volume as a FUSE file again; tried again at the next heartbeat", "volume", name, "err", err)
+		} else {
+			mv.fuseGone = false
+		}
+	}
 }
 
 func (a *managedAgent) startShipper(ctx context.Context, mv *managedVolume) {

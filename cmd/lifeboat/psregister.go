@@ -136,7 +136,7 @@ func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
 
 // startPSHeartbeats, for a process server that registered, sends its
 // heartbeats until ctx is done and keeps DATA-DIR/pki/ca.crl the site's.
-func startPSHeartbeats(ctx context.Context, dataDir string, srv *pipeline.Server, retention *atomic.Pointer[map[string]control.Seconds]) (func(), error) {
+func startPSHeartbeats(ctx context.Context, dataDir string, srv *pipeline.Server, retention *psRetentions) (func(), error) {
 	b, err := os.ReadFile(filepath.Join(dataDir, psRegistrationFile))
 	if errors.Is(err, fs.ErrNotExist) {
 		return func() {}, nil // not registered: a process server with a copy of the site's pki
@@ -178,7 +178,9 @@ func startPSHeartbeats(ctx context.Context, dataDir string, srv *pipeline.Server
 				if cfg.HeartbeatIntervalMS > 0 {
 					interval = time.Duration(cfg.HeartbeatIntervalMS) * time.Millisecond
 				}
-				retention.Store(&cfg.Retention)
+				if err := retention.update(cfg.Retention); err != nil {
+					log.Error("could not store the site's retention", "file", retention.path(), "err", err)
+				}
 				if err := syncCRL(p.CRL, cfg.CRLPEM); err != nil {
 					log.Error("could not store the site's revocation list", "file", p.CRL, "err", err)
 				}
@@ -204,16 +206,80 @@ func syncCRL(path string, crl []byte) error {
 	return writeFileAtomic(path, crl, 0o644)
 }
 
-// psRetention is the retention of an item from the site's last answer.
-func psRetention(p *atomic.Pointer[map[string]control.Seconds]) func(machine, volume string) (targets.Retention, bool) {
-	return func(machine, volume string) (targets.Retention, bool) {
-		m := p.Load()
-		if m == nil {
-			return targets.Retention{}, false
-		}
-		s, ok := (*m)[machine+"/"+volume]
-		return targets.Retention{Window: s.Duration()}, ok && s > 0
+// psRetentionFile keeps a registered process server's last retention
+// answer, so that points are pruned by the site's policies from the start,
+// before (and without) a heartbeat answer.
+const psRetentionFile = "control-retention.json"
+
+// psRetentions is the retention of each item as the site last gave it to a
+// registered process server.
+type psRetentions struct {
+	dataDir    string
+	registered bool                                       // DATA-DIR/control.json exists
+	m          atomic.Pointer[map[string]control.Seconds] // nil until an answer is known
+	saved      []byte                                     // what psRetentionFile holds
+}
+
+func (r *psRetentions) path() string { return filepath.Join(r.dataDir, psRetentionFile) }
+
+// loadPSRetentions reads the last retention answer of a registered process
+// server; a damaged file is ignored (the fallback keeps more points).
+func loadPSRetentions(dataDir string) *psRetentions {
+	r := &psRetentions{dataDir: dataDir}
+	if _, err := os.Stat(filepath.Join(dataDir, psRegistrationFile)); err != nil {
+		return r
 	}
+	r.registered = true
+	b, err := os.ReadFile(r.path())
+	if errors.Is(err, fs.ErrNotExist) {
+		return r
+	}
+	var m map[string]control.Seconds
+	if err == nil {
+		err = json.Unmarshal(b, &m)
+	}
+	if err != nil || m == nil {
+		slog.Warn("the site's last retention answer is unreadable; keeping points up to the longest retention until the configuration server answers",
+			"file", r.path(), "err", err)
+		return r
+	}
+	r.m.Store(&m)
+	r.saved = b
+	return r
+}
+
+// update keeps the site's answer and writes it durably when it changed.
+func (r *psRetentions) update(m map[string]control.Seconds) error {
+	if m == nil {
+		m = map[string]control.Seconds{}
+	}
+	r.m.Store(&m)
+	b, err := json.Marshal(m)
+	if err != nil || bytes.Equal(b, r.saved) {
+		return err
+	}
+	if err := writeFileAtomic(r.path(), b, 0o600); err != nil {
+		return err
+	}
+	r.saved = b
+	return nil
+}
+
+// For is the retention of an item. A process server that is not registered
+// has none (its --retention applies). A registered one that has never had
+// an answer, or whose answer lacks the item, keeps points up to
+// targets.MaxRetentionWindow: its --retention may be shorter than the
+// item's policy, and a pruned point cannot come back.
+func (r *psRetentions) For(machine, volume string) (targets.Retention, bool) {
+	if !r.registered {
+		return targets.Retention{}, false
+	}
+	if m := r.m.Load(); m != nil {
+		if s := (*m)[machine+"/"+volume]; s > 0 {
+			return targets.Retention{Window: s.Duration()}, true
+		}
+	}
+	return targets.Retention{Window: targets.MaxRetentionWindow}, true
 }
 
 func processServerAllowCommand() *cli.Command {

@@ -9,7 +9,6 @@ import (
 	"net"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
@@ -214,7 +213,7 @@ func runServer(ctx context.Context, out io.Writer, o serverOptions) error {
 		defer closeStore()
 	}
 	var faultErr error
-	var psRet atomic.Pointer[map[string]control.Seconds] // a registered process server's, from its heartbeats
+	psRet := loadPSRetentions(o.DataDir) // a registered process server's, from its heartbeats
 	site := &failover.Site{DataDir: o.DataDir, Target: target, TLS: tlsConf, Logger: slog.Default(),
 		Configure: func(srv *pipeline.Server) {
 			srv.SpoolQuota, srv.ThrottleFree = o.SpoolQuota, o.ThrottleFree
@@ -222,7 +221,7 @@ func runServer(ctx context.Context, out io.Writer, o serverOptions) error {
 			if ctl != nil {
 				srv.RetentionFor = ctl.RetentionFor
 			} else {
-				srv.RetentionFor = psRetention(&psRet)
+				srv.RetentionFor = psRet.For
 			}
 			o.Limits.apply(srv)
 			faultErr = installFaults(srv)
@@ -271,7 +270,7 @@ func runServer(ctx context.Context, out io.Writer, o serverOptions) error {
 		fmt.Fprintf(out, "recovery volumes shown as files in %s\n", o.FuseMount)
 	}
 	if ctl == nil {
-		stopBeats, err := startPSHeartbeats(ctx, o.DataDir, site.Server, &psRet)
+		stopBeats, err := startPSHeartbeats(ctx, o.DataDir, site.Server, psRet)
 		if err != nil {
 			return err
 		}
