@@ -530,3 +530,21 @@ func TestEventsDoNotFlapAtStart(t *testing.T) {
 		t.Fatalf("settled, condition gone: %+v %v, want it cleared", changed, err)
 	}
 }
+
+// An unprotected volume its agent cannot let go of (in use) keeps an
+// LB1011 event open with the agent's reason until it can.
+func TestUnprotectPendingIsAnEvent(t *testing.T) {
+	s := newSite(t)
+	agent := s.register(t, "web01")
+	hb := control.Heartbeat{Volumes: []control.VolumeReport{{Name: "old", Error: "unprotect pending: in use"}}}
+	if err := control.Call(context.Background(), agent, "POST", s.url+"/v1/agent/heartbeat", hb, nil); err != nil {
+		t.Fatal(err)
+	}
+	_, cond, err := s.srv.Evaluate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !control.ConditionCodesForTest(cond)[control.CodeVolumeError] {
+		t.Fatal("no LB1011 for a volume pending its unprotect")
+	}
+}

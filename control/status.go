@@ -113,6 +113,20 @@ func (s *Server) Evaluate() (SiteStatus, map[condition]string, error) {
 		st.Health = worse(st.Health, is.Health)
 		st.Items = append(st.Items, is)
 	}
+	// A volume the site no longer protects that its agent cannot let go
+	// of (unprotect pending: a loop device or an NBD client still has it).
+	protected := map[string]bool{}
+	for _, it := range items {
+		protected[it.Key()] = true
+	}
+	for _, m := range machines {
+		b, _ := s.beat(m.Name)
+		for name, rep := range b.Volumes {
+			if key := m.Name + "/" + name; rep.Error != "" && !protected[key] {
+				cond[condition{CodeVolumeError, key}] = rep.Error
+			}
+		}
+	}
 	if st.ProcessServers, err = s.ProcessServerViews(); err != nil {
 		return st, nil, err
 	}
