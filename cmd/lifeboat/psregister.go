@@ -57,15 +57,11 @@ func processServerRegisterCommand() *cli.Command {
 			"Example:\n" +
 			"   lifeboat process-server register --server https://dr.example:9440 --passphrase-file /root/lifeboat.pass \\\n" +
 			"       --data-dir /var/lib/lifeboat/ps2 --host ps2.example --advertise https://ps2.example:9443",
-		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "server", Required: true, Usage: "`URL` of the configuration server, https://HOST[:9440]"},
-			&cli.StringFlag{Name: "passphrase-file", Required: true, Usage: "`FILE` holding the registration passphrase ('-' reads standard input)"},
+		Flags: append(registrationFlags(),
 			&cli.StringFlag{Name: "name", Value: host, Usage: "`NAME` of this process server on the site"},
 			&cli.StringFlag{Name: "data-dir", Value: "/var/lib/lifeboat/process-server", Usage: "`DIR` of this process server (its certificates go to DIR/pki)"},
 			&cli.StringSliceFlag{Name: "host", Required: true, Usage: "`NAME_OR_IP` agents reach this process server at, put in its certificate (repeatable)"},
-			&cli.StringFlag{Name: "advertise", Required: true, Usage: "`URL` agents ship to, https://HOST:PORT (HOST one of --host)"},
-			&cli.StringFlag{Name: "ca", Usage: "the site's CA certificate `FILE`, if you have it: the server's certificate is then checked as well"},
-		},
+			&cli.StringFlag{Name: "advertise", Required: true, Usage: "`URL` agents ship to, https://HOST:PORT (HOST one of --host)"}),
 		OnUsageError: onUsageError,
 		Action: func(c *cli.Context) error {
 			server, pass, caPEM, err := registrationInputs(c)

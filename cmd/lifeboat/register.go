@@ -81,13 +81,9 @@ func agentRegisterCommand() *cli.Command {
 			"'lifeboat agent --identity-dir DIR' and protect the machine's volumes from the site ('lifeboat protect').\n\n" +
 			"Example:\n" +
 			"   lifeboat agent register --server https://dr.example:9440 --passphrase-file /root/lifeboat.pass",
-		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "server", Required: true, Usage: "`URL` of the configuration server, https://HOST[:9440]"},
-			&cli.StringFlag{Name: "passphrase-file", Required: true, Usage: "`FILE` holding the registration passphrase ('-' reads standard input)"},
+		Flags: append(registrationFlags(),
 			&cli.StringFlag{Name: "name", Value: host, Usage: "`NAME` of this machine on the site (its certificate's CN)"},
-			&cli.StringFlag{Name: "identity-dir", Value: defaultIdentityDir, Usage: "`DIR` to store the key, certificate and CA in (0700)"},
-			&cli.StringFlag{Name: "ca", Usage: "the site's CA certificate `FILE`, if you have it: the server's certificate is then checked as well"},
-		},
+			&cli.StringFlag{Name: "identity-dir", Value: defaultIdentityDir, Usage: "`DIR` to store the key, certificate and CA in (0700)"}),
 		OnUsageError: onUsageError,
 		Action: func(c *cli.Context) error {
 			server, pass, caPEM, err := registrationInputs(c)
@@ -133,6 +129,16 @@ func readPassphrase(path string) (string, error) {
 		return "", usageError("--passphrase-file %s: empty or longer than %d bytes", path, control.MaxPassphrase)
 	}
 	return p, nil
+}
+
+// registrationFlags are the flags both registrations share (agent and
+// process server).
+func registrationFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "server", Required: true, Usage: "`URL` of the configuration server, https://HOST[:9440]"},
+		&cli.StringFlag{Name: "passphrase-file", Required: true, Usage: "`FILE` holding the registration passphrase ('-' reads standard input)"},
+		&cli.StringFlag{Name: "ca", Usage: "the site's CA certificate `FILE`, if you have it: the server's certificate is then checked as well"},
+	}
 }
 
 // registrationInputs reads the flags both registrations share: the

@@ -278,7 +278,7 @@ func runServer(ctx context.Context, out io.Writer, o serverOptions) error {
 	}
 	if ctl != nil {
 		ctl.Site, ctl.SiteVolumes = site.Server.Status, psVolumes(site.Server)
-		stopControl, err := startControl(ctx, out, o.DataDir, *o.Control, ctl)
+		stopControl, err := startControl(ctx, out, *o.Control, ctl)
 		if err != nil {
 			return err
 		}

@@ -59,9 +59,9 @@ func parseControlOptions(c *cli.Context, dataListen string) (controlOptions, err
 	return o, nil
 }
 
-// startControl opens the configuration server's store and serves its API
-// on o.Listen until ctx is done; the returned function stops it.
-func startControl(ctx context.Context, out io.Writer, dataDir string, o controlOptions, ctl *control.Server) (func(), error) {
+// startControl serves the configuration server's API on o.Listen and
+// judges the site until ctx is done; the returned function stops it.
+func startControl(ctx context.Context, out io.Writer, o controlOptions, ctl *control.Server) (func(), error) {
 	ln, err := net.Listen("tcp", o.Listen)
 	if err != nil {
 		return nil, usageError("--control-listen %s: %v", o.Listen, err)
@@ -76,7 +76,10 @@ func startControl(ctx context.Context, out io.Writer, dataDir string, o controlO
 		}
 		done <- struct{}{}
 	}()
-	go func() { ctl.Run(ctx, time.Second); done <- struct{}{} }()
+	// The site is judged once per heartbeat interval: each evaluation reads
+	// every replica's status (its points: remote calls on Azure), and
+	// nothing it judges changes faster than the heartbeats.
+	go func() { ctl.Run(ctx, o.HeartbeatInterval); done <- struct{}{} }()
 	fmt.Fprintf(out, "configuration server listening on https://%s (agents ship to %s)\n", ln.Addr(), ctl.DataURL)
 	return func() {
 		cancel()
